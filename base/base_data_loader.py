@@ -1,0 +1,227 @@
+"""Data loading shared by every data set: seeded splits, a batch order that is a pure function of
+(seed, epoch), sharding across DDP ranks, and an in-memory image set normalized per batch.
+
+Because the order of batch b in epoch e depends on nothing but (seed, e, b), resuming a run -- even in
+the middle of an epoch -- replays exactly the batches an uninterrupted run would have seen, whatever
+`num_workers` is, and every DDP rank agrees on the shards without communicating.
+"""
+
+from collections.abc import Callable, Iterator
+from numbers import Integral
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from utils.errors import DataError
+
+# A batch transform: (images (B, C, H, W) float, generator) -> images; runs on whole batches of tensors.
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _count(split: float | int, available: int, key: str) -> int:
+    """A split given as a fraction in [0, 1) or as a whole number of samples."""
+    if isinstance(split, bool) or not isinstance(split, (Integral, float)):
+        raise DataError(f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count, found {split!r}")
+    if isinstance(split, float) and not split.is_integer():
+        if not 0.0 <= split < 1.0:
+            raise DataError(f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count, found {split}")
+        return int(available * split)
+    count = int(split)
+    if not 0 <= count < available:
+        raise DataError(
+            f"data_loader.args.{key}: {count} samples asked for, but only {available} are available "
+            f"(use a smaller count or a fraction such as 0.1)"
+        )
+    return count
+
+
+def split_indices(n: int, validation_split: float | int, test_split: float | int, seed: int) -> dict[str, torch.Tensor]:
+    """Split range(n) into disjoint "train", "valid" and "test" index sets, the same for the same seed.
+
+    The test set is taken first, so changing `validation_split` never moves an image into or out of it.
+    """
+    n_test = _count(test_split, n, "test_split")
+    n_valid = _count(validation_split, n - n_test, "validation_split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return {
+        "test": order[:n_test],
+        "valid": order[n_test : n_test + n_valid],
+        "train": order[n_test + n_valid :],
+    }
+
+
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed derived from several integers (independent streams for each (seed, epoch, batch))."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Yields this rank's list of dataset indices for each batch of an epoch.
+
+    Global batch b of an epoch holds `batch_size * world_size` samples of a permutation seeded by
+    (seed, epoch); rank r takes every world_size-th of them, so N ranks with batch B see together
+    exactly the batches one process with batch N*B would see.
+    """
+
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_shards: bool = False,
+    ) -> None:
+        self.indices = indices
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        # Training under DDP needs the same number of steps on every rank: a final global batch too
+        # small to give each rank a sample is dropped (at most world_size - 1 samples an epoch).
+        self.min_global = world_size if equal_shards else 1
+        self.epoch = 1
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's permutation; `start_batch` > 0 skips the batches already trained on."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def num_batches(self) -> int:
+        """Batches in a whole epoch (before `start_batch` is skipped)."""
+        global_batch = self.batch_size * self.world_size
+        full, rest = divmod(len(self.indices), global_batch)
+        last = rest >= self.min_global and rest > self.rank
+        return full + int(last)
+
+    def __len__(self) -> int:
+        return max(self.num_batches() - self.start_batch, 0)
+
+    def batch_seed(self, batch: int) -> int:
+        return _mix(self.seed, self.epoch, batch)
+
+    def iter_batches(self) -> Iterator[tuple[int, list[int]]]:
+        """(batch number within the epoch, this rank's indices) from `start_batch` on."""
+        order = self.indices
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+            order = order[torch.randperm(len(order), generator=generator)]
+        global_batch = self.batch_size * self.world_size
+        for batch in range(self.start_batch, self.num_batches()):
+            chunk = order[batch * global_batch : (batch + 1) * global_batch]
+            yield batch, chunk[self.rank :: self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, indices in self.iter_batches():
+            yield indices
+
+
+class _SeededBatches(Sampler[tuple[list[int], int]]):
+    """Adds to each batch the seed of its augmentation, so augmentation depends on (seed, epoch, batch) only."""
+
+    def __init__(self, batches: EpochBatchSampler) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[list[int], int]]:
+        for batch, indices in self.batches.iter_batches():
+            yield indices, self.batches.batch_seed(batch)
+
+
+class InMemoryImages(Dataset):
+    """Images kept decoded in one tensor; normalization and augmentation run once per batch, not per image.
+
+    Indexed with `(indices, seed)` it returns a whole batch `(images (B, C, H, W) float32, targets (B,))`.
+    Storing uint8 pixels keeps MNIST's 60,000 training images at 47 MB.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        scale: float,
+        mean: float,
+        std: float,
+        augment: BatchTransform | None = None,
+    ) -> None:
+        if images.ndim != 4 or len(images) != len(targets):
+            raise ValueError(f"expected images (N, C, H, W) and N targets, got {tuple(images.shape)} and {len(targets)}")
+        self.images = images
+        self.targets = targets.long()
+        # (x * scale - mean) / std folded into one multiply-add per pixel.
+        self.multiplier = scale / std
+        self.offset = -mean / std
+        self.augment = augment
+
+    def without_augmentation(self) -> "InMemoryImages":
+        view = InMemoryImages.__new__(InMemoryImages)
+        view.__dict__.update(self.__dict__, augment=None)
+        return view
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, request: tuple[list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices, seed = request
+        images = self.images[indices].float().mul_(self.multiplier).add_(self.offset)
+        if self.augment is not None:
+            images = self.augment(images, torch.Generator().manual_seed(seed))
+        return images, self.targets[indices]
+
+
+class BaseDataLoader(DataLoader):
+    """A DataLoader over one split of a data set, in a seeded, resumable, DDP-aware batch order.
+
+    Subclasses load their data and call this with the indices of the split they were asked for.
+    An `InMemoryImages` data set is read a whole batch at a time; any other map-style Dataset is read
+    a sample at a time and collated, in the same order.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        indices: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        num_workers: int,
+        seed: int,
+        training: bool,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+            raise DataError(f"data_loader.args.batch_size: expected a whole number >= 1, found {batch_size!r}")
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.epoch_sampler = EpochBatchSampler(
+            indices, batch_size, shuffle, seed, rank, world_size, equal_shards=training and distributed
+        )
+        self.n_samples = len(indices)
+        common = dict(
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+        if isinstance(dataset, InMemoryImages):
+            if not training:
+                dataset = dataset.without_augmentation()
+            super().__init__(dataset, sampler=_SeededBatches(self.epoch_sampler), batch_size=None, **common)
+        else:
+            super().__init__(dataset, batch_sampler=self.epoch_sampler, **common)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Call before iterating: selects the epoch's order and skips `start_batch` batches."""
+        self.epoch_sampler.set_epoch(epoch, start_batch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.epoch_sampler.num_batches()
+
+

@@ -1,0 +1,121 @@
+"""Data loaders selectable by name in config.json ("data_loader": {"type": <class name>, "args": {...}}).
+
+Each class loads its data set once into memory and serves one split of it ("train", "valid" or
+"test"); train.py and test.py pass `split` and `seed`, the config passes everything else.
+"""
+
+import math
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+
+from base.base_data_loader import BaseDataLoader, InMemoryImages, split_indices
+from utils.errors import DataError
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator, degrees: float, translate: float) -> torch.Tensor:
+    """Rotate each image by up to `degrees` and shift it by up to `translate` of its size, a batch at a time."""
+    n = len(images)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2  # affine_grid spans [-1, 1]
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, H, W, 2)
+    # Pixels moved in from outside take the background value (the normalized zero pixel).
+    background = images.amin(dim=(1, 2, 3), keepdim=True)
+    return F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+def small_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation of the digit data sets: up to 10 degrees and 10% shift."""
+    return random_affine(images, generator, degrees=10.0, translate=0.1)
+
+
+class DigitsDataLoader(BaseDataLoader):
+    """scikit-learn's 1,797 bundled 8x8 handwritten digits: works offline, nothing to download.
+
+    A held-out test split (`test_split`) is drawn first with `split_seed`, then a validation split
+    (`validation_split`) from the rest; both are a fraction in [0, 1) or a sample count.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        test_split: float | int = 0.2,
+        split_seed: int = 0,
+        augment: bool = False,
+        num_workers: int = 0,
+        split: str = "train",
+        seed: int = 0,
+    ) -> None:
+        from sklearn.datasets import load_digits  # imported here: only this data set needs scikit-learn
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).to(torch.uint8).unsqueeze(1)  # (1797, 1, 8, 8), values 0..16
+        targets = torch.from_numpy(digits.target)
+        dataset = InMemoryImages(
+            images, targets, scale=1 / 16, mean=0.3053, std=0.3760, augment=small_affine if augment else None
+        )
+        indices = split_indices(len(dataset), validation_split, test_split, split_seed)[split]
+        super().__init__(dataset, indices, batch_size, shuffle, num_workers, seed, training=split == "train")
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def load_mnist(data_dir: str, train: bool, download: bool):
+    """MNIST through torchvision, from `<data_dir>/MNIST/raw`; downloads there where the network allows."""
+    from torchvision import datasets  # imported here: only MNIST needs torchvision
+
+    try:
+        return datasets.MNIST(data_dir, train=train, download=False)
+    except RuntimeError:
+        if not download:
+            raise DataError(_missing_mnist(data_dir, "download is off")) from None
+    try:
+        return datasets.MNIST(data_dir, train=train, download=True)
+    except (RuntimeError, URLError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(_missing_mnist(data_dir, f"download failed: {reason}")) from None
+
+
+def _missing_mnist(data_dir: str, reason: str) -> str:
+    raw = Path(data_dir) / "MNIST" / "raw"
+    return f"MNIST files not found in {raw} and {reason}; put {', '.join(MNIST_FILES)} there (unzipped)"
+
+
+class MnistDataLoader(BaseDataLoader):
+    """MNIST (28x28 digits) via torchvision: the official test set for "test", the training set split
+    into "train" and "valid". Decoded once into memory and normalized per batch."""
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        batch_size: int = 128,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        split_seed: int = 0,
+        augment: bool = False,
+        download: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        split: str = "train",
+        seed: int = 0,
+    ) -> None:
+        mnist = load_mnist(data_dir, train=split != "test", download=download)
+        dataset = InMemoryImages(
+            mnist.data.unsqueeze(1), mnist.targets, scale=1 / 255, mean=0.1307, std=0.3081,
+            augment=small_affine if augment else None,
+        )
+        if split == "test":
+            indices = torch.arange(len(dataset))
+        else:
+            indices = split_indices(len(dataset), validation_split, 0, split_seed)[split]
+        super().__init__(
+            dataset, indices, batch_size, shuffle, num_workers, seed, split == "train", pin_memory, persistent_workers
+        )

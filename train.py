@@ -1,0 +1,138 @@
+"""Train a model described by a config file.
+
+    python train.py -c config.json
+    python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01
+    python train.py --resume saved/models/<name>/<run_id>/last.pth            # continue a run
+    python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.json   # fine-tune
+"""
+
+import logging
+import os
+import sys
+from typing import Any
+
+from parse_config import ArgumentParser, ConfigParser
+from utils.errors import ConfigError, UserError
+
+# Short flags for common overrides: flag -> dotted config key.
+SHORTCUTS = {
+    "--lr": ("optimizer.args.lr", "learning rate"),
+    "--bs": ("data_loader.args.batch_size", "batch size"),
+    "--epochs": ("trainer.epochs", "number of epochs"),
+}
+
+
+def main(config: ConfigParser) -> dict[str, Any]:
+    """Train; return {"last": results of the last epoch, "best": results of the best epoch or None}."""
+    # Heavy imports live here so that --help and config errors answer without loading torch.
+    from torch import nn
+
+    from logger import make_writer, setup_logging
+    from trainer.trainer import Trainer
+    from utils.checkpoint import KEY_MODEL, load_model_state
+    from utils.util import prepare_device, seed_everything
+
+    setup_logging(None, config.get("verbosity", 2))
+    logger = logging.getLogger("train")
+    seed = config.get("seed", 0)
+    seed_everything(seed, config.get("deterministic", False))
+
+    # data: the training and validation splits (the test split is for test.py)
+    data_loader = config.init_obj("data_loader", split="train", seed=seed)
+    valid_data_loader = config.init_obj("data_loader", split="valid", seed=seed)
+
+    # model, with the checkpoint's weights when resuming or fine-tuning
+    model = config.init_obj("arch")
+    if config.checkpoint is not None:
+        load_model_state(model, config.checkpoint[KEY_MODEL], config.checkpoint_path)
+
+    # device: the CPU, one GPU, or DataParallel over several
+    device, device_ids = prepare_device(config.get("n_gpu", 1))
+    model = model.to(device)
+    if len(device_ids) > 1:
+        model = nn.DataParallel(model, device_ids=device_ids)
+
+    # loss and metrics
+    criterion = config.init_ftn("loss")
+    metric_fns = config.metric_fns()
+
+    # optimizer and learning rate scheduler
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = config.init_obj("optimizer", trainable_params)
+    lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config.get("lr_scheduler") else None
+
+    # everything is valid: only now create the run folders and the log file
+    config.make_run_dirs()
+    setup_logging(config.log_dir, config.get("verbosity", 2))
+    logger.info("Run folder: %s", config.save_dir)
+    logger.info(
+        "Device: %s%s; seed %d; training %d samples, validating %d",
+        device, f" (DataParallel on GPUs {device_ids})" if len(device_ids) > 1 else "",
+        seed, data_loader.n_samples, valid_data_loader.n_samples,
+    )
+    logger.debug("%s", model)
+
+    writer = make_writer(config.log_dir, config.get("tensorboard", True))
+    trainer = Trainer(
+        model, criterion, metric_fns, optimizer,
+        config=config.config, device=device, data_loader=data_loader, valid_data_loader=valid_data_loader,
+        lr_scheduler=lr_scheduler, checkpoint_dir=config.save_dir, writer=writer, run_id=config.run_id,
+        **config["trainer"],
+    )
+    if config.resuming:
+        trainer.load_state_dict(config.checkpoint)
+    try:
+        return trainer.train()
+    finally:
+        writer.close()
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Train a model described by a config file.",
+                epilog=(
+            "overrides: any config key as dotted.key=value after the options, e.g.\n"
+            "  python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01 trainer.monitor='max val_accuracy'\n"
+            "values are read as JSON where they parse (3, 0.01, true, null, [1,2]) and as strings otherwise."
+        ),
+    )
+    parser.add_argument("-c", "--config", help="config file (e.g. config.json); with --resume: fine-tune into a new run")
+    parser.add_argument("-r", "--resume", help="checkpoint (or run folder, for its last.pth) to continue from")
+    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    for flag, (key, what) in SHORTCUTS.items():
+        parser.add_argument(flag, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def select_devices(devices: str | None) -> None:
+    """Make only the chosen GPUs visible; must happen before CUDA is first used."""
+    if devices is None:
+        return
+    ids = [d.strip() for d in devices.split(",")]
+    if not all(d.isdigit() for d in ids):
+        raise ConfigError(f"--device {devices}: expected GPU indices such as 0 or 0,1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < len(ids):
+        raise ConfigError(
+            f"--device {devices}: {available} of these GPU(s) exist on this machine"
+            + ("; run without --device to train on the CPU" if available == 0 else "")
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> ConfigParser:
+    args = build_parser().parse_args(argv)
+    overrides = [f"{key}={getattr(args, flag[2:])}" for flag, (key, _) in SHORTCUTS.items() if getattr(args, flag[2:]) is not None]
+    select_devices(args.device)
+    return ConfigParser.load(args.config, args.resume, overrides + args.overrides, args.run_id)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UserError as e:
+        sys.exit(f"error: {e}")

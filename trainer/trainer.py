@@ -1,0 +1,215 @@
+"""The training and validation epochs: batches, mixed precision, accumulation, clipping, metrics."""
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from base.base_data_loader import BaseDataLoader
+from base.base_trainer import BaseTrainer
+from logger.visualization import Writer
+from utils.checkpoint import KEY_SCALER, KEY_STEP
+from utils.errors import UserError
+from utils.util import MetricTracker
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `trainer.amp` on this device: true means fp16 on CUDA and bf16 on the CPU."""
+    if amp is False:
+        return None
+    if amp is True:
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
+class Trainer(BaseTrainer):
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Callable,
+        metric_fns: dict[str, Callable],
+        optimizer: torch.optim.Optimizer,
+        *,
+        config: dict,
+        device: torch.device,
+        data_loader: BaseDataLoader,
+        valid_data_loader: BaseDataLoader | None = None,
+        lr_scheduler: Any = None,
+        checkpoint_dir: Path,
+        writer: Writer,
+        run_id: str = "",
+        epochs: int,
+        save_period: int = 1,
+        keep_last: int | None = None,
+        monitor: str = "off",
+        min_delta: float = 0.0,
+        early_stop: int = 0,
+        len_epoch: int | None = None,
+        log_step: int = 10,
+        amp: bool | str = False,
+        accumulate_steps: int = 1,
+        clip_grad_norm: float | None = None,
+        scheduler_interval: str = "epoch",
+    ) -> None:
+        super().__init__(
+            model, optimizer, lr_scheduler, config=config, checkpoint_dir=checkpoint_dir, writer=writer,
+            run_id=run_id, epochs=epochs, save_period=save_period, keep_last=keep_last, monitor=monitor,
+            min_delta=min_delta, early_stop=early_stop,
+        )
+        self.criterion = criterion
+        self.metric_fns = metric_fns
+        self.device = device
+        self.data_loader = data_loader
+        self.valid_data_loader = valid_data_loader if valid_data_loader is not None and len(valid_data_loader) else None
+        self.len_epoch = len_epoch
+        self.log_step = log_step
+        self.accumulate_steps = accumulate_steps
+        self.clip_grad_norm = clip_grad_norm
+        self.scheduler_interval = scheduler_interval
+        self.global_step = 0  # batches trained on since the start of the run
+
+        self.amp_dtype = resolve_amp(amp, device)
+        # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_metrics = MetricTracker("loss", *metric_fns)
+        self.valid_metrics = MetricTracker("loss", *metric_fns)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def batches_in_epoch(self) -> int:
+        return self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
+
+    def _epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The training batches of an epoch; with `len_epoch`, a window of an endless stream of passes."""
+        if self.len_epoch is None:
+            self.data_loader.set_epoch(epoch)
+            yield from self.data_loader
+            return
+        per_pass = self.data_loader.batches_per_epoch
+        position, end = (epoch - 1) * self.len_epoch, epoch * self.len_epoch
+        while position < end:
+            data_pass, offset = divmod(position, per_pass)
+            self.data_loader.set_epoch(data_pass + 1, offset)
+            for batch in self.data_loader:
+                yield batch
+                position += 1
+                if position == end:
+                    return
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.train_metrics.reset()
+        n_batches = self.batches_in_epoch()
+        started = time.perf_counter()
+        # Index of the first batch whose loss was not finite, kept on the device: no sync per step.
+        first_bad = torch.full((), -1, device=self.device)
+        bar = tqdm(self._epoch_batches(epoch), total=n_batches, desc=f"Epoch {epoch}", disable=None, leave=False)
+        for batch_idx, (data, target) in enumerate(bar):
+            data = data.to(self.device, non_blocking=True)
+            target = target.to(self.device, non_blocking=True)
+            with self._autocast():
+                output = self.model(data)
+                loss = self.criterion(output, target)
+
+            # Each optimizer step averages over its group of batches, as one batch that many times larger.
+            group_start = batch_idx - batch_idx % self.accumulate_steps
+            group_size = min(self.accumulate_steps, n_batches - group_start)
+            self.scaler.scale(loss / group_size).backward()
+            if batch_idx - group_start + 1 == group_size:
+                self._optimizer_step()
+
+            n = len(target)
+            detached = loss.detach()
+            if not self.scaler.is_enabled():  # with fp16 the scaler skips non-finite steps itself
+                bad = ~torch.isfinite(detached) & (first_bad < 0)
+                first_bad = torch.where(bad, batch_idx, first_bad)
+            self.train_metrics.update("loss", detached.float(), n)
+            with torch.no_grad():
+                for name, fn in self.metric_fns.items():
+                    self.train_metrics.update(name, fn(output.float(), target), n)
+            self.global_step += 1
+
+            if batch_idx % self.log_step == 0 or batch_idx == n_batches - 1:
+                self._check_finite(first_bad, epoch)  # a host sync, once per log interval
+                value = detached.item()
+                self.writer.add_scalar("loss/train_step", value, self.global_step)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        bar.close()
+        self._check_finite(first_bad, epoch)
+
+        result = self.train_metrics.result()
+        if self.valid_data_loader is not None:
+            result.update({f"val_{k}": v for k, v in self._valid_epoch(epoch).items()})
+        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.lr_scheduler.step(result[self.mnt_metric])
+            else:
+                self.lr_scheduler.step()
+        self._write_epoch(epoch, result, time.perf_counter() - started)
+        return result
+
+    def _optimizer_step(self) -> None:
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None and self.scheduler_interval == "step":
+            self.lr_scheduler.step()
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at epoch {epoch}, batch {bad + 1}; "
+                "lower optimizer.args.lr or set trainer.clip_grad_norm (checkpoints written so far are kept)"
+            )
+
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.eval()
+        self.valid_metrics.reset()
+        self.valid_data_loader.set_epoch(epoch)
+        with torch.no_grad():
+            for data, target in tqdm(self.valid_data_loader, desc="Validation", disable=None, leave=False):
+                data = data.to(self.device, non_blocking=True)
+                target = target.to(self.device, non_blocking=True)
+                with self._autocast():
+                    output = self.model(data)
+                    loss = self.criterion(output, target)
+                n = len(target)
+                self.valid_metrics.update("loss", loss.float(), n)
+                for name, fn in self.metric_fns.items():
+                    self.valid_metrics.update(name, fn(output.float(), target), n)
+        return self.valid_metrics.result()
+
+    def _write_epoch(self, epoch: int, result: dict[str, float], seconds: float) -> None:
+        for key, value in result.items():
+            name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
+            self.writer.add_scalar(f"{name}/{mode}", value, epoch)
+        self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], epoch)
+        self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        state = super().state_dict(epoch)
+        state[KEY_SCALER] = self.scaler.state_dict()
+        state[KEY_STEP] = self.global_step
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get(KEY_SCALER):
+            self.scaler.load_state_dict(state[KEY_SCALER])
+        self.global_step = state.get(KEY_STEP, 0)

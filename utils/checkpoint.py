@@ -1,0 +1,144 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True.
+
+A checkpoint never holds a pickled object of ours, so `torch.load(path, map_location="cpu",
+weights_only=True)` reads it anywhere, and a file from a stranger cannot run code when loaded.
+"""
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+# Keys of the checkpoint dict, in one place.
+KEY_FORMAT = "format_version"
+KEY_ARCH = "arch"
+KEY_OPTIMIZER_TYPE = "optimizer_type"
+KEY_EPOCH = "epoch"
+KEY_STEP = "global_step"
+KEY_BATCH = "batch_in_epoch"
+KEY_RUN_ID = "run_id"
+KEY_MODEL = "state_dict"
+KEY_OPTIMIZER = "optimizer"
+KEY_SCHEDULER = "lr_scheduler"
+KEY_SCALER = "scaler"
+KEY_MONITOR_BEST = "monitor_best"
+KEY_NOT_IMPROVED = "not_improved_count"
+KEY_BEST_RESULT = "best_result"
+KEY_RNG = "rng"
+KEY_CONFIG = "config"
+REQUIRED_KEYS = (KEY_FORMAT, KEY_ARCH, KEY_EPOCH, KEY_MODEL, KEY_CONFIG)
+
+LAST_NAME = "last.pth"
+BEST_NAME = "model_best.pth"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write `state` to `path` atomically: a temporary file in the same folder, flushed, then renamed.
+
+    A crash or a kill while saving leaves the previous file under `path` intact, never a truncated one.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file a user means: the file itself, or the `last.pth` of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / LAST_NAME).is_file():
+            return path / LAST_NAME
+        found = sorted(p.name for p in path.glob("*.pth"))
+        hint = f"; it has {', '.join(found)}" if found else ""
+        raise CheckpointError(f"{path}: folder has no {LAST_NAME}{hint}; pass a checkpoint file with --resume")
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a checkpoint on the CPU; every failure is one CheckpointError naming the file."""
+    path = resolve_checkpoint_path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses anything but tensors and primitives: a file that would run code lands here.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused, it holds objects a checkpoint must not contain ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or another format: {_first_line(e)})") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path}: not a checkpoint of this project (keys {', '.join(REQUIRED_KEYS)} expected)")
+    version = state[KEY_FORMAT]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this code understands ({FORMAT_VERSION}); "
+            "update the code"
+        )
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load weights strictly; a checkpoint of another model is one clear error, not a wall of key names."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        own = model.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{k} has shape {tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) such as {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}")
+        detail = "; ".join(parts) or _first_line(e)
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({detail})") from None
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and primitives (loadable with weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

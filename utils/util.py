@@ -1,0 +1,103 @@
+"""Small helpers shared by the entry points and the trainer: JSON files, seeding, devices, metric sums."""
+
+import json
+import logging
+import os
+import random
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, keeping key order; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a JSON file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    try:
+        return json.loads(text, object_hook=OrderedDict)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
+def write_json(content: Any, path: str | Path) -> None:
+    """Write JSON atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(content, handle, indent=4)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (all devices); called once from main, never at import."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        # cuBLAS needs this set before its first use to be deterministic (see torch.use_deterministic_algorithms).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_device(n_gpu_use: int) -> tuple[torch.device, list[int]]:
+    """Pick the device and the GPU ids for DataParallel; asking for more GPUs than exist uses what exists."""
+    n_gpu = torch.cuda.device_count()
+    if n_gpu_use > n_gpu:
+        logger.warning(
+            "n_gpu is %d but %d GPU(s) are available: training on %s.",
+            n_gpu_use, n_gpu, f"{n_gpu} GPU(s)" if n_gpu else "the CPU",
+        )
+        n_gpu_use = n_gpu
+    device = torch.device("cuda:0" if n_gpu_use > 0 else "cpu")
+    return device, list(range(n_gpu_use))
+
+
+class MetricTracker:
+    """Per-sample averages over an epoch: a running sum and a sample count per key.
+
+    Sums stay on the device as tensors, so updating never waits for the GPU; `result()` reads them
+    back once (one host sync per call).
+    """
+
+    def __init__(self, *keys: str) -> None:
+        self._keys = keys
+        self._sums: dict[str, torch.Tensor | float] = {}
+        self._counts: dict[str, int] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums = dict.fromkeys(self._keys, 0.0)
+        self._counts = dict.fromkeys(self._keys, 0)
+
+    def update(self, key: str, value: torch.Tensor | float, n: int = 1) -> None:
+        """Add a batch mean `value` computed over `n` samples."""
+        value = value.detach() if isinstance(value, torch.Tensor) else value
+        self._sums[key] = self._sums[key] + value * n
+        self._counts[key] += n
+
+    def sums_and_counts(self) -> tuple[dict[str, float], dict[str, int]]:
+        sums = {k: float(v) for k, v in self._sums.items()}
+        return sums, dict(self._counts)
+
+    def result(self) -> dict[str, float]:
+        sums, counts = self.sums_and_counts()
+        return {k: sums[k] / counts[k] for k in self._keys if counts[k]}
