@@ -44,7 +44,7 @@ ROLES: dict[str, Role] = {
     "arch": Role("model.model", "class", base="torch.nn:Module"),
     "data_loader": Role("data_loader.data_loaders", "class", base="base.base_data_loader:BaseDataLoader", keywords=("split", "seed")),
     "optimizer": Role("torch.optim", "class", base="torch.optim:Optimizer", positional=1),
-    "lr_scheduler": Role("torch.optim.lr_scheduler", "class", base="torch.optim.lr_scheduler:LRScheduler|torch.optim.lr_scheduler:ReduceLROnPlateau", positional=1),
+    "lr_scheduler": Role("torch.optim.lr_scheduler", "class", base="torch.optim.lr_scheduler:LRScheduler", positional=1),
     "loss": Role("model.loss", "function", positional=2),
     "metrics": Role("model.metric", "function", positional=2),
 }
@@ -61,7 +61,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    same_letters = [c for c in choices if c.lower() == word.lower()]
+    close = same_letters or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -303,7 +305,7 @@ class ConfigParser:
         - both: a new run with `config_path` that starts from the checkpoint's weights (fine-tuning).
         """
         from utils.checkpoint import (
-            KEY_ARCH, KEY_BATCH, KEY_CONFIG, KEY_EPOCH, KEY_OPTIMIZER_TYPE, load_checkpoint, resolve_checkpoint_path,
+            KEY_ARCH, KEY_CONFIG, KEY_OPTIMIZER_TYPE, load_checkpoint, resolve_checkpoint_path,
         )
 
         if config_path is None and resume is None:
@@ -326,6 +328,10 @@ class ConfigParser:
         for override in overrides:
             apply_override(config, override)
         validate(config)
+        if run_id is not None:
+            taken = Path(config.get("save_dir", "saved/")) / "models" / config["name"] / run_id
+            if taken.exists():
+                raise ConfigError(f"--run-id {run_id}: {taken} already exists; choose another id, or resume it with --resume {taken}")
         if checkpoint is not None and not fine_tune:
             for key, saved, now in (
                 ("arch.type", checkpoint[KEY_ARCH], config["arch"]["type"]),
@@ -336,12 +342,6 @@ class ConfigParser:
                         f"{key}: the checkpoint was trained with {saved}, the config asks for {now}; "
                         "add -c CONFIG to fine-tune from its weights instead"
                     )
-            done = checkpoint[KEY_EPOCH]
-            if done >= config["trainer"]["epochs"] and not checkpoint.get(KEY_BATCH, 0):
-                raise ConfigError(
-                    f"trainer.epochs: the checkpoint has finished epoch {done} of {config['trainer']['epochs']}; "
-                    f"pass trainer.epochs=N with N > {done} to train further"
-                )
         return cls(config, checkpoint, checkpoint_path, fine_tune, run_id)
 
     @property

@@ -29,9 +29,16 @@ def main(config: ConfigParser) -> dict[str, Any]:
 
     from logger import make_writer, setup_logging
     from trainer.trainer import Trainer
-    from utils.checkpoint import KEY_MODEL, load_model_state
+    from utils.checkpoint import KEY_EPOCH, KEY_MODEL, load_model_state
     from utils.util import prepare_device, seed_everything
 
+    epochs = config["trainer"]["epochs"]
+    if config.resuming and config.checkpoint[KEY_EPOCH] >= epochs:
+        done = config.checkpoint[KEY_EPOCH]
+        raise ConfigError(
+            f"trainer.epochs: the checkpoint has finished epoch {done} of {epochs}; "
+            f"pass trainer.epochs=N with N > {done} to train further"
+        )
     setup_logging(None, config.get("verbosity", 2))
     logger = logging.getLogger("train")
     seed = config.get("seed", 0)

@@ -2,7 +2,7 @@
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,33 @@ def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
     if amp is True:
         return torch.float16 if device.type == "cuda" else torch.bfloat16
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
+def evaluate(
+    model: nn.Module,
+    data_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    criterion: Callable,
+    metric_fns: dict[str, Callable],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    desc: str = "Validation",
+) -> dict[str, float]:
+    """Loss and metrics averaged per sample over a data set (used for validation and by test.py)."""
+    model.eval()
+    tracker = MetricTracker("loss", *metric_fns)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    with torch.no_grad():
+        for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
+            data = data.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            with autocast:
+                output = model(data)
+                loss = criterion(output, target)
+            n = len(target)
+            tracker.update("loss", loss.float(), n)
+            for name, fn in metric_fns.items():
+                tracker.update(name, fn(output.float(), target), n)
+    return tracker.result()
 
 
 class Trainer(BaseTrainer):
@@ -81,7 +108,6 @@ class Trainer(BaseTrainer):
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.train_metrics = MetricTracker("loss", *metric_fns)
-        self.valid_metrics = MetricTracker("loss", *metric_fns)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -179,21 +205,8 @@ class Trainer(BaseTrainer):
             )
 
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.eval()
-        self.valid_metrics.reset()
         self.valid_data_loader.set_epoch(epoch)
-        with torch.no_grad():
-            for data, target in tqdm(self.valid_data_loader, desc="Validation", disable=None, leave=False):
-                data = data.to(self.device, non_blocking=True)
-                target = target.to(self.device, non_blocking=True)
-                with self._autocast():
-                    output = self.model(data)
-                    loss = self.criterion(output, target)
-                n = len(target)
-                self.valid_metrics.update("loss", loss.float(), n)
-                for name, fn in self.metric_fns.items():
-                    self.valid_metrics.update(name, fn(output.float(), target), n)
-        return self.valid_metrics.result()
+        return evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns, self.device, self.amp_dtype)
 
     def _write_epoch(self, epoch: int, result: dict[str, float], seconds: float) -> None:
         for key, value in result.items():

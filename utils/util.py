@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import random
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file, keeping key order; every failure is a ConfigError naming the file."""
+    """Read a JSON file; every failure is a ConfigError naming the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -28,7 +27,7 @@ def read_json(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it ({e})") from None
     try:
-        return json.loads(text, object_hook=OrderedDict)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 

@@ -1,0 +1,59 @@
+"""Copy this template into a new project folder, ready to train.
+
+    python new_project.py ../myproj
+    cd ../myproj && python train.py -c config.json
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+from parse_config import ArgumentParser
+from utils.errors import ConfigError, UserError
+
+TEMPLATE = Path(__file__).resolve().parent
+# Never copied: version control, runs, downloaded data, caches and virtual environments.
+SKIPPED = {".git", "saved", "data", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".venv", "venv"}
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in SKIPPED or n.endswith((".pyc", ".egg-info"))}
+
+
+def check_target(target: Path) -> None:
+    """Refuse a target that would overwrite or nest anything; nothing is written before this passes."""
+    if target == TEMPLATE or TEMPLATE in target.parents:
+        raise ConfigError(f"{target}: is inside the template itself; choose a folder outside {TEMPLATE}")
+    if target.is_file():
+        raise ConfigError(f"{target}: is an existing file; choose a new folder name")
+    if target.is_dir() and any(target.iterdir()):
+        raise ConfigError(f"{target}: folder exists and is not empty; choose a new folder name")
+
+
+def main(target: str | Path) -> Path:
+    """Copy the template to `target` (new or empty); return the new project's path."""
+    target = Path(target).expanduser().resolve()
+    check_target(target)
+    shutil.copytree(TEMPLATE, target, ignore=_ignore, dirs_exist_ok=True)
+    (target / "saved").mkdir(exist_ok=True)
+    (target / "saved" / ".gitkeep").touch()
+    return target
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Create a new project from this template (without .git, saved runs, data and caches).",
+        epilog="example:\n  python new_project.py ../myproj && cd ../myproj && python train.py -c config.json",
+    )
+    parser.add_argument("target", help="folder to create (must not exist, or be empty)")
+    return parser
+
+
+if __name__ == "__main__":
+    try:
+        created = main(build_parser().parse_args().target)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: could not create the project: {e}")
+    print(f"New project in {created}\nNext: cd {created} && python train.py -c config.json")

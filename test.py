@@ -1,0 +1,78 @@
+"""Evaluate a checkpoint on the held-out test split (or another split) and save the results as JSON.
+
+    python test.py --resume saved/models/<name>/<run_id>/model_best.pth
+    python test.py --resume saved/models/<name>/<run_id>/model_best.pth --split valid data_loader.args.batch_size=256
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from parse_config import ArgumentParser, ConfigParser
+from train import select_devices
+from utils.errors import ConfigError, UserError
+
+
+def main(config: ConfigParser, split: str = "test", out: str | Path | None = None) -> dict[str, float]:
+    """Evaluate the checkpoint's model on `split`; write and return the per-sample averages."""
+    # Heavy imports live here so that --help and config errors answer without loading torch.
+    from logger import setup_logging
+    from trainer.trainer import evaluate
+    from utils.checkpoint import KEY_MODEL, load_model_state
+    from utils.util import prepare_device, write_json
+
+    setup_logging(None, config.get("verbosity", 2))
+    logger = logging.getLogger("test")
+
+    # data: the split to evaluate, never augmented
+    data_loader = config.init_obj("data_loader", split=split, seed=config.get("seed", 0))
+    if data_loader.n_samples == 0:
+        raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
+
+    # model with the checkpoint's weights, on the available device
+    model = config.init_obj("arch")
+    load_model_state(model, config.checkpoint[KEY_MODEL], config.checkpoint_path)
+    device, _ = prepare_device(config.get("n_gpu", 1))
+    model = model.to(device)
+
+    # loss and metrics, averaged per sample
+    results = evaluate(model, data_loader, config.init_ftn("loss"), config.metric_fns(), device, desc=f"Test ({split})")
+    results = {"n_samples": data_loader.n_samples, **results}
+
+    out = Path(out) if out is not None else config.checkpoint_path.with_suffix(f".{split}.json")
+    write_json({"checkpoint": str(config.checkpoint_path), "split": split, **results}, out)
+    logger.info("%s", json.dumps(results, indent=4))
+    logger.info("Results written to %s", out)
+    return results
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Evaluate a checkpoint and write its loss and metrics as JSON (beside it, or to --out).",
+        epilog=(
+            "overrides: any config key as dotted.key=value after the options, e.g.\n"
+            "  python test.py -r saved/models/Digits_CNN/0101_120000/model_best.pth data_loader.args.batch_size=256"
+        ),
+    )
+    parser.add_argument("-r", "--resume", required=True, help="checkpoint to evaluate (or a run folder, for its last.pth)")
+    parser.add_argument("-c", "--config", help="config to use instead of the one stored in the checkpoint")
+    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--split", choices=("test", "valid", "train"), default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--out", help="JSON file for the results (default: <checkpoint>.<split>.json beside it)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, str, str | None]:
+    args = build_parser().parse_args(argv)
+    select_devices(args.device)
+    config = ConfigParser.load(args.config, args.resume, args.overrides)
+    return config, args.split, args.out
+
+
+if __name__ == "__main__":
+    try:
+        main(*parse_args())
+    except UserError as e:
+        sys.exit(f"error: {e}")

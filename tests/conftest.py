@@ -1,0 +1,61 @@
+"""Shared fixtures: a shrunken copy of the real config.json, and a way to run the real commands."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project's modules are imported from the root, as the scripts do
+
+from utils.util import read_json  # noqa: E402
+
+
+def shrink(config: dict, save_dir: Path, epochs: int = 2) -> dict:
+    """The real config, made small: a few epochs, output under save_dir, no TensorBoard."""
+    config = copy.deepcopy(config)
+    config["save_dir"] = str(save_dir)
+    config["tensorboard"] = False
+    config["verbosity"] = 1
+    config["trainer"]["epochs"] = epochs
+    config["data_loader"]["args"]["batch_size"] = 64
+    return config
+
+
+@pytest.fixture
+def base_config() -> dict:
+    return read_json(ROOT / "config.json")
+
+
+@pytest.fixture
+def tiny_config(base_config: dict, tmp_path: Path) -> dict:
+    return shrink(base_config, tmp_path / "saved")
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    def write(config: dict, name: str = "config.json") -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    return write
+
+
+def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the project's commands as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def tree_snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under folder with its content, to prove nothing changed."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,0 +1,235 @@
+"""ConfigParser: loading, overrides, schema errors, names by role, constructor signatures."""
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from parse_config import ROLES, ConfigParser, apply_override, parse_value, valid_names, validate
+from trainer.trainer import Trainer
+from utils.errors import ConfigError
+from utils.util import read_json
+
+SHIPPED_CONFIGS = sorted(ROOT.glob("config*.json"))
+
+
+def errors_of(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(config)
+    return str(info.value)
+
+
+def test_every_shipped_config_validates():
+    assert [p.name for p in SHIPPED_CONFIGS] == ["config.json", "config_mnist.json"]
+    for path in SHIPPED_CONFIGS:
+        validate(read_json(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("3", 3), ("0.01", 0.01), ("true", True), ("null", None), ("[1, 2]", [1, 2]), ('"3"', "3"),
+     ("max val_accuracy", "max val_accuracy"), ("saved/", "saved/"), ("1e-3", 0.001)],
+)
+def test_override_values_are_json_where_they_parse(text, value):
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
+def test_overrides_set_nested_keys_list_items_and_new_args(base_config):
+    for override in ("trainer.epochs=3", "optimizer.args.lr=0.01", "trainer.monitor=max val_accuracy",
+                     "optimizer.args.betas=[0.8, 0.9]", "metrics.1.args.k=5", "arch.args.dropout=0.5"):
+        apply_override(base_config, override)
+    assert base_config["trainer"]["epochs"] == 3
+    assert base_config["optimizer"]["args"] == {"lr": 0.01, "weight_decay": 0, "amsgrad": True, "betas": [0.8, 0.9]}
+    assert base_config["trainer"]["monitor"] == "max val_accuracy"
+    assert base_config["metrics"][1]["args"]["k"] == 5
+    validate(base_config)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.epoch=3", "no key trainer.epoch; did you mean 'epochs'? (keys there: epochs, save_period"),
+        ("trainer", "expected key=value, e.g. trainer.epochs=3"),
+        ("=3", "expected key=value"),
+        ("trainer.epochs.x=1", "trainer.epochs is 20, it has no key 'x'"),
+        ("metrics.7.args.k=1", "metrics.7 is not an index of that list (0..1)"),
+        ("optimizer.lr=0.1", "no key optimizer.lr"),
+    ],
+)
+def test_bad_overrides_name_the_key(base_config, override, message):
+    with pytest.raises(ConfigError, match="^override") as info:
+        apply_override(base_config, override)
+    assert message in str(info.value)
+
+
+def test_load_applies_overrides_and_validates(write_config, tiny_config):
+    path = write_config(tiny_config)
+    config = ConfigParser.load(path, overrides=["trainer.epochs=5", "data_loader.args.batch_size=16"])
+    assert config["trainer"]["epochs"] == 5 and config["data_loader"]["args"]["batch_size"] == 16
+    with pytest.raises(ConfigError, match="trainer.epochs: expected integer, found \"five\""):
+        ConfigParser.load(path, overrides=["trainer.epochs=five"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop("arch"), "arch: missing required key"),
+        (lambda c: c["trainer"].pop("epochs"), "trainer.epochs: missing required key"),
+        (lambda c: c["trainer"].update(epochs="3"), 'trainer.epochs: expected integer, found "3"'),
+        (lambda c: c["trainer"].update(epochs=-1), "trainer.epochs: expected a number >= 1, found -1"),
+        (lambda c: c["trainer"].update(early_stop=-2), "trainer.early_stop: expected a number >= 0, found -2"),
+        (lambda c: c.update(metrics="accuracy"), 'metrics: expected array, found "accuracy"'),
+        (lambda c: c["trainer"].update(monitor="maximum val_loss"), 'trainer.monitor: expected "off", or "min <metric>"'),
+        (lambda c: c["trainer"].update(amp="fp8"), 'trainer.amp: expected one of false, true, "fp16", "bf16"; found "fp8"'),
+        (lambda c: c["trainer"].update(epocs=3), "trainer.epocs: unknown key; did you mean 'epochs'?"),
+        (lambda c: c.update(optimiser=c["optimizer"]), "optimiser: unknown key; did you mean 'optimizer'?"),
+        (lambda c: c["arch"].update(arguments={}), "arch.arguments: unknown key; did you mean 'args'?"),
+        (lambda c: c["arch"].update(args=[1]), "arch.args: expected object, found [1]"),
+        (lambda c: c.update(name="../escape"), "name: expected a single folder name"),
+        (lambda c: c.update(name=".hidden"), "name: expected a single folder name"),
+        (lambda c: c.update(verbosity=5), "verbosity: expected one of 0, 1, 2; found 5"),
+    ],
+)
+def test_schema_errors_name_key_expected_and_found(base_config, change, message):
+    change(base_config)
+    assert message in errors_of(base_config)
+
+
+def test_all_errors_are_reported_at_once(base_config):
+    base_config["trainer"]["epochs"] = 0
+    base_config["trainer"]["save_period"] = "often"
+    base_config["seeed"] = 1
+    text = errors_of(base_config)
+    assert "trainer.epochs" in text and "trainer.save_period" in text and "seeed: unknown key; did you mean 'seed'" in text
+    assert "\n" not in text  # one line
+
+
+def test_a_config_that_is_not_an_object_is_refused(write_config, tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object at the top, found \\[1, 2\\]"):
+        ConfigParser.load(path)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "x",}')
+    with pytest.raises(ConfigError, match="broken.json: not valid JSON \\(.* at line 1, column 14\\)"):
+        ConfigParser.load(broken)
+    with pytest.raises(ConfigError, match="missing.json: file not found"):
+        ConfigParser.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("role", "value", "valid"),
+    [
+        ("arch", "MnistNet", "did you mean 'MnistModel'? (valid: DigitsModel, MnistModel, from model.model)"),
+        ("data_loader", "DigitLoader", "valid: DigitsDataLoader, MnistDataLoader"),
+        ("optimizer", "Adamw", "did you mean 'AdamW'?"),
+        ("lr_scheduler", "Steplr", "did you mean 'StepLR'?"),
+    ],
+)
+def test_unknown_class_names_list_the_valid_ones(base_config, role, value, valid):
+    base_config[role]["type"] = value
+    text = errors_of(base_config)
+    assert f"{role}.type: unknown {role} '{value}'" in text and valid in text
+
+
+def test_unknown_function_names_list_the_valid_ones(base_config):
+    base_config["loss"] = "nll"
+    base_config["metrics"][0] = "acuracy"
+    text = errors_of(base_config)
+    assert "loss.type: unknown loss 'nll'" in text and "valid: cross_entropy, nll_loss" in text
+    assert "metrics.0.type: unknown metrics 'acuracy'; did you mean 'accuracy'?" in text
+
+
+@pytest.mark.parametrize(
+    "name", ["__import__", "os", "eval", "system", "torch", "nn", "F", "BaseModel", "_private", "model.model.DigitsModel", "Module"]
+)
+def test_names_cannot_reach_outside_their_role(base_config, name):
+    base_config["arch"]["type"] = name
+    assert "valid: DigitsModel, MnistModel" in errors_of(base_config)
+
+
+def test_role_names_are_the_expected_ones():
+    assert set(valid_names(ROLES["arch"])) == {"DigitsModel", "MnistModel"}
+    assert set(valid_names(ROLES["loss"])) == {"nll_loss", "cross_entropy"}
+    assert set(valid_names(ROLES["metrics"])) == {"accuracy", "top_k_acc"}
+    optimizers = valid_names(ROLES["optimizer"])
+    assert {"Adam", "AdamW", "SGD"} <= set(optimizers) and "Optimizer" not in optimizers
+    assert {"StepLR", "OneCycleLR", "ReduceLROnPlateau"} <= set(valid_names(ROLES["lr_scheduler"]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["optimizer"]["args"].update(lrr=0.1), "optimizer.args.lrr: Adam has no argument 'lrr'; did you mean 'lr'?"),
+        (lambda c: c["arch"]["args"].update(classes=3), "arch.args.classes: DigitsModel has no argument 'classes'"),
+        (lambda c: c["data_loader"]["args"].update(split="test"), "data_loader.args.split: set by the code, not the config"),
+        (lambda c: c["lr_scheduler"]["args"].pop("step_size"), "lr_scheduler.args.step_size: StepLR needs this argument"),
+        (lambda c: c["metrics"][1]["args"].update(j=2), "metrics.1.args.j: top_k_acc has no argument 'j'"),
+        (lambda c: c["optimizer"]["args"].update(params=[]), "optimizer.args.params: set by the code"),
+    ],
+)
+def test_constructor_arguments_are_checked_against_the_signature(base_config, change, message):
+    change(base_config)
+    assert message in errors_of(base_config)
+
+
+def test_monitor_must_name_a_logged_metric(base_config):
+    base_config["trainer"]["monitor"] = "max val_acc"
+    assert "trainer.monitor: no metric 'val_acc'" in errors_of(base_config)
+    base_config["trainer"]["monitor"] = "max val_top_k_acc"
+    validate(base_config)
+
+
+def test_duplicate_metric_labels_are_refused_and_name_resolves_them(base_config):
+    base_config["metrics"].append({"type": "top_k_acc", "args": {"k": 5}})
+    assert "metrics: 'top_k_acc' appears twice" in errors_of(base_config)
+    base_config["metrics"][-1]["name"] = "top5"
+    validate(base_config)
+
+
+def test_reduce_lr_on_plateau_needs_a_matching_monitor(base_config):
+    base_config["lr_scheduler"] = {"type": "ReduceLROnPlateau", "args": {"mode": "max"}}
+    assert "lr_scheduler.args.mode: 'max' disagrees with trainer.monitor 'min val_loss'" in errors_of(base_config)
+    base_config["trainer"]["monitor"] = "off"
+    assert "ReduceLROnPlateau steps on the monitored metric" in errors_of(base_config)
+
+
+def test_schema_trainer_keys_are_exactly_the_trainer_arguments():
+    schema = read_json(ROOT / "utils" / "config_schema.json")
+    keys = schema["properties"]["trainer"]["properties"]
+    signature = inspect.signature(Trainer)
+    from_code = {
+        name: p.default for name, p in signature.parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in {"config", "device", "data_loader", "valid_data_loader",
+                                                     "lr_scheduler", "checkpoint_dir", "writer", "run_id"}
+    }
+    assert set(keys) == set(from_code)
+    for name, default in from_code.items():  # one default, stated twice, never drifting
+        if default is not inspect.Parameter.empty:
+            assert keys[name]["default"] == default, name
+
+
+def test_validation_writes_nothing(tiny_config, write_config, tmp_path):
+    path = write_config(tiny_config)
+    before = sorted(tmp_path.rglob("*"))
+    ConfigParser.load(path, overrides=["trainer.epochs=4"])
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_run_folders_are_unique_and_hold_the_resolved_config(tiny_config, write_config):
+    path = write_config(tiny_config)
+    first = ConfigParser.load(path)
+    second = ConfigParser.load(path)
+    first.make_run_dirs(timestamp="0101_000000")
+    second.make_run_dirs(timestamp="0101_000000")
+    assert first.save_dir.name == "0101_000000" and second.save_dir.name == "0101_000000_1"
+    assert first.log_dir == Path(tiny_config["save_dir"]) / "log" / "Digits_CNN" / "0101_000000"
+    assert json.loads((first.save_dir / "config.json").read_text()) == tiny_config
+    named = ConfigParser.load(path, run_id="mine")
+    named.make_run_dirs()
+    with pytest.raises(ConfigError, match="--run-id mine: .* already exists"):
+        ConfigParser.load(path, run_id="mine")
+    with pytest.raises(ConfigError, match="expected a single folder name"):
+        ConfigParser.load(path, run_id="../up")
