@@ -1,0 +1,147 @@
+"""Data: seeded splits, a resumable and shardable batch order, per-batch normalization, the MNIST loader."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from base.base_data_loader import EpochBatchSampler, InMemoryImages, split_indices
+from data_loader.data_loaders import DigitsDataLoader, MnistDataLoader
+from utils.errors import DataError
+
+
+def test_splits_are_disjoint_cover_everything_and_depend_only_on_the_seed():
+    parts = split_indices(1797, 0.1, 0.2, seed=0)
+    sizes = {k: len(v) for k, v in parts.items()}
+    assert sizes == {"test": 359, "valid": 143, "train": 1295}
+    joined = torch.cat(list(parts.values()))
+    assert sorted(joined.tolist()) == list(range(1797))
+    again = split_indices(1797, 0.1, 0.2, seed=0)
+    assert all(torch.equal(parts[k], again[k]) for k in parts)
+    other = split_indices(1797, 0.1, 0.2, seed=1)
+    assert not torch.equal(parts["test"], other["test"])
+    # The test split does not move when the validation split changes.
+    assert torch.equal(split_indices(1797, 300, 0.2, seed=0)["test"], parts["test"])
+    assert len(split_indices(1797, 300, 0.2, seed=0)["valid"]) == 300
+
+
+@pytest.mark.parametrize(
+    ("validation_split", "message"),
+    [(5000, "validation_split: 5000 samples asked for, but only 1438 are available"),
+     (1.5, "validation_split: expected a fraction in \\[0, 1\\) or a sample count, found 1.5"),
+     (-0.2, "found -0.2"), (True, "found True"), ("10%", "found '10%'")],
+)
+def test_impossible_splits_are_refused(validation_split, message):
+    with pytest.raises(DataError, match=message):
+        split_indices(1797, validation_split, 0.2, seed=0)
+
+
+def test_batch_order_is_a_function_of_seed_and_epoch():
+    indices = torch.arange(100)
+    sampler = EpochBatchSampler(indices, batch_size=16, shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    sampler.set_epoch(2)
+    second = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) == first and first != second
+    assert len(first) == 7 and [len(b) for b in first] == [16] * 6 + [4]
+    assert sorted(i for b in first for i in b) == list(range(100))
+    # Resuming in the middle of an epoch replays the rest of it exactly.
+    sampler.set_epoch(1, start_batch=4)
+    assert list(sampler) == first[4:] and len(sampler) == 3
+
+
+def test_ranks_share_each_global_batch_like_one_process_with_a_larger_batch():
+    indices = torch.arange(70)
+    single = EpochBatchSampler(indices, batch_size=16, shuffle=True, seed=1)
+    ranks = [EpochBatchSampler(indices, batch_size=8, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for s in (single, *ranks):
+        s.set_epoch(5)
+    together = [sorted(a + b) for a, b in zip(*ranks, strict=True)]
+    assert together == [sorted(b) for b in single]
+    # Training shards have equal lengths so that DDP ranks step together.
+    tail = [EpochBatchSampler(torch.arange(33), 8, False, 0, rank=r, world_size=2, equal_shards=True) for r in (0, 1)]
+    assert [len(t) for t in tail] == [2, 2]
+
+
+def test_per_batch_normalization_equals_torchvision_per_image():
+    from torchvision import transforms
+
+    images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
+    dataset = InMemoryImages(images, torch.arange(10), scale=1 / 255, mean=0.1307, std=0.3081)
+    batch, targets = dataset[([3, 1, 4], 0)]
+    per_image = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    expected = torch.stack([per_image(images[i, 0].numpy()) for i in (3, 1, 4)])
+    torch.testing.assert_close(batch, expected, rtol=1e-5, atol=1e-5)
+    assert targets.tolist() == [3, 1, 4]
+
+
+def test_digits_splits_do_not_overlap_and_only_training_is_augmented():
+    loaders = {s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split=s) for s in ("train", "valid", "test")}
+    assert {s: l.n_samples for s, l in loaders.items()} == {"train": 1295, "valid": 143, "test": 359}
+    plain = {s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=False, split=s) for s in ("train", "valid", "test")}
+    for split in ("valid", "test"):
+        (x, y), = list(loaders[split])
+        (x_plain, y_plain), = list(plain[split])
+        assert torch.equal(x, x_plain) and torch.equal(y, y_plain)
+    (x_aug, _), = list(loaders["train"])
+    (x_plain, _), = list(plain["train"])
+    assert x_aug.shape == x_plain.shape == (1295, 1, 8, 8)
+    assert (x_aug - x_plain).abs().mean() > 0.1
+    # The augmentation of a batch depends on (seed, epoch, batch) only: the same whatever the workers.
+    again, = list(DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split="train", num_workers=2))
+    assert torch.equal(again[0], x_aug)
+
+
+def test_digits_pixels_are_normalized():
+    (x, _), = list(DigitsDataLoader(batch_size=2000, split="train"))
+    assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
+
+
+def _write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """MNIST's idx format: big-endian magic, sizes, then raw uint8 data."""
+    n, rows, cols = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, rows, cols) + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+
+
+@pytest.fixture
+def mnist_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train_images = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    train_labels = rng.integers(0, 10, 60, dtype=np.uint8)
+    _write_idx(raw, "train", train_images, train_labels)
+    _write_idx(raw, "t10k", rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), rng.integers(0, 10, 20, dtype=np.uint8))
+    return tmp_path, train_images, train_labels
+
+
+def test_mnist_loader_reads_idx_files_through_torchvision(mnist_dir):
+    root, images, labels = mnist_dir
+    train = MnistDataLoader(str(root), batch_size=100, shuffle=False, validation_split=10, download=False, split="train")
+    valid = MnistDataLoader(str(root), batch_size=100, shuffle=False, validation_split=10, download=False, split="valid")
+    test = MnistDataLoader(str(root), batch_size=100, download=False, split="test")
+    assert (train.n_samples, valid.n_samples, test.n_samples) == (50, 10, 20)
+    (x, y), = list(train)
+    index = train.epoch_sampler.indices
+    expected = (torch.from_numpy(images[index.numpy()]).float() / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(x[:, 0], expected, rtol=1e-5, atol=1e-5)
+    assert y.tolist() == labels[index.numpy()].tolist()
+
+
+def test_missing_mnist_files_say_where_to_put_them(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    with pytest.raises(DataError, match=f"MNIST files not found in {tmp_path}/MNIST/raw and download is off; put train-images-idx3-ubyte"):
+        MnistDataLoader(str(tmp_path), download=False)
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got: network unreachable")
+
+    monkeypatch.setattr(datasets.MNIST, "download", offline)
+    with pytest.raises(DataError, match="download failed: Error downloading train-images-idx3-ubyte.gz:; put"):
+        MnistDataLoader(str(tmp_path), download=True)
