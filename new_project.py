@@ -1,7 +1,7 @@
 """Copy this template into a new project folder, ready to train.
 
-    python new_project.py ../myproj
-    cd ../myproj && python train.py -c config.json
+python new_project.py ../myproj
+cd ../myproj && python train.py -c config.json
 """
 
 import shutil
@@ -13,7 +13,18 @@ from utils.errors import ConfigError, UserError
 
 TEMPLATE = Path(__file__).resolve().parent
 # Never copied: version control, runs, downloaded data, caches and virtual environments.
-SKIPPED = {".git", "saved", "data", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".venv", "venv"}
+SKIPPED = {
+    ".git",
+    "saved",
+    "data",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".benchmarks",
+    ".venv",
+    "venv",
+}
 
 
 def _ignore(folder: str, names: list[str]) -> set[str]:

@@ -42,9 +42,13 @@ class Role:
 
 ROLES: dict[str, Role] = {
     "arch": Role("model.model", "class", base="torch.nn:Module"),
-    "data_loader": Role("data_loader.data_loaders", "class", base="base.base_data_loader:BaseDataLoader", keywords=("split", "seed")),
+    "data_loader": Role(
+        "data_loader.data_loaders", "class", base="base.base_data_loader:BaseDataLoader", keywords=("split", "seed")
+    ),
     "optimizer": Role("torch.optim", "class", base="torch.optim:Optimizer", positional=1),
-    "lr_scheduler": Role("torch.optim.lr_scheduler", "class", base="torch.optim.lr_scheduler:LRScheduler", positional=1),
+    "lr_scheduler": Role(
+        "torch.optim.lr_scheduler", "class", base="torch.optim.lr_scheduler:LRScheduler", positional=1
+    ),
     "loss": Role("model.loss", "function", positional=2),
     "metrics": Role("model.metric", "function", positional=2),
 }
@@ -130,12 +134,17 @@ def _schema_messages(error: jsonschema.ValidationError, schema: dict) -> list[st
     found = error.instance
     kind = error.validator
     if kind == "required":
-        return [f"{_dotted([*error.absolute_path, k])}: missing required key" for k in error.validator_value if k not in found]
+        return [
+            f"{_dotted([*error.absolute_path, k])}: missing required key"
+            for k in error.validator_value
+            if k not in found
+        ]
     if kind == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in found if k not in allowed]
         return [
-            f"{_dotted([*error.absolute_path, k])}: unknown key{_did_you_mean(k, allowed)} (valid keys: {', '.join(allowed)})"
+            f"{_dotted([*error.absolute_path, k])}: unknown key{_did_you_mean(k, allowed)} "
+            f"(valid keys: {', '.join(allowed)})"
             for k in extra
         ]
     if kind == "type":
@@ -232,7 +241,11 @@ def validate(config: dict) -> None:
         raise ConfigError(f"config: expected a JSON object, found {_show(config)}")
     schema = read_json(SCHEMA_PATH)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = [m for e in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))) for m in _schema_messages(e, schema)]
+    errors = [
+        m
+        for e in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+        for m in _schema_messages(e, schema)
+    ]
     if errors:
         raise ConfigError("; ".join(errors))
 
@@ -258,13 +271,17 @@ def validate(config: dict) -> None:
         known += [f"val_{n}" for n in known]
         if metric not in known:
             errors.append(
-                f"trainer.monitor: no metric '{metric}'{_did_you_mean(metric, known)} (logged metrics: {', '.join(known)})"
+                f"trainer.monitor: no metric '{metric}'{_did_you_mean(metric, known)} "
+                f"(logged metrics: {', '.join(known)})"
             )
     scheduler = config.get("lr_scheduler")
     if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau":
         scheduler_mode = scheduler.get("args", {}).get("mode", "min")
         if monitor == "off":
-            errors.append("lr_scheduler: ReduceLROnPlateau steps on the monitored metric; set trainer.monitor, e.g. \"min val_loss\"")
+            errors.append(
+                "lr_scheduler: ReduceLROnPlateau steps on the monitored metric; "
+                'set trainer.monitor, e.g. "min val_loss"'
+            )
         elif monitor.split()[0] != scheduler_mode:
             errors.append(f"lr_scheduler.args.mode: '{scheduler_mode}' disagrees with trainer.monitor '{monitor}'")
     if errors:
@@ -305,7 +322,11 @@ class ConfigParser:
         - both: a new run with `config_path` that starts from the checkpoint's weights (fine-tuning).
         """
         from utils.checkpoint import (
-            KEY_ARCH, KEY_CONFIG, KEY_OPTIMIZER_TYPE, load_checkpoint, resolve_checkpoint_path,
+            KEY_ARCH,
+            KEY_CONFIG,
+            KEY_OPTIMIZER_TYPE,
+            load_checkpoint,
+            resolve_checkpoint_path,
         )
 
         if config_path is None and resume is None:
@@ -322,7 +343,9 @@ class ConfigParser:
         else:
             config = copy.deepcopy(checkpoint[KEY_CONFIG])
             if run_id is not None:
-                raise ConfigError("--run-id: a resumed run keeps its folder; add -c config.json to fine-tune into a new run")
+                raise ConfigError(
+                    "--run-id: a resumed run keeps its folder; add -c config.json to fine-tune into a new run"
+                )
         if not isinstance(config, dict):
             raise ConfigError(f"{config_path}: expected a JSON object at the top, found {_show(config)}")
         for override in overrides:
@@ -331,7 +354,9 @@ class ConfigParser:
         if run_id is not None:
             taken = Path(config.get("save_dir", "saved/")) / "models" / config["name"] / run_id
             if taken.exists():
-                raise ConfigError(f"--run-id {run_id}: {taken} already exists; choose another id, or resume it with --resume {taken}")
+                raise ConfigError(
+                    f"--run-id {run_id}: {taken} already exists; choose another id, or resume it with --resume {taken}"
+                )
         if checkpoint is not None and not fine_tune:
             for key, saved, now in (
                 ("arch.type", checkpoint[KEY_ARCH], config["arch"]["type"]),
@@ -399,7 +424,8 @@ class ConfigParser:
                 if save_dir.exists() or log_dir.exists():
                     if self.run_id is not None:
                         raise ConfigError(
-                            f"--run-id {run_id}: {save_dir} already exists; choose another id, or resume it with --resume {save_dir}"
+                            f"--run-id {run_id}: {save_dir} already exists; "
+                            f"choose another id, or resume it with --resume {save_dir}"
                         )
                     continue
                 try:

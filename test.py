@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the held-out test split (or another split) and save the results as JSON.
 
-    python test.py --resume saved/models/<name>/<run_id>/model_best.pth
-    python test.py --resume saved/models/<name>/<run_id>/model_best.pth --split valid data_loader.args.batch_size=256
+python test.py --resume saved/models/<name>/<run_id>/model_best.pth
+python test.py --resume saved/models/<name>/<run_id>/model_best.pth --split valid data_loader.args.batch_size=256
 """
 
 import json
@@ -55,10 +55,14 @@ def build_parser() -> ArgumentParser:
             "  python test.py -r saved/models/Digits_CNN/0101_120000/model_best.pth data_loader.args.batch_size=256"
         ),
     )
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint to evaluate (or a run folder, for its last.pth)")
+    parser.add_argument(
+        "-r", "--resume", required=True, help="checkpoint to evaluate (or a run folder, for its last.pth)"
+    )
     parser.add_argument("-c", "--config", help="config to use instead of the one stored in the checkpoint")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
-    parser.add_argument("--split", choices=("test", "valid", "train"), default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--split", choices=("test", "valid", "train"), default="test", help="split to evaluate (default: test)"
+    )
     parser.add_argument("--out", help="JSON file for the results (default: <checkpoint>.<split>.json beside it)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser

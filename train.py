@@ -1,9 +1,9 @@
 """Train a model described by a config file.
 
-    python train.py -c config.json
-    python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01
-    python train.py --resume saved/models/<name>/<run_id>/last.pth            # continue a run
-    python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.json   # fine-tune
+python train.py -c config.json
+python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01
+python train.py --resume saved/models/<name>/<run_id>/last.pth            # continue a run
+python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.json   # fine-tune
 """
 
 import logging
@@ -74,16 +74,28 @@ def main(config: ConfigParser) -> dict[str, Any]:
     logger.info("Run folder: %s", config.save_dir)
     logger.info(
         "Device: %s%s; seed %d; training %d samples, validating %d",
-        device, f" (DataParallel on GPUs {device_ids})" if len(device_ids) > 1 else "",
-        seed, data_loader.n_samples, valid_data_loader.n_samples,
+        device,
+        f" (DataParallel on GPUs {device_ids})" if len(device_ids) > 1 else "",
+        seed,
+        data_loader.n_samples,
+        valid_data_loader.n_samples,
     )
     logger.debug("%s", model)
 
     writer = make_writer(config.log_dir, config.get("tensorboard", True))
     trainer = Trainer(
-        model, criterion, metric_fns, optimizer,
-        config=config.config, device=device, data_loader=data_loader, valid_data_loader=valid_data_loader,
-        lr_scheduler=lr_scheduler, checkpoint_dir=config.save_dir, writer=writer, run_id=config.run_id,
+        model,
+        criterion,
+        metric_fns,
+        optimizer,
+        config=config.config,
+        device=device,
+        data_loader=data_loader,
+        valid_data_loader=valid_data_loader,
+        lr_scheduler=lr_scheduler,
+        checkpoint_dir=config.save_dir,
+        writer=writer,
+        run_id=config.run_id,
         **config["trainer"],
     )
     if config.resuming:
@@ -97,13 +109,16 @@ def main(config: ConfigParser) -> dict[str, Any]:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Train a model described by a config file.",
-                epilog=(
+        epilog=(
             "overrides: any config key as dotted.key=value after the options, e.g.\n"
-            "  python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01 trainer.monitor='max val_accuracy'\n"
+            "  python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01\n"
+            "  python train.py -c config.json trainer.monitor='max val_accuracy'\n"
             "values are read as JSON where they parse (3, 0.01, true, null, [1,2]) and as strings otherwise."
         ),
     )
-    parser.add_argument("-c", "--config", help="config file (e.g. config.json); with --resume: fine-tune into a new run")
+    parser.add_argument(
+        "-c", "--config", help="config file (e.g. config.json); with --resume: fine-tune into a new run"
+    )
     parser.add_argument("-r", "--resume", help="checkpoint (or run folder, for its last.pth) to continue from")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
@@ -126,14 +141,18 @@ def select_devices(devices: str | None) -> None:
     available = torch.cuda.device_count()
     if available < len(ids):
         raise ConfigError(
-            f"--device {devices}: {available} of these GPU(s) exist on this machine"
+            f"--device {devices}: asks for {len(ids)} GPU(s) but {available} exist on this machine"
             + ("; run without --device to train on the CPU" if available == 0 else "")
         )
 
 
 def parse_args(argv: list[str] | None = None) -> ConfigParser:
     args = build_parser().parse_args(argv)
-    overrides = [f"{key}={getattr(args, flag[2:])}" for flag, (key, _) in SHORTCUTS.items() if getattr(args, flag[2:]) is not None]
+    overrides = [
+        f"{key}={getattr(args, flag[2:])}"
+        for flag, (key, _) in SHORTCUTS.items()
+        if getattr(args, flag[2:]) is not None
+    ]
     select_devices(args.device)
     return ConfigParser.load(args.config, args.resume, overrides + args.overrides, args.run_id)
 

@@ -152,7 +152,9 @@ class InMemoryImages(Dataset):
         augment: BatchTransform | None = None,
     ) -> None:
         if images.ndim != 4 or len(images) != len(targets):
-            raise ValueError(f"expected images (N, C, H, W) and N targets, got {tuple(images.shape)} and {len(targets)}")
+            raise ValueError(
+                f"expected images (N, C, H, W) and N targets, got {tuple(images.shape)} and {len(targets)}"
+            )
         self.images = images
         self.targets = targets.long()
         # (x * scale - mean) / std folded into one multiply-add per pixel.
@@ -223,5 +225,3 @@ class BaseDataLoader(DataLoader):
     @property
     def batches_per_epoch(self) -> int:
         return self.epoch_sampler.num_batches()
-
-

@@ -109,7 +109,11 @@ class MnistDataLoader(BaseDataLoader):
     ) -> None:
         mnist = load_mnist(data_dir, train=split != "test", download=download)
         dataset = InMemoryImages(
-            mnist.data.unsqueeze(1), mnist.targets, scale=1 / 255, mean=0.1307, std=0.3081,
+            mnist.data.unsqueeze(1),
+            mnist.targets,
+            scale=1 / 255,
+            mean=0.1307,
+            std=0.3081,
             augment=small_affine if augment else None,
         )
         if split == "test":

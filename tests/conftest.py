@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the project's modules are imported from the root, as the scripts do
+from utils.util import read_json
 
-from utils.util import read_json  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def shrink(config: dict, save_dir: Path, epochs: int = 2) -> dict:
@@ -49,9 +48,7 @@ def write_config(tmp_path: Path):
 def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of the project's commands as a user would, in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def tree_snapshot(folder: Path) -> dict[str, bytes]:

@@ -2,11 +2,13 @@
 
 import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
+from data_loader.data_loaders import DigitsDataLoader
 from parse_config import ROLES, ConfigParser, apply_override, parse_value, valid_names, validate
 from trainer.trainer import Trainer
 from utils.errors import ConfigError
@@ -29,16 +31,31 @@ def test_every_shipped_config_validates():
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("3", 3), ("0.01", 0.01), ("true", True), ("null", None), ("[1, 2]", [1, 2]), ('"3"', "3"),
-     ("max val_accuracy", "max val_accuracy"), ("saved/", "saved/"), ("1e-3", 0.001)],
+    [
+        ("3", 3),
+        ("0.01", 0.01),
+        ("true", True),
+        ("null", None),
+        ("[1, 2]", [1, 2]),
+        ('"3"', "3"),
+        ("max val_accuracy", "max val_accuracy"),
+        ("saved/", "saved/"),
+        ("1e-3", 0.001),
+    ],
 )
 def test_override_values_are_json_where_they_parse(text, value):
     assert parse_value(text) == value and type(parse_value(text)) is type(value)
 
 
 def test_overrides_set_nested_keys_list_items_and_new_args(base_config):
-    for override in ("trainer.epochs=3", "optimizer.args.lr=0.01", "trainer.monitor=max val_accuracy",
-                     "optimizer.args.betas=[0.8, 0.9]", "metrics.1.args.k=5", "arch.args.dropout=0.5"):
+    for override in (
+        "trainer.epochs=3",
+        "optimizer.args.lr=0.01",
+        "trainer.monitor=max val_accuracy",
+        "optimizer.args.betas=[0.8, 0.9]",
+        "metrics.1.args.k=5",
+        "arch.args.dropout=0.5",
+    ):
         apply_override(base_config, override)
     assert base_config["trainer"]["epochs"] == 3
     assert base_config["optimizer"]["args"] == {"lr": 0.01, "weight_decay": 0, "amsgrad": True, "betas": [0.8, 0.9]}
@@ -59,7 +76,7 @@ def test_overrides_set_nested_keys_list_items_and_new_args(base_config):
     ],
 )
 def test_bad_overrides_name_the_key(base_config, override, message):
-    with pytest.raises(ConfigError, match="^override") as info:
+    with pytest.raises(ConfigError, match=r"^override") as info:
         apply_override(base_config, override)
     assert message in str(info.value)
 
@@ -68,7 +85,7 @@ def test_load_applies_overrides_and_validates(write_config, tiny_config):
     path = write_config(tiny_config)
     config = ConfigParser.load(path, overrides=["trainer.epochs=5", "data_loader.args.batch_size=16"])
     assert config["trainer"]["epochs"] == 5 and config["data_loader"]["args"]["batch_size"] == 16
-    with pytest.raises(ConfigError, match="trainer.epochs: expected integer, found \"five\""):
+    with pytest.raises(ConfigError, match=r'trainer\.epochs: expected integer, found "five"'):
         ConfigParser.load(path, overrides=["trainer.epochs=five"])
 
 
@@ -81,8 +98,14 @@ def test_load_applies_overrides_and_validates(write_config, tiny_config):
         (lambda c: c["trainer"].update(epochs=-1), "trainer.epochs: expected a number >= 1, found -1"),
         (lambda c: c["trainer"].update(early_stop=-2), "trainer.early_stop: expected a number >= 0, found -2"),
         (lambda c: c.update(metrics="accuracy"), 'metrics: expected array, found "accuracy"'),
-        (lambda c: c["trainer"].update(monitor="maximum val_loss"), 'trainer.monitor: expected "off", or "min <metric>"'),
-        (lambda c: c["trainer"].update(amp="fp8"), 'trainer.amp: expected one of false, true, "fp16", "bf16"; found "fp8"'),
+        (
+            lambda c: c["trainer"].update(monitor="maximum val_loss"),
+            'trainer.monitor: expected "off", or "min <metric>"',
+        ),
+        (
+            lambda c: c["trainer"].update(amp="fp8"),
+            'trainer.amp: expected one of false, true, "fp16", "bf16"; found "fp8"',
+        ),
         (lambda c: c["trainer"].update(epocs=3), "trainer.epocs: unknown key; did you mean 'epochs'?"),
         (lambda c: c.update(optimiser=c["optimizer"]), "optimiser: unknown key; did you mean 'optimizer'?"),
         (lambda c: c["arch"].update(arguments={}), "arch.arguments: unknown key; did you mean 'args'?"),
@@ -102,7 +125,9 @@ def test_all_errors_are_reported_at_once(base_config):
     base_config["trainer"]["save_period"] = "often"
     base_config["seeed"] = 1
     text = errors_of(base_config)
-    assert "trainer.epochs" in text and "trainer.save_period" in text and "seeed: unknown key; did you mean 'seed'" in text
+    assert (
+        "trainer.epochs" in text and "trainer.save_period" in text and "seeed: unknown key; did you mean 'seed'" in text
+    )
     assert "\n" not in text  # one line
 
 
@@ -113,9 +138,9 @@ def test_a_config_that_is_not_an_object_is_refused(write_config, tmp_path):
         ConfigParser.load(path)
     broken = tmp_path / "broken.json"
     broken.write_text('{"name": "x",}')
-    with pytest.raises(ConfigError, match="broken.json: not valid JSON \\(.* at line 1, column 14\\)"):
+    with pytest.raises(ConfigError, match=r"broken\.json: not valid JSON \(.* at line 1, column 14\)"):
         ConfigParser.load(broken)
-    with pytest.raises(ConfigError, match="missing.json: file not found"):
+    with pytest.raises(ConfigError, match=r"missing\.json: file not found"):
         ConfigParser.load(tmp_path / "missing.json")
 
 
@@ -143,7 +168,20 @@ def test_unknown_function_names_list_the_valid_ones(base_config):
 
 
 @pytest.mark.parametrize(
-    "name", ["__import__", "os", "eval", "system", "torch", "nn", "F", "BaseModel", "_private", "model.model.DigitsModel", "Module"]
+    "name",
+    [
+        "__import__",
+        "os",
+        "eval",
+        "system",
+        "torch",
+        "nn",
+        "F",
+        "BaseModel",
+        "_private",
+        "model.model.DigitsModel",
+        "Module",
+    ],
 )
 def test_names_cannot_reach_outside_their_role(base_config, name):
     base_config["arch"]["type"] = name
@@ -162,10 +200,19 @@ def test_role_names_are_the_expected_ones():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c["optimizer"]["args"].update(lrr=0.1), "optimizer.args.lrr: Adam has no argument 'lrr'; did you mean 'lr'?"),
+        (
+            lambda c: c["optimizer"]["args"].update(lrr=0.1),
+            "optimizer.args.lrr: Adam has no argument 'lrr'; did you mean 'lr'?",
+        ),
         (lambda c: c["arch"]["args"].update(classes=3), "arch.args.classes: DigitsModel has no argument 'classes'"),
-        (lambda c: c["data_loader"]["args"].update(split="test"), "data_loader.args.split: set by the code, not the config"),
-        (lambda c: c["lr_scheduler"]["args"].pop("step_size"), "lr_scheduler.args.step_size: StepLR needs this argument"),
+        (
+            lambda c: c["data_loader"]["args"].update(split="test"),
+            "data_loader.args.split: set by the code, not the config",
+        ),
+        (
+            lambda c: c["lr_scheduler"]["args"].pop("step_size"),
+            "lr_scheduler.args.step_size: StepLR needs this argument",
+        ),
         (lambda c: c["metrics"][1]["args"].update(j=2), "metrics.1.args.j: top_k_acc has no argument 'j'"),
         (lambda c: c["optimizer"]["args"].update(params=[]), "optimizer.args.params: set by the code"),
     ],
@@ -201,9 +248,20 @@ def test_schema_trainer_keys_are_exactly_the_trainer_arguments():
     keys = schema["properties"]["trainer"]["properties"]
     signature = inspect.signature(Trainer)
     from_code = {
-        name: p.default for name, p in signature.parameters.items()
-        if p.kind is p.KEYWORD_ONLY and name not in {"config", "device", "data_loader", "valid_data_loader",
-                                                     "lr_scheduler", "checkpoint_dir", "writer", "run_id"}
+        name: p.default
+        for name, p in signature.parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+        and name
+        not in {
+            "config",
+            "device",
+            "data_loader",
+            "valid_data_loader",
+            "lr_scheduler",
+            "checkpoint_dir",
+            "writer",
+            "run_id",
+        }
     }
     assert set(keys) == set(from_code)
     for name, default in from_code.items():  # one default, stated twice, never drifting
@@ -229,7 +287,17 @@ def test_run_folders_are_unique_and_hold_the_resolved_config(tiny_config, write_
     assert json.loads((first.save_dir / "config.json").read_text()) == tiny_config
     named = ConfigParser.load(path, run_id="mine")
     named.make_run_dirs()
-    with pytest.raises(ConfigError, match="--run-id mine: .* already exists"):
+    with pytest.raises(ConfigError, match=r"--run-id mine: .* already exists"):
         ConfigParser.load(path, run_id="mine")
     with pytest.raises(ConfigError, match="expected a single folder name"):
         ConfigParser.load(path, run_id="../up")
+
+
+def test_readme_documents_every_config_key():
+    schema = read_json(ROOT / "utils" / "config_schema.json")
+    keys = [k for k in schema["properties"] if k != "trainer"] + ["trainer"]
+    keys += [f"trainer.{k}" for k in schema["properties"]["trainer"]["properties"]]
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", readme, flags=re.MULTILINE))
+    assert set(keys) - {"trainer"} <= documented
+    assert documented - set(keys) <= set(inspect.signature(DigitsDataLoader).parameters) | {"data_dir", "download"}

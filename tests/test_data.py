@@ -29,9 +29,13 @@ def test_splits_are_disjoint_cover_everything_and_depend_only_on_the_seed():
 
 @pytest.mark.parametrize(
     ("validation_split", "message"),
-    [(5000, "validation_split: 5000 samples asked for, but only 1438 are available"),
-     (1.5, "validation_split: expected a fraction in \\[0, 1\\) or a sample count, found 1.5"),
-     (-0.2, "found -0.2"), (True, "found True"), ("10%", "found '10%'")],
+    [
+        (5000, "validation_split: 5000 samples asked for, but only 1438 are available"),
+        (1.5, "validation_split: expected a fraction in \\[0, 1\\) or a sample count, found 1.5"),
+        (-0.2, "found -0.2"),
+        (True, "found True"),
+        ("10%", "found '10%'"),
+    ],
 )
 def test_impossible_splits_are_refused(validation_split, message):
     with pytest.raises(DataError, match=message):
@@ -80,24 +84,28 @@ def test_per_batch_normalization_equals_torchvision_per_image():
 
 
 def test_digits_splits_do_not_overlap_and_only_training_is_augmented():
-    loaders = {s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split=s) for s in ("train", "valid", "test")}
-    assert {s: l.n_samples for s, l in loaders.items()} == {"train": 1295, "valid": 143, "test": 359}
-    plain = {s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=False, split=s) for s in ("train", "valid", "test")}
+    loaders = {
+        s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split=s) for s in ("train", "valid", "test")
+    }
+    assert {s: loader.n_samples for s, loader in loaders.items()} == {"train": 1295, "valid": 143, "test": 359}
+    plain = {
+        s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=False, split=s) for s in ("train", "valid", "test")
+    }
     for split in ("valid", "test"):
-        (x, y), = list(loaders[split])
-        (x_plain, y_plain), = list(plain[split])
+        ((x, y),) = list(loaders[split])
+        ((x_plain, y_plain),) = list(plain[split])
         assert torch.equal(x, x_plain) and torch.equal(y, y_plain)
-    (x_aug, _), = list(loaders["train"])
-    (x_plain, _), = list(plain["train"])
+    ((x_aug, _),) = list(loaders["train"])
+    ((x_plain, _),) = list(plain["train"])
     assert x_aug.shape == x_plain.shape == (1295, 1, 8, 8)
     assert (x_aug - x_plain).abs().mean() > 0.1
     # The augmentation of a batch depends on (seed, epoch, batch) only: the same whatever the workers.
-    again, = list(DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split="train", num_workers=2))
+    (again,) = list(DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split="train", num_workers=2))
     assert torch.equal(again[0], x_aug)
 
 
 def test_digits_pixels_are_normalized():
-    (x, _), = list(DigitsDataLoader(batch_size=2000, split="train"))
+    ((x, _),) = list(DigitsDataLoader(batch_size=2000, split="train"))
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
 
 
@@ -122,11 +130,15 @@ def mnist_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 def test_mnist_loader_reads_idx_files_through_torchvision(mnist_dir):
     root, images, labels = mnist_dir
-    train = MnistDataLoader(str(root), batch_size=100, shuffle=False, validation_split=10, download=False, split="train")
-    valid = MnistDataLoader(str(root), batch_size=100, shuffle=False, validation_split=10, download=False, split="valid")
+    train = MnistDataLoader(
+        str(root), batch_size=100, shuffle=False, validation_split=10, download=False, split="train"
+    )
+    valid = MnistDataLoader(
+        str(root), batch_size=100, shuffle=False, validation_split=10, download=False, split="valid"
+    )
     test = MnistDataLoader(str(root), batch_size=100, download=False, split="test")
     assert (train.n_samples, valid.n_samples, test.n_samples) == (50, 10, 20)
-    (x, y), = list(train)
+    ((x, y),) = list(train)
     index = train.epoch_sampler.indices
     expected = (torch.from_numpy(images[index.numpy()]).float() / 255 - 0.1307) / 0.3081
     torch.testing.assert_close(x[:, 0], expected, rtol=1e-5, atol=1e-5)
@@ -136,12 +148,15 @@ def test_mnist_loader_reads_idx_files_through_torchvision(mnist_dir):
 def test_missing_mnist_files_say_where_to_put_them(tmp_path, monkeypatch):
     from torchvision import datasets
 
-    with pytest.raises(DataError, match=f"MNIST files not found in {tmp_path}/MNIST/raw and download is off; put train-images-idx3-ubyte"):
+    with pytest.raises(
+        DataError,
+        match=f"MNIST files not found in {tmp_path}/MNIST/raw and download is off; put train-images-idx3-ubyte",
+    ):
         MnistDataLoader(str(tmp_path), download=False)
 
     def offline(self):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got: network unreachable")
 
     monkeypatch.setattr(datasets.MNIST, "download", offline)
-    with pytest.raises(DataError, match="download failed: Error downloading train-images-idx3-ubyte.gz:; put"):
+    with pytest.raises(DataError, match=r"download failed: Error downloading train-images-idx3-ubyte\.gz:; put"):
         MnistDataLoader(str(tmp_path), download=True)

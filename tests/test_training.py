@@ -6,20 +6,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shrink
 
 import test as test_script
 import train as train_script
+from conftest import shrink
 from parse_config import ConfigParser
 from utils.checkpoint import BEST_NAME, KEY_BATCH, KEY_EPOCH, KEY_MODEL, KEY_STEP, LAST_NAME, load_checkpoint
 from utils.errors import ConfigError
 
 
-def train(config: dict, tmp_path: Path, run_id: str, overrides=(), resume=None, fine_tune=False) -> tuple[dict, ConfigParser]:
+def train(
+    config: dict, tmp_path: Path, run_id: str, overrides=(), resume=None, fine_tune=False
+) -> tuple[dict, ConfigParser]:
     path = tmp_path / f"{run_id}.json"
     path.write_text(__import__("json").dumps(config))
     parser = ConfigParser.load(
-        path if (resume is None or fine_tune) else None, resume, list(overrides), run_id if resume is None or fine_tune else None
+        path if (resume is None or fine_tune) else None,
+        resume,
+        list(overrides),
+        run_id if resume is None or fine_tune else None,
     )
     return train_script.main(parser), parser
 
@@ -32,7 +37,15 @@ def test_training_learns_and_returns_its_results(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=4, save_period=2)
     result, config = train(tiny_config, tmp_path, "learn")
     assert result["last"]["epoch"] == 4
-    assert set(result["last"]) == {"epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc"}
+    assert set(result["last"]) == {
+        "epoch",
+        "loss",
+        "accuracy",
+        "top_k_acc",
+        "val_loss",
+        "val_accuracy",
+        "val_top_k_acc",
+    }
     assert result["last"]["val_accuracy"] > 0.9
     assert result["best"]["val_loss"] == min(result["best"]["val_loss"], result["last"]["val_loss"])
     files = sorted(p.name for p in config.save_dir.iterdir())
@@ -90,9 +103,13 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tiny_confi
 
 def test_resume_refuses_a_finished_run_and_a_changed_architecture(tiny_config, tmp_path):
     _, config = train(tiny_config, tmp_path, "done")
-    with pytest.raises(ConfigError, match="the checkpoint has finished epoch 2 of 2; pass trainer.epochs=N with N > 2"):
+    with pytest.raises(
+        ConfigError, match=r"the checkpoint has finished epoch 2 of 2; pass trainer\.epochs=N with N > 2"
+    ):
         train(tiny_config, tmp_path, "done", resume=config.save_dir / LAST_NAME)
-    with pytest.raises(ConfigError, match="arch.type: the checkpoint was trained with DigitsModel, the config asks for MnistModel"):
+    with pytest.raises(
+        ConfigError, match=r"arch\.type: the checkpoint was trained with DigitsModel, the config asks for MnistModel"
+    ):
         ConfigParser.load(resume=config.save_dir / LAST_NAME, overrides=["arch.type=MnistModel", "arch.args={}"])
 
 
@@ -112,7 +129,11 @@ def test_fine_tuning_starts_a_new_run_from_the_checkpoint_weights(tiny_config, t
 def test_keep_last_removes_the_oldest_periodic_checkpoints(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=5, save_period=1, keep_last=2, monitor="off")
     _, config = train(tiny_config, tmp_path, "keep")
-    assert sorted(p.name for p in config.save_dir.glob("*.pth")) == ["checkpoint-epoch4.pth", "checkpoint-epoch5.pth", LAST_NAME]
+    assert sorted(p.name for p in config.save_dir.glob("*.pth")) == [
+        "checkpoint-epoch4.pth",
+        "checkpoint-epoch5.pth",
+        LAST_NAME,
+    ]
 
 
 def test_early_stopping_stops_after_early_stop_epochs_without_improvement(tiny_config, tmp_path):
@@ -179,8 +200,18 @@ def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config, tmp_p
     from trainer.trainer import Trainer
 
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1)
-    trainer = Trainer(wrapped, None, {}, optimizer, config=tiny_config, device=torch.device("cpu"),
-                      data_loader=None, checkpoint_dir=tmp_path, writer=NullWriter(), epochs=1)
+    trainer = Trainer(
+        wrapped,
+        None,
+        {},
+        optimizer,
+        config=tiny_config,
+        device=torch.device("cpu"),
+        data_loader=None,
+        checkpoint_dir=tmp_path,
+        writer=NullWriter(),
+        epochs=1,
+    )
     state = trainer.state_dict(epoch=1)
     assert set(state[KEY_MODEL]) == set(DigitsModel().state_dict())
     assert not math.isnan(state["monitor_best"])

@@ -88,9 +88,19 @@ class Trainer(BaseTrainer):
         scheduler_interval: str = "epoch",
     ) -> None:
         super().__init__(
-            model, optimizer, lr_scheduler, config=config, checkpoint_dir=checkpoint_dir, writer=writer,
-            run_id=run_id, epochs=epochs, save_period=save_period, keep_last=keep_last, monitor=monitor,
-            min_delta=min_delta, early_stop=early_stop,
+            model,
+            optimizer,
+            lr_scheduler,
+            config=config,
+            checkpoint_dir=checkpoint_dir,
+            writer=writer,
+            run_id=run_id,
+            epochs=epochs,
+            save_period=save_period,
+            keep_last=keep_last,
+            monitor=monitor,
+            min_delta=min_delta,
+            early_stop=early_stop,
         )
         self.criterion = criterion
         self.metric_fns = metric_fns
@@ -206,7 +216,9 @@ class Trainer(BaseTrainer):
 
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         self.valid_data_loader.set_epoch(epoch)
-        return evaluate(self.model, self.valid_data_loader, self.criterion, self.metric_fns, self.device, self.amp_dtype)
+        return evaluate(
+            self.model, self.valid_data_loader, self.criterion, self.metric_fns, self.device, self.amp_dtype
+        )
 
     def _write_epoch(self, epoch: int, result: dict[str, float], seconds: float) -> None:
         for key, value in result.items():

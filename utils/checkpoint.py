@@ -7,6 +7,8 @@ weights_only=True)` reads it anywhere, and a file from a stranger cannot run cod
 import os
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -75,14 +77,28 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint on the CPU; every failure is one CheckpointError naming the file."""
     path = resolve_checkpoint_path(path)
+    # torch.save has written zip archives since PyTorch 1.6; anything else is not one of our checkpoints.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or another format)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a crafted file's pickle protocol warning is not the user's concern
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses anything but tensors and primitives: a file that would run code lands here.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused, it holds objects a checkpoint must not contain ({first})") from None
+        # weights_only refuses anything but tensors and plain values: a file that would run code lands here.
+        global_name = re.search(r"GLOBAL (\S+)", str(e))
+        unsupported = re.search(r"(Unsupported [^\n]+)", str(e))
+        if global_name:
+            what = f"it would load {global_name.group(1)}"
+        elif unsupported:
+            what = f"it uses pickle features a checkpoint never needs ({unsupported.group(1).strip()})"
+        else:
+            what = "it holds objects other than tensors and plain values"
+        raise CheckpointError(
+            f"{path}: refused, {what}; a checkpoint must hold only tensors and plain values (weights_only=True)"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or another format: {_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not a checkpoint of this project (keys {', '.join(REQUIRED_KEYS)} expected)")
     version = state[KEY_FORMAT]

@@ -60,12 +60,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def prepare_device(n_gpu_use: int) -> tuple[torch.device, list[int]]:
     """Pick the device and the GPU ids for DataParallel; asking for more GPUs than exist uses what exists."""
     n_gpu = torch.cuda.device_count()
-    if n_gpu_use > n_gpu:
-        logger.warning(
-            "n_gpu is %d but %d GPU(s) are available: training on %s.",
-            n_gpu_use, n_gpu, f"{n_gpu} GPU(s)" if n_gpu else "the CPU",
-        )
-        n_gpu_use = n_gpu
+    if n_gpu_use > 0 and n_gpu == 0:
+        logger.info("No GPU found: running on the CPU.")
+    elif n_gpu_use > n_gpu:
+        logger.warning("n_gpu is %d but only %d GPU(s) are available: using %d.", n_gpu_use, n_gpu, n_gpu)
+    n_gpu_use = min(n_gpu_use, n_gpu)
     device = torch.device("cuda:0" if n_gpu_use > 0 else "cpu")
     return device, list(range(n_gpu_use))
 

@@ -1,0 +1,182 @@
+"""The real commands in subprocesses, as a user runs them: exit codes, the one error line, files on disk."""
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script, tree_snapshot
+from utils.checkpoint import BEST_NAME, LAST_NAME
+
+
+def assert_one_error_line(result, *fragments: str) -> str:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One real `python train.py` run of the shrunken default config; returns its checkpoint folder."""
+    folder = tmp_path_factory.mktemp("cli")
+    config = json.loads((ROOT / "config.json").read_text())
+    config.update(save_dir=str(folder / "saved"), tensorboard=True)
+    config["trainer"].update(epochs=2)
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    result = run_script("train.py", "-c", str(path), "--run-id", "cli", "--lr", "0.003")
+    assert result.returncode == 0, result.stderr
+    assert "epoch          : 2" in result.stdout
+    return folder / "saved" / "models" / "Digits_CNN" / "cli"
+
+
+def test_train_then_test_from_the_command_line(trained_run):
+    saved = trained_run.parent.parent.parent
+    assert json.loads((trained_run / "config.json").read_text())["optimizer"]["args"]["lr"] == 0.003
+    assert list((saved / "log" / "Digits_CNN" / "cli").glob("events.out.tfevents.*"))
+    result = run_script("test.py", "--resume", str(trained_run / BEST_NAME))
+    assert result.returncode == 0, result.stderr
+    written = json.loads((trained_run / "model_best.test.json").read_text())
+    assert written["split"] == "test" and written["n_samples"] == 359 and written["accuracy"] > 0.85
+    out = trained_run.parent / "elsewhere.json"
+    result = run_script("test.py", "-r", str(trained_run), "--split", "valid", "--out", str(out))
+    assert result.returncode == 0 and json.loads(out.read_text())["n_samples"] == 143
+
+
+def test_help_lists_options_and_the_override_syntax():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0
+    for option in ("--config", "--resume", "--device", "--run-id", "--lr", "--bs", "key=value", "trainer.epochs=3"):
+        assert option in result.stdout
+    assert "--split" in run_script("test.py", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["-c", "missing.json"], ["missing.json: file not found"]),
+        ([], ["no config given: pass -c config.json"]),
+        (["-c", "config.json", "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["-c", "config.json", "trainer.epochs"], ["override 'trainer.epochs': expected key=value"]),
+        (["-c", "config.json", "trainer.epoch=3"], ["no key trainer.epoch; did you mean 'epochs'?"]),
+        (["-c", "config.json", "trainer.epochs=many"], ['trainer.epochs: expected integer, found "many"']),
+        (
+            ["-c", "config.json", "arch.type=Resnet"],
+            ["arch.type: unknown arch 'Resnet'", "valid: DigitsModel, MnistModel"],
+        ),
+        (["-c", "config.json", "data_loader.args.validation_split=5000"], ["validation_split: 5000 samples asked for"]),
+        (["-c", "config.json", "-d", "7"], ["--device 7: asks for 1 GPU(s) but"]),
+        (["-c", "config.json", "--run-id", "a/b"], ["--run-id 'a/b': expected a single folder name"]),
+    ],
+)
+def test_bad_input_ends_with_one_clear_line_and_writes_nothing(args, fragments, tmp_path):
+    config = json.loads((ROOT / "config.json").read_text())
+    config["save_dir"] = str(tmp_path / "saved")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    args = [str(path) if a == "config.json" else a for a in args]
+    result = run_script(str(ROOT / "train.py"), *args, cwd=tmp_path)
+    assert_one_error_line(result, *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
+    folder.mkdir()
+    files = {}
+    files["empty"] = folder / "empty.pth"
+    files["empty"].write_bytes(b"")
+    files["truncated"] = folder / "truncated.pth"
+    files["truncated"].write_bytes(good.read_bytes()[:2000])
+    files["text"] = folder / "notes.pth"
+    files["text"].write_text("not a checkpoint")
+    files["foreign"] = folder / "foreign.pth"
+    torch.save({"weights": torch.zeros(3)}, files["foreign"])
+    state = torch.load(good, weights_only=True)
+    files["newer"] = folder / "newer.pth"
+    torch.save({**state, "format_version": 99}, files["newer"])
+    files["other_model"] = folder / "other_model.pth"
+    state["state_dict"] = {**state["state_dict"], "fc2.weight": torch.zeros(5, 128)}
+    torch.save(state, files["other_model"])
+    files["no_folder_checkpoint"] = folder
+    return files
+
+
+class Payload:
+    """Unpickling this would create a marker file: a checkpoint must never be able to do that."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("script", ["train.py", "test.py"])
+def test_bad_checkpoints_are_refused_with_one_line(script, trained_run, tmp_path):
+    bad = _bad_checkpoints(tmp_path / "bad", trained_run / LAST_NAME)
+    expected = {
+        "empty": "not a readable checkpoint",
+        "truncated": "not a readable checkpoint",
+        "text": "not a readable checkpoint",
+        "foreign": "not a checkpoint of this project",
+        "newer": "format version 99 is newer than this code understands",
+        "other_model": "weights do not fit the configured model (fc2.weight has shape (5, 128) there, (10, 128) here",
+        "no_folder_checkpoint": "folder has no last.pth",
+    }
+    before = tree_snapshot(trained_run.parent.parent.parent)
+    for case, path in bad.items():
+        extra = ["trainer.epochs=5"] if script == "train.py" else []
+        result = run_script(str(ROOT / script), "--resume", str(path), *extra, cwd=tmp_path)
+        assert_one_error_line(result, str(path), expected[case])
+    assert tree_snapshot(trained_run.parent.parent.parent) == before
+
+    marker = tmp_path / "pwned"
+    for protocol, reason in ((2, "it would load posix.system"), (pickle.HIGHEST_PROTOCOL, "it uses pickle features")):
+        evil = tmp_path / f"evil{protocol}.pth"
+        torch.save({"format_version": 1, "payload": Payload(marker)}, evil, pickle_protocol=protocol)
+        result = run_script(str(ROOT / script), "--resume", str(evil), cwd=tmp_path)
+        assert_one_error_line(result, f"refused, {reason}", "a checkpoint must hold only tensors and plain values")
+        assert not marker.exists()
+
+
+def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path, trained_run):
+    target = tmp_path / "myproj"
+    result = run_script(str(ROOT / "new_project.py"), str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in target.iterdir()}
+    assert {"train.py", "test.py", "config.json", "base", "tests", "README.md", "requirements.txt", ".ci"} <= names
+    assert not {".git", "data", "__pycache__"} & names and [p.name for p in (target / "saved").iterdir()] == [
+        ".gitkeep"
+    ]
+    result = run_script("train.py", "-c", "config.json", "trainer.epochs=1", "--run-id", "first", cwd=target)
+    assert result.returncode == 0, result.stderr
+    result = run_script("test.py", "-r", "saved/models/Digits_CNN/first/model_best.pth", cwd=target)
+    assert result.returncode == 0, result.stderr
+    result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py", cwd=target)
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("existing_file", "is an existing file"),
+        ("full_folder", "folder exists and is not empty"),
+        (None, "is inside the template itself"),
+    ],
+)
+def test_new_project_refuses_targets_it_would_damage(target, fragment, tmp_path):
+    (tmp_path / "existing_file").write_text("keep me")
+    (tmp_path / "full_folder").mkdir()
+    (tmp_path / "full_folder" / "notes.txt").write_text("keep me too")
+    before = tree_snapshot(tmp_path)
+    path = str(tmp_path / target) if target else str(ROOT / "inner")
+    assert_one_error_line(run_script(str(ROOT / "new_project.py"), path, cwd=tmp_path), fragment)
+    assert tree_snapshot(tmp_path) == before and not (ROOT / "inner").exists()
+    assert_one_error_line(run_script(str(ROOT / "new_project.py"), cwd=tmp_path), "required: target")
