@@ -215,3 +215,38 @@ def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config, tmp_p
     state = trainer.state_dict(epoch=1)
     assert set(state[KEY_MODEL]) == set(DigitsModel().state_dict())
     assert not math.isnan(state["monitor_best"])
+
+
+def test_the_default_config_reaches_095_test_accuracy(base_config, tmp_path):
+    config = copy.deepcopy(base_config)
+    config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
+    _, parser = train(config, tmp_path, "default")
+    held_out = test_script.main(ConfigParser.load(resume=parser.save_dir / BEST_NAME))
+    assert held_out["n_samples"] == 359
+    assert held_out["accuracy"] >= 0.95
+
+
+def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(tiny_config, tmp_path):
+    # threshold=10 (relative): no epoch beats best * (1 - 10), not even the first, so the lr halves every epoch.
+    tiny_config["lr_scheduler"] = {
+        "type": "ReduceLROnPlateau",
+        "args": {"mode": "min", "factor": 0.5, "patience": 0, "threshold": 10.0},
+    }
+    tiny_config["trainer"]["epochs"] = 3
+    _, config = train(tiny_config, tmp_path, "plateau")
+    lr = load_checkpoint(config.save_dir / LAST_NAME)["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(tiny_config["optimizer"]["args"]["lr"] * 0.5**3)
+
+
+def test_tensorboard_receives_the_returned_numbers(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config["tensorboard"] = True
+    result, config = train(tiny_config, tmp_path, "board")
+    events = EventAccumulator(str(config.log_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/valid", "accuracy/train", "accuracy/valid", "lr", "loss/train_step"} <= tags
+    logged = events.Scalars("accuracy/valid")
+    assert [e.step for e in logged] == [1, 2]
+    assert logged[-1].value == pytest.approx(result["last"]["val_accuracy"], abs=1e-6)

@@ -1,14 +1,18 @@
-"""Small helpers shared by the entry points and the trainer: JSON files, seeding, devices, metric sums."""
+"""Small helpers shared by the entry points and the trainer: JSON files, seeding, devices, metric sums.
+
+torch and NumPy are imported inside the functions that need them, so that parsing the command line and
+validating a config (which use read_json) answer without loading torch.
+"""
 
 import json
 import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from utils.errors import ConfigError
 
@@ -46,6 +50,9 @@ def write_json(content: Any, path: str | Path) -> None:
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, NumPy and torch (all devices); called once from main, never at import."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -57,8 +64,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def prepare_device(n_gpu_use: int) -> tuple[torch.device, list[int]]:
+def prepare_device(n_gpu_use: int) -> tuple["torch.device", list[int]]:
     """Pick the device and the GPU ids for DataParallel; asking for more GPUs than exist uses what exists."""
+    import torch
+
     n_gpu = torch.cuda.device_count()
     if n_gpu_use > 0 and n_gpu == 0:
         logger.info("No GPU found: running on the CPU.")
@@ -78,7 +87,7 @@ class MetricTracker:
 
     def __init__(self, *keys: str) -> None:
         self._keys = keys
-        self._sums: dict[str, torch.Tensor | float] = {}
+        self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
         self.reset()
 
@@ -86,9 +95,9 @@ class MetricTracker:
         self._sums = dict.fromkeys(self._keys, 0.0)
         self._counts = dict.fromkeys(self._keys, 0)
 
-    def update(self, key: str, value: torch.Tensor | float, n: int = 1) -> None:
-        """Add a batch mean `value` computed over `n` samples."""
-        value = value.detach() if isinstance(value, torch.Tensor) else value
+    def update(self, key: str, value: "torch.Tensor | float", n: int = 1) -> None:
+        """Add a batch mean `value` (a tensor stays on its device) computed over `n` samples."""
+        value = value.detach() if hasattr(value, "detach") else value
         self._sums[key] = self._sums[key] + value * n
         self._counts[key] += n
 
