@@ -6,9 +6,13 @@ A subclass implements `_train_epoch`; this class owns the fixed lifecycle:
 """
 
 import abc
+import contextlib
 import logging
 import math
 import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,8 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from utils.errors import ConfigError
+from utils.distributed import agree_max, is_distributed, is_main_process
+from utils.errors import ConfigError, TrainingInterrupted
 
 PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
 
@@ -56,6 +61,7 @@ class BaseTrainer(abc.ABC):
         lr_scheduler: Any,
         *,
         config: dict,
+        device: torch.device,
         checkpoint_dir: Path,
         writer: Writer,
         run_id: str = "",
@@ -71,6 +77,7 @@ class BaseTrainer(abc.ABC):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.config = config
+        self.device = device
         self.checkpoint_dir = checkpoint_dir
         self.writer = writer
         self.run_id = run_id
@@ -86,6 +93,9 @@ class BaseTrainer(abc.ABC):
         self.not_improved_count = 0
         self.best_result: dict[str, float] | None = None
         self.start_epoch = 1
+        self.start_batch = 0  # > 0 when resuming in the middle of start_epoch
+        self.is_main = is_main_process()
+        self.stop_signal: int | None = None  # set by SIGINT / SIGTERM; training stops after the current step
 
     @abc.abstractmethod
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -93,9 +103,57 @@ class BaseTrainer(abc.ABC):
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}."""
+        with self._stop_on_signals():
+            return self._train()
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGINT and SIGTERM into a request to stop after the current step; a second one acts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        for s in previous:
+            signal.signal(s, request_stop)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_agreed(self, share: bool) -> bool:
+        """Whether a stop signal arrived. Under DDP every rank must stop at the same step, so the flag is
+        shared (one small collective) only where `share` is true: every few steps and at epoch ends."""
+        if not is_distributed():
+            return self.stop_signal is not None
+        if not share:
+            return False
+        agreed = agree_max(self.stop_signal or 0, self.device)
+        self.stop_signal = agreed or None
+        return agreed > 0
+
+    def _interrupt(self, epoch: int, batch: int) -> None:
+        """Stop with the resume command; mid-epoch (`batch` > 0) the exact state is saved to last.pth first."""
+        path = self.checkpoint_dir / LAST_NAME
+        if batch:
+            self._save(path, epoch, batch)
+        where = f"epoch {epoch} after batch {batch}" if batch else f"the end of epoch {epoch}"
+        raise TrainingInterrupted(
+            f"{signal.Signals(self.stop_signal).name} received; stopped at {where}, state saved to {path}; "
+            f"resume with: python train.py --resume {path}",
+            self.stop_signal,
+        )
+
+    def _train(self) -> dict[str, Any]:
         last: dict[str, float] = {}
         for epoch in range(self.start_epoch, self.epochs + 1):
             result = self._train_epoch(epoch)
+            self.start_batch = 0
             last = {"epoch": epoch, **result}
             for key, value in last.items():
                 self.logger.info("    %-15s: %s", key, value)
@@ -110,12 +168,13 @@ class BaseTrainer(abc.ABC):
                 self._save(self.checkpoint_dir / BEST_NAME, epoch)
                 self.logger.info("Saving current best: %s ...", BEST_NAME)
             self._save(self.checkpoint_dir / LAST_NAME, epoch)
-
             if self.early_stop and self.not_improved_count >= self.early_stop:
                 self.logger.info(
                     "Validation performance didn't improve for %d epochs. Training stops.", self.early_stop
                 )
                 break
+            if epoch < self.epochs and self._stop_agreed(share=True):
+                self._interrupt(epoch, 0)
         self.writer.flush()
         return {"last": last, "best": self.best_result}
 
@@ -140,15 +199,15 @@ class BaseTrainer(abc.ABC):
             self.not_improved_count += 1
         return improved
 
-    def state_dict(self, epoch: int) -> dict[str, Any]:
-        """The complete training state as a plain dict (loadable with weights_only=True)."""
+    def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
+        """The complete training state after `batch` batches of `epoch` (0: the whole epoch), as a plain dict."""
         model = unwrap_model(self.model)
         return {
             KEY_FORMAT: FORMAT_VERSION,
             KEY_ARCH: type(model).__name__,
             KEY_OPTIMIZER_TYPE: type(self.optimizer).__name__,
             KEY_EPOCH: epoch,
-            KEY_BATCH: 0,
+            KEY_BATCH: batch,
             KEY_RUN_ID: self.run_id,
             KEY_MODEL: model.state_dict(),
             KEY_OPTIMIZER: self.optimizer.state_dict(),
@@ -161,28 +220,31 @@ class BaseTrainer(abc.ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: the next epoch, with optimizer, scheduler, monitor and RNG restored.
+        """Continue from a checkpoint: the next batch, with optimizer, scheduler, monitor and RNG restored.
 
         The model weights are loaded by the caller before the optimizer is built.
         """
         self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
         if self.lr_scheduler is not None and state.get(KEY_SCHEDULER) is not None:
             self.lr_scheduler.load_state_dict(state[KEY_SCHEDULER])
-        self.start_epoch = state[KEY_EPOCH] + 1
+        self.start_batch = state.get(KEY_BATCH, 0)
+        self.start_epoch = state[KEY_EPOCH] + (0 if self.start_batch else 1)
         self.mnt_best = state[KEY_MONITOR_BEST]
         self.not_improved_count = state[KEY_NOT_IMPROVED]
         self.best_result = state.get(KEY_BEST_RESULT)
         restore_rng_state(state[KEY_RNG])
-        self.logger.info("Resumed from epoch %d; training continues at epoch %d.", state[KEY_EPOCH], self.start_epoch)
+        self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
 
-    def _save(self, path: Path, epoch: int) -> None:
-        save_checkpoint(self.state_dict(epoch), path)
+    def _save(self, path: Path, epoch: int, batch: int = 0) -> None:
+        """Write a checkpoint (rank 0 only: every rank holds the same state)."""
+        if self.is_main:
+            save_checkpoint(self.state_dict(epoch, batch), path)
 
     def _save_periodic(self, epoch: int) -> None:
         path = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth"
         self._save(path, epoch)
         self.logger.info("Saving checkpoint: %s ...", path)
-        if self.keep_last is None:
+        if self.keep_last is None or not self.is_main:
             return
         periodic = sorted(
             (int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := PERIODIC_PATTERN.match(p.name))

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from base.base_data_loader import BaseDataLoader
+from base.base_data_loader import BaseDataLoader, EpochBatchSampler
 from base.base_trainer import BaseTrainer
 from logger.visualization import Writer
-from utils.checkpoint import KEY_SCALER, KEY_STEP
+from utils.checkpoint import KEY_PARTIAL, KEY_SCALER, KEY_STEP
+from utils.distributed import agree_max
 from utils.errors import UserError
-from utils.util import MetricTracker
+from utils.metric_tracker import MetricTracker
 
 
 class NonFiniteLossError(UserError):
@@ -42,7 +43,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and metrics averaged per sample over a data set (used for validation and by test.py)."""
     model.eval()
-    tracker = MetricTracker("loss", *metric_fns)
+    tracker = MetricTracker("loss", *metric_fns, device=device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with torch.no_grad():
         for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
@@ -92,6 +93,7 @@ class Trainer(BaseTrainer):
             optimizer,
             lr_scheduler,
             config=config,
+            device=device,
             checkpoint_dir=checkpoint_dir,
             writer=writer,
             run_id=run_id,
@@ -104,7 +106,6 @@ class Trainer(BaseTrainer):
         )
         self.criterion = criterion
         self.metric_fns = metric_fns
-        self.device = device
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader if valid_data_loader is not None and len(valid_data_loader) else None
         self.len_epoch = len_epoch
@@ -113,11 +114,30 @@ class Trainer(BaseTrainer):
         self.clip_grad_norm = clip_grad_norm
         self.scheduler_interval = scheduler_interval
         self.global_step = 0  # batches trained on since the start of the run
+        self.optimizer_steps = 0  # optimizer steps taken by this process (paces the DDP stop check)
 
         self.amp_dtype = resolve_amp(amp, device)
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_metrics = MetricTracker("loss", *metric_fns)
+        self.train_metrics = MetricTracker("loss", *metric_fns, device=device)
+        if data_loader is not None:
+            self._log_decisions(data_loader.epoch_sampler)
+
+    def _log_decisions(self, sampler: EpochBatchSampler) -> None:
+        if self.amp_dtype is None:
+            amp = "off (fp32)"
+        else:
+            amp = f"{str(self.amp_dtype).removeprefix('torch.')} autocast"
+            amp += " with loss scaling" if self.scaler.is_enabled() else ""
+        per_step = sampler.batch_size * sampler.world_size * self.accumulate_steps
+        self.logger.info(
+            "Mixed precision: %s; %d samples per optimizer step (batch %d x %d process(es) x %d accumulation step(s))",
+            amp,
+            per_step,
+            sampler.batch_size,
+            sampler.world_size,
+            self.accumulate_steps,
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -127,14 +147,15 @@ class Trainer(BaseTrainer):
     def batches_in_epoch(self) -> int:
         return self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
 
-    def _epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The training batches of an epoch; with `len_epoch`, a window of an endless stream of passes."""
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The training batches of an epoch from batch `start` on; with `len_epoch`, a window of an endless
+        stream of passes over the data."""
         if self.len_epoch is None:
-            self.data_loader.set_epoch(epoch)
+            self.data_loader.set_epoch(epoch, start)
             yield from self.data_loader
             return
         per_pass = self.data_loader.batches_per_epoch
-        position, end = (epoch - 1) * self.len_epoch, epoch * self.len_epoch
+        position, end = (epoch - 1) * self.len_epoch + start, epoch * self.len_epoch
         while position < end:
             data_pass, offset = divmod(position, per_pass)
             self.data_loader.set_epoch(data_pass + 1, offset)
@@ -146,13 +167,16 @@ class Trainer(BaseTrainer):
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        self.train_metrics.reset()
+        start = self.start_batch  # > 0 only in the first epoch of a run resumed mid-epoch
+        if not start:
+            self.train_metrics.reset()
         n_batches = self.batches_in_epoch()
         started = time.perf_counter()
         # Index of the first batch whose loss was not finite, kept on the device: no sync per step.
         first_bad = torch.full((), -1, device=self.device)
-        bar = tqdm(self._epoch_batches(epoch), total=n_batches, desc=f"Epoch {epoch}", disable=None, leave=False)
-        for batch_idx, (data, target) in enumerate(bar):
+        batches = self._epoch_batches(epoch, start)
+        bar = tqdm(batches, total=n_batches, initial=start, desc=f"Epoch {epoch}", disable=None, leave=False)
+        for batch_idx, (data, target) in enumerate(bar, start=start):
             data = data.to(self.device, non_blocking=True)
             target = target.to(self.device, non_blocking=True)
             with self._autocast():
@@ -163,7 +187,8 @@ class Trainer(BaseTrainer):
             group_start = batch_idx - batch_idx % self.accumulate_steps
             group_size = min(self.accumulate_steps, n_batches - group_start)
             self.scaler.scale(loss / group_size).backward()
-            if batch_idx - group_start + 1 == group_size:
+            stepped = batch_idx - group_start + 1 == group_size
+            if stepped:
                 self._optimizer_step()
 
             n = len(target)
@@ -182,6 +207,9 @@ class Trainer(BaseTrainer):
                 value = detached.item()
                 self.writer.add_scalar("loss/train_step", value, self.global_step)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if stepped and batch_idx < n_batches - 1 and self._stop_agreed(self.optimizer_steps % self.log_step == 0):
+                bar.close()
+                self._interrupt(epoch, batch_idx + 1)
         bar.close()
         self._check_finite(first_bad, epoch)
 
@@ -203,11 +231,12 @@ class Trainer(BaseTrainer):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
         if self.lr_scheduler is not None and self.scheduler_interval == "step":
             self.lr_scheduler.step()
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
-        bad = int(first_bad)
+        bad = agree_max(int(first_bad), self.device)  # under DDP every rank stops together
         if bad >= 0:
             raise NonFiniteLossError(
                 f"the training loss became NaN or infinite at epoch {epoch}, batch {bad + 1}; "
@@ -227,10 +256,12 @@ class Trainer(BaseTrainer):
         self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], epoch)
         self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
 
-    def state_dict(self, epoch: int) -> dict[str, Any]:
-        state = super().state_dict(epoch)
+    def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
+        state = super().state_dict(epoch, batch)
         state[KEY_SCALER] = self.scaler.state_dict()
         state[KEY_STEP] = self.global_step
+        if batch:
+            state[KEY_PARTIAL] = self.train_metrics.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -238,3 +269,5 @@ class Trainer(BaseTrainer):
         if state.get(KEY_SCALER):
             self.scaler.load_state_dict(state[KEY_SCALER])
         self.global_step = state.get(KEY_STEP, 0)
+        if self.start_batch:
+            self.train_metrics.load_state_dict(state[KEY_PARTIAL])

@@ -2,7 +2,13 @@
 
 
 class UserError(Exception):
-    """A problem with what the user gave us (config, command line, files), not a bug in the code."""
+    """A problem with what the user gave us (config, command line, files), not a bug in the code.
+
+    Entry points print it as one line, `<label>: <message>`, and exit with `exit_code`.
+    """
+
+    label = "error"
+    exit_code = 1
 
 
 class ConfigError(UserError):
@@ -15,3 +21,13 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """Data files are missing or do not fit the configured split."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT or SIGTERM stopped training after a step; the exact state was saved."""
+
+    label = "interrupted"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for "killed by signal N"

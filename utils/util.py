@@ -1,4 +1,4 @@
-"""Small helpers shared by the entry points and the trainer: JSON files, seeding, devices, metric sums.
+"""Small helpers shared by the entry points and the trainer: JSON files, seeding, devices.
 
 torch and NumPy are imported inside the functions that need them, so that parsing the command line and
 validating a config (which use read_json) answer without loading torch.
@@ -76,35 +76,3 @@ def prepare_device(n_gpu_use: int) -> tuple["torch.device", list[int]]:
     n_gpu_use = min(n_gpu_use, n_gpu)
     device = torch.device("cuda:0" if n_gpu_use > 0 else "cpu")
     return device, list(range(n_gpu_use))
-
-
-class MetricTracker:
-    """Per-sample averages over an epoch: a running sum and a sample count per key.
-
-    Sums stay on the device as tensors, so updating never waits for the GPU; `result()` reads them
-    back once (one host sync per call).
-    """
-
-    def __init__(self, *keys: str) -> None:
-        self._keys = keys
-        self._sums: dict[str, Any] = {}
-        self._counts: dict[str, int] = {}
-        self.reset()
-
-    def reset(self) -> None:
-        self._sums = dict.fromkeys(self._keys, 0.0)
-        self._counts = dict.fromkeys(self._keys, 0)
-
-    def update(self, key: str, value: "torch.Tensor | float", n: int = 1) -> None:
-        """Add a batch mean `value` (a tensor stays on its device) computed over `n` samples."""
-        value = value.detach() if hasattr(value, "detach") else value
-        self._sums[key] = self._sums[key] + value * n
-        self._counts[key] += n
-
-    def sums_and_counts(self) -> tuple[dict[str, float], dict[str, int]]:
-        sums = {k: float(v) for k, v in self._sums.items()}
-        return sums, dict(self._counts)
-
-    def result(self) -> dict[str, float]:
-        sums, counts = self.sums_and_counts()
-        return {k: sums[k] / counts[k] for k in self._keys if counts[k]}
