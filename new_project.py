@@ -64,7 +64,8 @@ if __name__ == "__main__":
     try:
         created = main(build_parser().parse_args().target)
     except UserError as e:
-        sys.exit(f"error: {e}")
+        print(f"{e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except OSError as e:
         sys.exit(f"error: could not create the project: {e}")
     print(f"New project in {created}\nNext: cd {created} && python train.py -c config.json")

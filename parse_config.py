@@ -401,6 +401,19 @@ class ConfigParser:
         """Metric label -> function with its config args bound."""
         return {metric_name(entry): self.resolve("metrics", entry) for entry in self.config["metrics"]}
 
+    def _run_paths(self, run_id: str) -> tuple[Path, Path]:
+        root = Path(self.config.get("save_dir", "saved/"))
+        return root / "models" / self.config["name"] / run_id, root / "log" / self.config["name"] / run_id
+
+    def use_run_dirs(self, run_id: str) -> None:
+        """Adopt the folders another process (DDP rank 0) created for this run, without touching the disk."""
+        if self.resuming:
+            self.run_id, self.save_dir = run_id, self.checkpoint_path.parent
+            self.log_dir = self._run_paths(run_id)[1]
+        else:
+            self.run_id = run_id
+            self.save_dir, self.log_dir = self._run_paths(run_id)
+
     def make_run_dirs(self, timestamp: str | None = None) -> None:
         """Create the run's checkpoint and log folders and save the resolved config there.
 
@@ -409,18 +422,14 @@ class ConfigParser:
         """
         from utils.checkpoint import KEY_RUN_ID
 
-        root = Path(self.config.get("save_dir", "saved/"))
-        name = self.config["name"]
         if self.resuming:
-            self.save_dir = self.checkpoint_path.parent
-            self.run_id = self.checkpoint.get(KEY_RUN_ID, self.save_dir.name)
-            self.log_dir = root / "log" / name / self.run_id
+            self.use_run_dirs(self.checkpoint.get(KEY_RUN_ID) or self.checkpoint_path.parent.name)
             self.log_dir.mkdir(parents=True, exist_ok=True)
         else:
             base = self.run_id or timestamp or datetime.now().strftime("%m%d_%H%M%S")
             for attempt in range(1000):
                 run_id = base if attempt == 0 else f"{base}_{attempt}"
-                save_dir, log_dir = root / "models" / name / run_id, root / "log" / name / run_id
+                save_dir, log_dir = self._run_paths(run_id)
                 if save_dir.exists() or log_dir.exists():
                     if self.run_id is not None:
                         raise ConfigError(
@@ -435,6 +444,6 @@ class ConfigParser:
                 except OSError as e:
                     raise ConfigError(f"save_dir: cannot create {save_dir} ({e.strerror or e})") from None
                 log_dir.mkdir(parents=True, exist_ok=True)
-                self.run_id, self.save_dir, self.log_dir = run_id, save_dir, log_dir
+                self.use_run_dirs(run_id)
                 break
         write_json(self.config, self.save_dir / "config.json")

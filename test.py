@@ -79,4 +79,5 @@ if __name__ == "__main__":
     try:
         main(*parse_args())
     except UserError as e:
-        sys.exit(f"error: {e}")
+        print(f"{e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

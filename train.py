@@ -25,85 +25,121 @@ SHORTCUTS = {
 def main(config: ConfigParser) -> dict[str, Any]:
     """Train; return {"last": results of the last epoch, "best": results of the best epoch or None}."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
+    import torch
     from torch import nn
 
-    from logger import make_writer, setup_logging
+    from logger import NullWriter, make_writer, setup_logging
     from trainer.trainer import Trainer
-    from utils.checkpoint import KEY_EPOCH, KEY_MODEL, load_model_state
+    from utils.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_MODEL, load_model_state
+    from utils.distributed import broadcast_object, init_distributed
     from utils.util import prepare_device, seed_everything
 
     epochs = config["trainer"]["epochs"]
-    if config.resuming and config.checkpoint[KEY_EPOCH] >= epochs:
+    if config.resuming and config.checkpoint[KEY_EPOCH] >= epochs and not config.checkpoint.get(KEY_BATCH):
         done = config.checkpoint[KEY_EPOCH]
         raise ConfigError(
             f"trainer.epochs: the checkpoint has finished epoch {done} of {epochs}; "
             f"pass trainer.epochs=N with N > {done} to train further"
         )
-    setup_logging(None, config.get("verbosity", 2))
+    verbosity = config.get("verbosity", 2)
+    setup_logging(None, verbosity)
     logger = logging.getLogger("train")
-    seed = config.get("seed", 0)
-    seed_everything(seed, config.get("deterministic", False))
-
-    # data: the training and validation splits (the test split is for test.py)
-    data_loader = config.init_obj("data_loader", split="train", seed=seed)
-    valid_data_loader = config.init_obj("data_loader", split="valid", seed=seed)
-
-    # model, with the checkpoint's weights when resuming or fine-tuning
-    model = config.init_obj("arch")
-    if config.checkpoint is not None:
-        load_model_state(model, config.checkpoint[KEY_MODEL], config.checkpoint_path)
-
-    # device: the CPU, one GPU, or DataParallel over several
-    device, device_ids = prepare_device(config.get("n_gpu", 1))
-    model = model.to(device)
-    if len(device_ids) > 1:
-        model = nn.DataParallel(model, device_ids=device_ids)
-
-    # loss and metrics
-    criterion = config.init_ftn("loss")
-    metric_fns = config.metric_fns()
-
-    # optimizer and learning rate scheduler
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = config.init_obj("optimizer", trainable_params)
-    lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config.get("lr_scheduler") else None
-
-    # everything is valid: only now create the run folders and the log file
-    config.make_run_dirs()
-    setup_logging(config.log_dir, config.get("verbosity", 2))
-    logger.info("Run folder: %s", config.save_dir)
-    logger.info(
-        "Device: %s%s; seed %d; training %d samples, validating %d",
-        device,
-        f" (DataParallel on GPUs {device_ids})" if len(device_ids) > 1 else "",
-        seed,
-        data_loader.n_samples,
-        valid_data_loader.n_samples,
-    )
-    logger.debug("%s", model)
-
-    writer = make_writer(config.log_dir, config.get("tensorboard", True))
-    trainer = Trainer(
-        model,
-        criterion,
-        metric_fns,
-        optimizer,
-        config=config.config,
-        device=device,
-        data_loader=data_loader,
-        valid_data_loader=valid_data_loader,
-        lr_scheduler=lr_scheduler,
-        checkpoint_dir=config.save_dir,
-        writer=writer,
-        run_id=config.run_id,
-        **config["trainer"],
-    )
-    if config.resuming:
-        trainer.load_state_dict(config.checkpoint)
+    # torchrun sets WORLD_SIZE; each process then trains on its own shard of every batch.
+    rank, local_rank, world_size = init_distributed()
+    if rank != 0:
+        setup_logging(None, 0)  # rank 0 speaks for everyone
     try:
-        return trainer.train()
+        seed = config.get("seed", 0)
+        seed_everything(seed, config.get("deterministic", False))
+
+        # data: the training and validation splits (the test split is for test.py)
+        data_loader = config.init_obj("data_loader", split="train", seed=seed)
+        valid_data_loader = config.init_obj("data_loader", split="valid", seed=seed)
+
+        # model, with the checkpoint's weights when resuming or fine-tuning
+        model = config.init_obj("arch")
+        if config.checkpoint is not None:
+            load_model_state(model, config.checkpoint[KEY_MODEL], config.checkpoint_path)
+
+        # device: the CPU, one GPU, DataParallel over several, or one GPU per process under torchrun
+        if world_size > 1:
+            use_gpu = torch.cuda.is_available() and config.get("n_gpu", 1) > 0
+            device = torch.device(f"cuda:{local_rank}" if use_gpu else "cpu")
+            model = model.to(device)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_gpu else None)
+            parallel = f"DistributedDataParallel, {world_size} processes ({'nccl' if use_gpu else 'gloo'})"
+        else:
+            device, device_ids = prepare_device(config.get("n_gpu", 1))
+            model = model.to(device)
+            parallel = "single process"
+            if len(device_ids) > 1:
+                model = nn.DataParallel(model, device_ids=device_ids)
+                parallel = f"DataParallel on GPUs {device_ids}"
+
+        # loss and metrics
+        criterion = config.init_ftn("loss")
+        metric_fns = config.metric_fns()
+
+        # optimizer and learning rate scheduler
+        trainable_params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = config.init_obj("optimizer", trainable_params)
+        lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config.get("lr_scheduler") else None
+
+        # everything is valid: only now create the run folders (rank 0 decides, every rank uses them)
+        outcome = None
+        if rank == 0:
+            try:
+                config.make_run_dirs()
+                outcome = ("ok", config.run_id)
+            except ConfigError as e:
+                outcome = ("error", str(e))
+        status, value = broadcast_object(outcome)
+        if status == "error":
+            raise ConfigError(value)
+        config.use_run_dirs(value)
+        if rank == 0:
+            setup_logging(config.log_dir, verbosity)
+        logger.info("Run folder: %s", config.save_dir)
+        logger.info(
+            "Device: %s; %s; seed %d; deterministic %s; training on %d samples, validating on %d",
+            device,
+            parallel,
+            seed,
+            config.get("deterministic", False),
+            data_loader.n_samples,
+            valid_data_loader.n_samples,
+        )
+        logger.debug("%s", model)
+
+        writer = make_writer(config.log_dir, config.get("tensorboard", True)) if rank == 0 else NullWriter()
+        trainer = Trainer(
+            model,
+            criterion,
+            metric_fns,
+            optimizer,
+            config=config.config,
+            device=device,
+            data_loader=data_loader,
+            valid_data_loader=valid_data_loader,
+            lr_scheduler=lr_scheduler,
+            checkpoint_dir=config.save_dir,
+            writer=writer,
+            run_id=config.run_id,
+            **config["trainer"],
+        )
+        if config.resuming:
+            trainer.load_state_dict(config.checkpoint)
+        try:
+            result = trainer.train()
+        finally:
+            writer.close()
+        if world_size > 1:
+            # Leave together: a rank that tears down its connections while another still uses them aborts.
+            torch.distributed.barrier()
+        return result
     finally:
-        writer.close()
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
 
 
 def build_parser() -> ArgumentParser:
@@ -161,4 +197,5 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except UserError as e:
-        sys.exit(f"error: {e}")
+        print(f"{e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

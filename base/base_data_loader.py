@@ -206,10 +206,15 @@ class BaseDataLoader(DataLoader):
             indices, batch_size, shuffle, seed, rank, world_size, equal_shards=training and distributed
         )
         self.n_samples = len(indices)
+        # The loader's own generator: creating an iterator draws the workers' base seed from it, never from
+        # the global RNG (which would shift dropout masks after a mid-epoch resume).
+        self.seed = seed
+        self.worker_generator = torch.Generator()
         common = dict(
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers and num_workers > 0,
+            generator=self.worker_generator,
         )
         if isinstance(dataset, InMemoryImages):
             if not training:
@@ -221,6 +226,7 @@ class BaseDataLoader(DataLoader):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Call before iterating: selects the epoch's order and skips `start_batch` batches."""
         self.epoch_sampler.set_epoch(epoch, start_batch)
+        self.worker_generator.manual_seed(_mix(self.seed, epoch, 1))  # worker seeds: a function of (seed, epoch)
 
     @property
     def batches_per_epoch(self) -> int:

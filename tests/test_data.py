@@ -160,3 +160,11 @@ def test_missing_mnist_files_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.MNIST, "download", offline)
     with pytest.raises(DataError, match=r"download failed: Error downloading train-images-idx3-ubyte\.gz:; put"):
         MnistDataLoader(str(tmp_path), download=True)
+
+
+def test_iterating_a_loader_leaves_the_global_rng_alone():
+    loader = DigitsDataLoader(batch_size=500, split="train", num_workers=0)
+    loader.set_epoch(1)
+    before = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)
