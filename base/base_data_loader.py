@@ -212,7 +212,7 @@ class BaseDataLoader(DataLoader):
         self.worker_generator = torch.Generator()
         common = dict(
             num_workers=num_workers,
-            pin_memory=pin_memory,
+            pin_memory=pin_memory and torch.cuda.is_available(),  # pinning helps host-to-GPU copies only
             persistent_workers=persistent_workers and num_workers > 0,
             generator=self.worker_generator,
         )

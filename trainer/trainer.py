@@ -87,6 +87,7 @@ class Trainer(BaseTrainer):
         accumulate_steps: int = 1,
         clip_grad_norm: float | None = None,
         scheduler_interval: str = "epoch",
+        compile: bool = False,  # noqa: A002  (the config key mirrors torch.compile)
     ) -> None:
         super().__init__(
             model,
@@ -116,6 +117,9 @@ class Trainer(BaseTrainer):
         self.global_step = 0  # batches trained on since the start of the run
         self.optimizer_steps = 0  # optimizer steps taken by this process (paces the DDP stop check)
 
+        if compile:
+            # In place (nn.Module.compile): state_dict keys stay free of an `_orig_mod.` prefix.
+            self.model.compile()
         self.amp_dtype = resolve_amp(amp, device)
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
