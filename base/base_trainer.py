@@ -162,12 +162,7 @@ class BaseTrainer(abc.ABC):
             if improved:
                 self.best_result = last
             self.start_epoch = epoch + 1
-            if epoch % self.save_period == 0:
-                self._save_periodic(epoch)
-            if improved:
-                self._save(self.checkpoint_dir / BEST_NAME, epoch)
-                self.logger.info("Saving current best: %s ...", BEST_NAME)
-            self._save(self.checkpoint_dir / LAST_NAME, epoch)
+            self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
             if self.early_stop and self.not_improved_count >= self.early_stop:
                 self.logger.info(
                     "Validation performance didn't improve for %d epochs. Training stops.", self.early_stop
@@ -240,14 +235,22 @@ class BaseTrainer(abc.ABC):
         if self.is_main:
             save_checkpoint(self.state_dict(epoch, batch), path)
 
-    def _save_periodic(self, epoch: int) -> None:
-        path = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth"
-        self._save(path, epoch)
-        self.logger.info("Saving checkpoint: %s ...", path)
-        if self.keep_last is None or not self.is_main:
+    def _save_epoch(self, epoch: int, periodic: bool, best: bool) -> None:
+        """The end-of-epoch checkpoints: last.pth always, checkpoint-epoch<N>.pth every save_period epochs,
+        model_best.pth on improvement -- one state, serialized once."""
+        if not self.is_main:
             return
-        periodic = sorted(
-            (int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := PERIODIC_PATTERN.match(p.name))
-        )
-        for _, old in periodic[: -self.keep_last]:
-            old.unlink()
+        paths = [self.checkpoint_dir / LAST_NAME]
+        if periodic:
+            paths.append(self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth")
+            self.logger.info("Saving checkpoint: %s ...", paths[-1])
+        if best:
+            paths.append(self.checkpoint_dir / BEST_NAME)
+            self.logger.info("Saving current best: %s ...", BEST_NAME)
+        save_checkpoint(self.state_dict(epoch), *paths)
+        if periodic and self.keep_last is not None:
+            periodic_files = sorted(
+                (int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := PERIODIC_PATTERN.match(p.name))
+            )
+            for _, old in periodic_files[: -self.keep_last]:
+                old.unlink()

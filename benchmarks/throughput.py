@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py            # the reference workload, a few minutes on 2 CPU cores
     python benchmarks/throughput.py --tiny     # seconds; what the tests run (the numbers mean nothing)
+    python benchmarks/throughput.py --compile  # also the Trainer with trainer.compile (torch.compile)
 
 Workload: MNIST-format 28x28 images (11,520 training + 1,280 validation, written as idx files and read
 through torchvision), LeNet (MnistModel), Adam, batch 128, accuracy and top-3 metrics. Every variant is
@@ -14,6 +15,7 @@ alike, and each is reported as the median, min and max seconds per epoch.
   our data      the train step alone over the project's MNIST DataLoader (decoded once, normalized per batch)
   torchvision   the same train step over torchvision's per-sample pipeline (PIL, ToTensor, Normalize per image)
   floor         the same train step over a tensor already normalized in memory (no DataLoader at all)
+  compiled      (--compile) the trainer variant with the model compiled in place by torch.compile
 """
 
 import argparse
@@ -72,7 +74,7 @@ def startup_seconds(config_path: Path, repeats: int) -> tuple[float, float]:
     return statistics.median(timings["imports"]), statistics.median(timings["train"])
 
 
-def main(tiny: bool) -> dict[str, float]:
+def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))  # a script in benchmarks/ imports the project like train.py does
     import torch
     from torchvision import datasets, transforms
@@ -92,7 +94,9 @@ def main(tiny: bool) -> dict[str, float]:
     write_mnist(work, n_train + n_valid, 256)
 
     def loader(split: str) -> MnistDataLoader:
-        return MnistDataLoader(str(work), batch_size, validation_split=n_valid, download=False, split=split, num_workers=0)
+        return MnistDataLoader(
+            str(work), batch_size, validation_split=n_valid, download=False, split=split, num_workers=0
+        )
 
     train_loader, valid_loader = loader("train"), loader("valid")
     model = MnistModel()
@@ -111,6 +115,7 @@ def main(tiny: bool) -> dict[str, float]:
     # -- the hand-written loop: everything the Trainer does in an epoch, written out ---------------------------
     hand_writer = TensorboardWriter(work / "tb_hand")
     epoch_counter = {"hand": 0}
+    hand_best = {"val_loss": float("inf")}
 
     def hand_loop() -> None:
         epoch_counter["hand"] += 1
@@ -144,10 +149,14 @@ def main(tiny: bool) -> dict[str, float]:
         for name in sums:
             hand_writer.add_scalar(f"{name}/train", float(sums[name]) / count, epoch)
             hand_writer.add_scalar(f"{name}/valid", float(valid[name]) / valid_count, epoch)
-        save_checkpoint(
-            {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-            work / "hand_last.pth",
-        )
+        # The same files the Trainer writes with save_period 1: last, the epoch's, and the best when it improves.
+        paths = [work / "hand_last.pth", work / f"hand_epoch{epoch}.pth"]
+        val_loss = float(valid["loss"]) / valid_count
+        if val_loss < hand_best["val_loss"]:
+            hand_best["val_loss"] = val_loss
+            paths.append(work / "hand_best.pth")
+        state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        save_checkpoint(state, *paths)
 
     # -- the project's Trainer on the same loader and model: one more epoch per call ------------------------------
     trainer_dir = work / "trainer"
@@ -170,7 +179,9 @@ def main(tiny: bool) -> dict[str, float]:
             step(data, target)
 
     per_sample = datasets.MNIST(
-        str(work), train=True, transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        str(work),
+        train=True,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]),
     )
     per_sample_subset = torch.utils.data.Subset(per_sample, range(n_train))
     torchvision_loader = torch.utils.data.DataLoader(
@@ -192,11 +203,25 @@ def main(tiny: bool) -> dict[str, float]:
             index = order[start : start + batch_size]
             step(floor_images[index], floor_targets[index])
 
-    times = measure(
-        {"hand loop": hand_loop, "trainer": trainer_epoch, "our data": our_data, "torchvision": torchvision_data,
-         "floor": floor},
-        repeats,
-    )  # fmt: skip
+    variants = {"hand loop": hand_loop, "trainer": trainer_epoch, "our data": our_data,
+                "torchvision": torchvision_data, "floor": floor}  # fmt: skip
+    if compiled:
+        compiled_model = MnistModel()
+        compiled_dir = work / "compiled"
+        compiled_dir.mkdir()
+        compiled_trainer = Trainer(
+            compiled_model, criterion, metric_fns, torch.optim.Adam(compiled_model.parameters(), lr=1e-3),
+            config={}, device=torch.device("cpu"), data_loader=train_loader, valid_data_loader=valid_loader,
+            checkpoint_dir=compiled_dir, writer=TensorboardWriter(work / "tb_compiled"), epochs=0,
+            monitor="min val_loss", compile=True,
+        )  # fmt: skip
+
+        def compiled_epoch() -> None:
+            compiled_trainer.epochs += 1
+            compiled_trainer.train()
+
+        variants["compiled"] = compiled_epoch
+    times = measure(variants, repeats)
 
     config = json.loads((ROOT / "config_mnist.json").read_text())
     config["data_loader"]["args"].update(data_dir=str(work), validation_split=n_valid, download=False)
@@ -208,7 +233,9 @@ def main(tiny: bool) -> dict[str, float]:
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
           f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"workload: {n_train} training + {n_valid} validation images, batch {batch_size}, {repeats} interleaved repeats")
+    print(
+        f"workload: {n_train} training + {n_valid} validation images, batch {batch_size}, {repeats} interleaved repeats"
+    )
     print(f"{'variant':<12} {'median s/epoch':>15} {'min':>8} {'max':>8} {'samples/s':>10}")
     for name, t in times.items():
         print(f"{name:<12} {median[name]:>15.3f} {min(t):>8.3f} {max(t):>8.3f} {n_train / median[name]:>10.0f}")
@@ -218,11 +245,14 @@ def main(tiny: bool) -> dict[str, float]:
         "torchvision / our data": median["torchvision"] / median["our data"],
         "start-up - imports (s)": train_start - imports,
     }
+    if compiled:
+        ratios["trainer / compiled"] = median["trainer"] / median["compiled"]
     targets = {
         "trainer / hand loop": "<= 1.03",
         "our data / floor": "<= 1.20",
         "torchvision / our data": ">= 1.70",
         "start-up - imports (s)": "<= 1.00",
+        "trainer / compiled": "(the compile speed-up)",
     }
     print(f"imports of torch, torchvision, tensorboard: {imports:.2f} s; train.py to the end of its first step: "
           f"{train_start:.2f} s")  # fmt: skip
@@ -234,4 +264,6 @@ def main(tiny: bool) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a few seconds, to check the benchmark runs")
-    main(parser.parse_args().tiny)
+    parser.add_argument("--compile", action="store_true", help="also time the Trainer with trainer.compile")
+    args = parser.parse_args()
+    main(args.tiny, args.compile)

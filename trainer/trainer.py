@@ -87,7 +87,7 @@ class Trainer(BaseTrainer):
         accumulate_steps: int = 1,
         clip_grad_norm: float | None = None,
         scheduler_interval: str = "epoch",
-        compile: bool = False,  # noqa: A002  (the config key mirrors torch.compile)
+        compile: bool = False,
     ) -> None:
         super().__init__(
             model,

@@ -4,6 +4,7 @@ A checkpoint never holds a pickled object of ours, so `torch.load(path, map_loca
 weights_only=True)` reads it anywhere, and a file from a stranger cannot run code when loaded.
 """
 
+import io
 import os
 import pickle
 import random
@@ -44,21 +45,26 @@ LAST_NAME = "last.pth"
 BEST_NAME = "model_best.pth"
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, flushed, then renamed.
+def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
+    """Serialize `state` once and write it to each path atomically: a temporary file in the same folder,
+    flushed, then renamed over the target.
 
-    A crash or a kill while saving leaves the previous file under `path` intact, never a truncated one.
+    A crash or a kill while saving leaves the previous file under each path intact, never a truncated one.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    for path in paths:
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with tmp.open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -1,0 +1,62 @@
+"""Speed features, checked for behaviour (never for time: these machines are shared and noisy)."""
+
+import warnings
+
+import pytest
+import torch
+
+import train as train_script
+from conftest import ROOT, run_script
+from parse_config import ConfigParser
+from utils.checkpoint import KEY_MODEL, LAST_NAME, load_checkpoint
+
+
+def test_the_benchmark_runs_and_prints_every_ratio():
+    result = run_script(str(ROOT / "benchmarks" / "throughput.py"), "--tiny", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("trainer / hand loop", "our data / floor", "torchvision / our data", "start-up - imports (s)"):
+        assert line in result.stdout
+    assert "machine: " in result.stdout and "median s/epoch" in result.stdout
+
+
+def test_compile_keeps_plain_parameter_names(tiny_config, tmp_path, write_config):
+    tiny_config["trainer"].update(epochs=1, len_epoch=3, compile=True)
+    config = ConfigParser.load(write_config(tiny_config), run_id="compiled")
+    result = train_script.main(config)
+    assert result["last"]["epoch"] == 1
+    keys = set(load_checkpoint(config.save_dir / LAST_NAME)[KEY_MODEL])
+    assert keys and not any("_orig_mod" in k for k in keys)
+
+
+def test_a_run_without_tensorboard_or_digits_loads_neither(tmp_path):
+    code = (
+        "import sys, json; import train; from parse_config import ConfigParser;"
+        "train.main(ConfigParser.load(sys.argv[1], run_id='lean'));"
+        "print(json.dumps(['sklearn' in sys.modules, 'torch.utils.tensorboard' in sys.modules]))"
+    )
+    config = (ROOT / "config.json").read_text().replace('"tensorboard": true', '"tensorboard": false')
+    config = config.replace('"saved/"', f'"{tmp_path / "saved"}/"').replace('"epochs": 20', '"epochs": 1')
+    (tmp_path / "config.json").write_text(config)
+    result = run_script("-c", code, str(tmp_path / "config.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    sklearn_loaded, tensorboard_loaded = __import__("json").loads(result.stdout.strip().splitlines()[-1])
+    assert sklearn_loaded and not tensorboard_loaded  # the digits example needs scikit-learn, not TensorBoard
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_steps_do_not_synchronize_with_the_host(tiny_config, tmp_path, write_config):
+    """The number of host syncs must not grow with the number of steps (only log steps and epoch ends)."""
+
+    def syncs(len_epoch: int) -> int:
+        tiny_config["trainer"].update(epochs=1, len_epoch=len_epoch, log_step=10_000)
+        config = ConfigParser.load(write_config(tiny_config), run_id=f"sync{len_epoch}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_script.main(config)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(20) == syncs(5)
