@@ -71,9 +71,24 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(part: Any) -> str:
+    """A key as it can be shown in a one-line message: plain names as they are, anything else JSON-quoted."""
+    text = str(part)
+    return text if PLAIN_KEY.match(text) else json.dumps(text)
+
+
+def _quoted(name: Any) -> str:
+    """A name inside a message: 'plain' in single quotes, anything else JSON-quoted (so it stays one line)."""
+    text = str(name)
+    return f"'{text}'" if PLAIN_KEY.match(text) else json.dumps(text)
+
+
 def _dotted(path: Sequence[Any], prefix: str = "") -> str:
     parts = [prefix] if prefix else []
-    parts += [str(p) for p in path]
+    parts += [_key(p) for p in path]
     return ".".join(parts) or "config"
 
 
@@ -86,7 +101,7 @@ def parse_value(text: str) -> Any:
     """An override's value: JSON where it parses (3, 0.01, true, null, [1, 2], "x"), a plain string otherwise."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return text
 
 
@@ -97,16 +112,17 @@ def apply_override(config: dict, override: str) -> None:
     the constructor instead.
     """
     key, sep, raw = override.partition("=")
+    shown = json.dumps(override)[1:-1]  # one line whatever the text holds
     if not sep or not key.strip():
-        raise ConfigError(f"override '{override}': expected key=value, e.g. trainer.epochs=3")
+        raise ConfigError(f"override '{shown}': expected key=value, e.g. trainer.epochs=3")
     parts = key.strip().split(".")
     node: Any = config
     for depth, part in enumerate(parts):
-        here = ".".join(parts[: depth + 1])
+        here = ".".join(_key(p) for p in parts[: depth + 1])
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override '{override}': {here} is not an index of that list (0..{len(node) - 1})")
+                raise ConfigError(f"override '{shown}': {here} is not an index of that list (0..{len(node) - 1})")
             index: Any = int(part)
         elif isinstance(node, dict):
             in_args = depth > 0 and parts[depth - 1] == "args"
@@ -114,14 +130,14 @@ def apply_override(config: dict, override: str) -> None:
                 if part == "args" and "type" in node:
                     node["args"] = {}
                 elif not (last and in_args):
-                    keys = ", ".join(node) or "none"
+                    keys = ", ".join(_key(k) for k in node) or "none"
                     raise ConfigError(
-                        f"override '{override}': no key {here}{_did_you_mean(part, node)} (keys there: {keys})"
+                        f"override '{shown}': no key {here}{_did_you_mean(part, node)} (keys there: {keys})"
                     )
             index = part
         else:
-            parent = ".".join(parts[:depth]) or "config"
-            raise ConfigError(f"override '{override}': {parent} is {_show(node)}, it has no key '{part}'")
+            parent = ".".join(_key(p) for p in parts[:depth]) or "config"
+            raise ConfigError(f"override '{shown}': {parent} is {_show(node)}, it has no key {_quoted(part)}")
         if last:
             node[index] = parse_value(raw)
         else:
@@ -206,7 +222,7 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
             errors.append(f"{where}.args.{key}: set by the code, not the config; remove it")
         elif key not in accepted and not takes_any:
             errors.append(
-                f"{where}.args.{key}: {label} has no argument '{key}'{_did_you_mean(key, accepted)} "
+                f"{where}.args.{_key(key)}: {label} has no argument {_quoted(key)}{_did_you_mean(key, accepted)} "
                 f"(accepted: {', '.join(accepted) or 'none'})"
             )
     for p in named:
@@ -254,7 +270,7 @@ def validate(config: dict) -> None:
         for where, type_name, args in _entries(config, role_name):
             if type_name not in names:
                 errors.append(
-                    f"{where}.type: unknown {role_name} '{type_name}'{_did_you_mean(type_name, names)} "
+                    f"{where}.type: unknown {role_name} {_quoted(type_name)}{_did_you_mean(type_name, names)} "
                     f"(valid: {', '.join(sorted(names)) or 'none'}, from {role.module})"
                 )
             else:
@@ -263,7 +279,7 @@ def validate(config: dict) -> None:
     labels = [metric_name(m) for m in config["metrics"]]
     duplicates = sorted({n for n in labels if labels.count(n) > 1})
     if duplicates:
-        errors.append(f"metrics: '{duplicates[0]}' appears twice; give one a distinct \"name\"")
+        errors.append(f'metrics: {_quoted(duplicates[0])} appears twice; give one a distinct "name"')
     monitor = config["trainer"].get("monitor", "off")
     if monitor != "off":
         _, metric = monitor.split()

@@ -24,7 +24,7 @@ def _count(split: float | int, available: int, key: str) -> int:
     """A split given as a fraction in [0, 1) or as a whole number of samples."""
     if isinstance(split, bool) or not isinstance(split, (Integral, float)):
         raise DataError(f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count, found {split!r}")
-    if isinstance(split, float) and not split.is_integer():
+    if isinstance(split, float):  # a fraction; a count is written as a whole number (JSON 1.0 is a float)
         if not 0.0 <= split < 1.0:
             raise DataError(f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count, found {split}")
         return int(available * split)
@@ -50,6 +50,21 @@ def split_indices(n: int, validation_split: float | int, test_split: float | int
         "valid": order[n_test : n_test + n_valid],
         "train": order[n_test + n_valid :],
     }
+
+
+def worker_failure(error: BaseException) -> str | None:
+    """One line describing a DataLoader worker that raised or died, or None for any other error.
+
+    A worker's exception reaches the main process re-raised with the worker's traceback in its message;
+    a worker killed by the system (out of memory, a crash in native code) becomes a RuntimeError.
+    """
+    text = str(error)
+    if "in DataLoader worker process" in text:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        return f"{lines[0].removeprefix('Caught ').rstrip('.')}: {lines[-1]}"
+    if isinstance(error, RuntimeError) and text.startswith("DataLoader worker"):
+        return text.strip().splitlines()[0]
+    return None
 
 
 def _mix(*numbers: int) -> int:

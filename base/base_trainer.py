@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from base.base_data_loader import worker_failure
 from logger.visualization import Writer
 from utils.checkpoint import (
     BEST_NAME,
@@ -43,7 +44,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.distributed import agree_max, is_distributed, is_main_process
-from utils.errors import ConfigError, TrainingInterrupted
+from utils.errors import ConfigError, DataError, TrainingInterrupted
 
 PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
 
@@ -104,7 +105,14 @@ class BaseTrainer(abc.ABC):
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}."""
         with self._stop_on_signals():
-            return self._train()
+            try:
+                return self._train()
+            except Exception as e:
+                failure = worker_failure(e)
+                if failure is None:
+                    raise
+                self.logger.error("Data loader worker failed:\n%s", e)  # the whole worker traceback, in info.log
+                raise DataError(f"{failure} (the full traceback is in info.log)") from None
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:

@@ -1,0 +1,246 @@
+"""Reliability: every bad input answered in one line, nothing lost; faults while training; a soak test."""
+
+import copy
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import assert_one_error_line
+
+import train as train_script
+from base.base_data_loader import InMemoryImages
+from conftest import ROOT, run_script, tree_snapshot
+from parse_config import ConfigParser
+from utils import checkpoint as checkpoint_module
+from utils.checkpoint import LAST_NAME, load_checkpoint
+from utils.errors import CheckpointError, ConfigError, DataError
+
+REQUIRED = ["name", "arch", "data_loader", "optimizer", "loss", "metrics", "trainer"]
+
+
+def cli_case(tmp_path: Path, config: dict | str | None, *args: str, script: str = "train.py"):
+    """Run a command on a config written into tmp_path; assert one error line and an unchanged tree."""
+    saved = tmp_path / "saved"
+    (saved / "models" / "Old" / "run").mkdir(parents=True, exist_ok=True)
+    (saved / "models" / "Old" / "run" / "keep.txt").write_text("earlier results")
+    path = tmp_path / "config.json"
+    if config is not None:
+        path.write_text(config if isinstance(config, str) else json.dumps(config))
+    before = tree_snapshot(tmp_path)
+    result = run_script(str(ROOT / script), *[str(path) if a == "CONFIG" else a for a in args], cwd=tmp_path)
+    assert tree_snapshot(tmp_path) == before
+    return result
+
+
+@pytest.fixture
+def config(base_config, tmp_path) -> dict:
+    config = copy.deepcopy(base_config)
+    config["save_dir"] = str(tmp_path / "saved")
+    return config
+
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_each_required_key_missing(key, config, tmp_path):
+    config.pop(key)
+    assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG"), f"{key}: missing required key")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("", "not valid JSON (Expecting value at line 1, column 1)"), ("[1, 2]", "expected a JSON object at the top"),
+     ('"config"', "expected a JSON object at the top"), ("{", "not valid JSON"), ("[" * 100_000, "nested too deeply")],
+)  # fmt: skip
+def test_config_files_that_are_not_configs(text, fragment, tmp_path):
+    assert_one_error_line(cli_case(tmp_path, text, "-c", "CONFIG"), fragment)
+
+
+def test_a_folder_given_as_config(tmp_path):
+    (tmp_path / "folder.json").mkdir()
+    result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "folder.json"), cwd=tmp_path)
+    assert_one_error_line(result, "is a folder, expected a JSON file")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [("data_loader.args.batch_size=-8", "batch_size: expected a whole number >= 1, found -8"),
+     ("data_loader.args.batch_size=0.5", "batch_size: expected a whole number >= 1, found 0.5"),
+     ("data_loader.args.validation_split=1.0", "expected a fraction in [0, 1) or a sample count, found 1.0"),
+     ("data_loader.args.validation_split=1438", "validation_split: 1438 samples asked for, but only 1438"),
+     ("data_loader.args.validation_split=1.5", "expected a fraction in [0, 1) or a sample count, found 1.5"),
+     ("trainer.monitor=sideways val_loss", 'trainer.monitor: expected "off", or "min <metric>"'),
+     ("trainer.early_stop=-1", "trainer.early_stop: expected a number >= 0, found -1"),
+     ("trainer.epochs=[3]", "trainer.epochs: expected integer, found [3]"),
+     ("metrics=7", "metrics: expected array, found 7"),
+     ("optimizer.args=5", "optimizer.args: expected object, found 5"),
+     ("loss=cross_entropyy", "did you mean 'cross_entropy'?"),
+     ("lr_scheduler.type=Cosine", "lr_scheduler.type: unknown lr_scheduler 'Cosine'"),
+     ("arch.args.depth=3", "arch.args.depth: DigitsModel has no argument 'depth'"),
+     ("name=a/b", "name: expected a single folder name"),
+     ("name=..", "name: expected a single folder name")],
+)  # fmt: skip
+def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path):
+    assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)
+
+
+def test_test_py_bad_input(config, tmp_path):
+    assert_one_error_line(cli_case(tmp_path, config, script="test.py"), "required: -r/--resume")
+    assert_one_error_line(
+        cli_case(tmp_path, config, "-r", str(tmp_path / "nothing.pth"), script="test.py"), "checkpoint not found"
+    )
+    assert_one_error_line(cli_case(tmp_path, config, "-r", "x.pth", "--split", "all", script="test.py"), "--split")
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _key_paths(node, prefix=()):
+    if isinstance(node, dict):
+        for key, child in node.items():
+            yield (*prefix, key)
+            yield from _key_paths(child, (*prefix, key))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield (*prefix, str(index))
+            yield from _key_paths(child, (*prefix, str(index)))
+
+
+BASE = json.loads((ROOT / "config.json").read_text())
+PATHS = sorted(set(_key_paths(BASE)))
+
+
+def _load_or_refuse(folder: Path, document, overrides=()) -> None:
+    path = folder / "config.json"
+    path.write_text(json.dumps(document))
+    before = sorted(folder.rglob("*"))
+    try:
+        ConfigParser.load(path, overrides=list(overrides))
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+    assert sorted(folder.rglob("*")) == before  # validation never creates anything
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=json_values)
+def test_random_documents_are_valid_or_a_config_error(document, tmp_path):
+    _load_or_refuse(tmp_path, document)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(PATHS), value=json_values, overrides=st.lists(st.text(max_size=20), max_size=3))
+def test_random_changes_and_overrides_of_the_real_config(path, value, overrides, tmp_path):
+    document = copy.deepcopy(BASE)
+    document["save_dir"] = str(tmp_path / "saved")
+    node = document
+    for part in path[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(path[-1]) if isinstance(node, list) else path[-1]] = value
+    _load_or_refuse(tmp_path, document, overrides)
+
+
+def test_every_file_a_run_writes_is_inside_its_run_folders(tiny_config, tmp_path):
+    tiny_config["tensorboard"] = True
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny_config))
+    result = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "r1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    models, log = "saved/models/Digits_CNN/r1/", "saved/log/Digits_CNN/r1/"
+    outside = [p for p in written if p != "config.json" and not p.startswith((models, log))]
+    assert outside == []
+    assert {"config.json", "last.pth", "model_best.pth"} <= {Path(p).name for p in written if p.startswith(models)}
+
+
+def test_a_failing_disk_stops_with_the_file_and_cause_and_keeps_earlier_checkpoints(tiny_config, tmp_path, monkeypatch):
+    real_replace = os.replace
+    calls = {"last": 0}
+
+    def replace(src, dst):
+        if Path(dst).name == LAST_NAME:
+            calls["last"] += 1
+            if calls["last"] == 2:  # the second epoch's save
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="disk")
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pth: No space left on device"):
+        train_script.main(config)
+    state = load_checkpoint(config.save_dir / LAST_NAME)
+    assert state["epoch"] == 1
+    assert not list(config.save_dir.glob(".*.tmp"))
+
+
+def _write(config: dict, tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("failure", ["raises", "dies"])
+def test_a_failing_data_loader_worker_ends_the_run_with_one_line(failure, tiny_config, tmp_path, monkeypatch):
+    real_getitem = InMemoryImages.__getitem__
+    parent = os.getpid()
+
+    def getitem(self, request):
+        if os.getpid() != parent and self.augment is None and len(self) > 0 and request[0][0] % 7 == 3:
+            if failure == "dies":
+                os._exit(3)
+            raise ValueError("corrupt image at index 3")
+        return real_getitem(self, request)
+
+    monkeypatch.setattr(InMemoryImages, "__getitem__", getitem)
+    tiny_config["data_loader"]["args"]["num_workers"] = 2
+    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="workers")
+    expected = "ValueError in DataLoader worker process" if failure == "raises" else "DataLoader worker"
+    with pytest.raises(DataError, match=expected) as info:
+        train_script.main(config)
+    assert "\n" not in str(info.value)
+    if failure == "raises":
+        assert str(info.value).startswith("ValueError in DataLoader worker process")
+        assert "ValueError: corrupt image at index 3" in str(info.value)
+
+
+@pytest.mark.slow
+def test_soak_200_epochs_stay_bounded(tiny_config, tmp_path, monkeypatch):
+    from trainer.trainer import Trainer
+
+    samples: list[tuple[int, int, int]] = []  # (epoch, open file descriptors, resident pages)
+    real_write = Trainer._write_epoch
+
+    def write_epoch(self, epoch, result, seconds):
+        real_write(self, epoch, result, seconds)
+        resident = int(Path("/proc/self/statm").read_text().split()[1])
+        samples.append((epoch, len(os.listdir("/proc/self/fd")), resident))
+
+    monkeypatch.setattr(Trainer, "_write_epoch", write_epoch)
+    tiny_config["tensorboard"] = True
+    tiny_config["data_loader"]["args"]["validation_split"] = 64
+    tiny_config["trainer"].update(epochs=200, len_epoch=1, save_period=1, keep_last=3, monitor="min val_loss")
+    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="soak")
+    train_script.main(config)
+    assert len(samples) == 200
+    assert len(list(config.save_dir.glob("checkpoint-epoch*.pth"))) == 3
+    size = sum(p.stat().st_size for p in config.save_dir.iterdir())
+    assert size < 6 * (config.save_dir / LAST_NAME).stat().st_size
+    _, fds_10, rss_10 = samples[9]
+    _, fds_200, rss_200 = samples[-1]
+    assert fds_200 <= fds_10
+    assert rss_200 < rss_10 * 1.10, (rss_10, rss_200)
+    assert torch.isfinite(torch.tensor(load_checkpoint(config.save_dir / LAST_NAME)["monitor_best"]))
+
+
+def test_a_config_that_is_not_text(tmp_path):
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
+    result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "binary.json"), cwd=tmp_path)
+    assert_one_error_line(result, "binary.json: cannot read it")
