@@ -51,6 +51,7 @@ ROLES: dict[str, Role] = {
     ),
     "loss": Role("model.loss", "function", positional=2),
     "metrics": Role("model.metric", "function", positional=2),
+    "callbacks": Role("trainer.callbacks", "class", base="trainer.callbacks:Callback"),
 }
 
 
@@ -112,7 +113,7 @@ def apply_override(config: dict, override: str) -> None:
     the constructor instead.
     """
     key, sep, raw = override.partition("=")
-    shown = json.dumps(override)[1:-1]  # one line whatever the text holds
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in override)  # one line, whatever it holds
     if not sep or not key.strip():
         raise ConfigError(f"override '{shown}': expected key=value, e.g. trainer.epochs=3")
     parts = key.strip().split(".")
@@ -236,7 +237,7 @@ def _entries(config: dict, role_name: str) -> list[tuple[str, str, dict]]:
     value = config.get(role_name)
     if value is None:
         return []
-    items = list(enumerate(value)) if role_name == "metrics" else [(None, value)]
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
     entries = []
     for index, item in items:
         where = role_name if index is None else f"{role_name}.{index}"
@@ -412,6 +413,11 @@ class ConfigParser:
     def init_ftn(self, role_name: str) -> Callable:
         """The loss function, with its config args bound."""
         return self.resolve(role_name, self.config[role_name])
+
+    def init_callbacks(self) -> list[Any]:
+        """The configured callbacks, in order."""
+        names = valid_names(ROLES["callbacks"])
+        return [names[entry["type"]](**entry.get("args", {})) for entry in self.config.get("callbacks", [])]
 
     def metric_fns(self) -> dict[str, Callable]:
         """Metric label -> function with its config args bound."""

@@ -6,6 +6,8 @@ python train.py --resume saved/models/<name>/<run_id>/last.pth            # cont
 python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.json   # fine-tune
 """
 
+import argparse
+import json
 import logging
 import os
 import sys
@@ -22,8 +24,12 @@ SHORTCUTS = {
 }
 
 
-def main(config: ConfigParser) -> dict[str, Any]:
-    """Train; return {"last": results of the last epoch, "best": results of the best epoch or None}."""
+def main(config: ConfigParser, dry_run: bool = False) -> dict[str, Any]:
+    """Train; return {"last": results of the last epoch, "best": results of the best epoch or None}.
+
+    With `dry_run`, build everything, train on one batch and validate on one, print the model summary and
+    return {"dry_run": {"train_loss": ..., "val_loss": ...}}, writing nothing.
+    """
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
     from torch import nn
@@ -85,6 +91,10 @@ def main(config: ConfigParser) -> dict[str, Any]:
         optimizer = config.init_obj("optimizer", trainable_params)
         lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config.get("lr_scheduler") else None
 
+        if dry_run:
+            numbers = one_batch_each(model, data_loader, valid_data_loader, criterion, metric_fns, optimizer, device)
+            return {"dry_run": numbers}
+
         # everything is valid: only now create the run folders (rank 0 decides, every rank uses them)
         outcome = None
         if rank == 0:
@@ -99,6 +109,7 @@ def main(config: ConfigParser) -> dict[str, Any]:
         config.use_run_dirs(value)
         if rank == 0:
             setup_logging(config.log_dir, verbosity)
+            log_run_header(logger, config)
         logger.info("Run folder: %s", config.save_dir)
         logger.info(
             "Device: %s; %s; seed %d; deterministic %s; training on %d samples, validating on %d",
@@ -125,6 +136,8 @@ def main(config: ConfigParser) -> dict[str, Any]:
             checkpoint_dir=config.save_dir,
             writer=writer,
             run_id=config.run_id,
+            callbacks=config.init_callbacks(),
+            metrics_file=config.log_dir / "metrics.csv",
             **config["trainer"],
         )
         if config.resuming:
@@ -140,6 +153,54 @@ def main(config: ConfigParser) -> dict[str, Any]:
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
+
+
+def log_run_header(logger: logging.Logger, config: ConfigParser) -> None:
+    """What info.log starts with: the command, the versions, the code's commit and the resolved config."""
+    import platform
+    import subprocess
+
+    import numpy
+    import torch
+
+    logger.info("Command: %s", " ".join([sys.executable, *sys.argv]))
+    cuda = torch.version.cuda if torch.cuda.is_available() else "not available"
+    logger.info(
+        "Versions: Python %s, torch %s, numpy %s; CUDA %s",
+        platform.python_version(), torch.__version__, numpy.__version__, cuda,
+    )  # fmt: skip
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    logger.info("Code: %s", f"git commit {commit}" if commit else "not a git checkout")
+    logger.info("Config:\n%s", json.dumps(config.config, indent=4))
+
+
+def one_batch_each(model, data_loader, valid_data_loader, criterion, metric_fns, optimizer, device) -> dict:
+    """--dry-run: one optimizer step on one training batch, one validation batch, and the model summary."""
+    from base.base_model import summary
+    from trainer.trainer import evaluate
+
+    print(summary(model))
+    model.train()
+    data_loader.set_epoch(1)
+    data, target = next(iter(data_loader))
+    loss = criterion(model(data.to(device)), target.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    numbers = {"train_loss": loss.item()}
+    if len(valid_data_loader):
+        valid_data_loader.set_epoch(1)
+        batch = next(iter(valid_data_loader))
+        numbers.update({f"val_{k}": v for k, v in evaluate(model, [batch], criterion, metric_fns, device).items()})
+    print("Dry run: one training batch and one validation batch went through; nothing was written.")
+    print(json.dumps(numbers, indent=4))
+    return numbers
 
 
 def build_parser() -> ArgumentParser:
@@ -158,6 +219,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-r", "--resume", help="checkpoint (or run folder, for its last.pth) to continue from")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build everything, train and validate on one batch, write nothing"
+    )
     for flag, (key, what) in SHORTCUTS.items():
         parser.add_argument(flag, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -182,7 +247,7 @@ def select_devices(devices: str | None) -> None:
         )
 
 
-def parse_args(argv: list[str] | None = None) -> ConfigParser:
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, argparse.Namespace]:
     args = build_parser().parse_args(argv)
     overrides = [
         f"{key}={getattr(args, flag[2:])}"
@@ -190,12 +255,16 @@ def parse_args(argv: list[str] | None = None) -> ConfigParser:
         if getattr(args, flag[2:]) is not None
     ]
     select_devices(args.device)
-    return ConfigParser.load(args.config, args.resume, overrides + args.overrides, args.run_id)
+    return ConfigParser.load(args.config, args.resume, overrides + args.overrides, args.run_id), args
 
 
 if __name__ == "__main__":
     try:
-        main(parse_args())
+        config, args = parse_args()
+        if args.print_config:
+            print(json.dumps(config.config, indent=4))
+        else:
+            main(config, dry_run=args.dry_run)
     except UserError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -9,3 +9,16 @@ class BaseModel(nn.Module):
 
     def __str__(self) -> str:
         return f"{super().__str__()}\nTrainable parameters: {self.num_parameters():,}"
+
+
+def summary(model: nn.Module) -> str:
+    """A table of the model's top-level layers with their parameter counts, and its total size."""
+    rows = [f"{'layer':<20} {'type':<20} {'parameters':>12}"]
+    for name, child in model.named_children():
+        count = sum(p.numel() for p in child.parameters())
+        rows.append(f"{name:<20} {type(child).__name__:<20} {count:>12,}")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    rows.append(f"{type(model).__name__}: {total:,} parameters ({trainable:,} trainable), {size / 2**20:.2f} MiB")
+    return "\n".join(rows)

@@ -7,6 +7,7 @@ A subclass implements `_train_epoch`; this class owns the fixed lifecycle:
 
 import abc
 import contextlib
+import csv
 import logging
 import math
 import re
@@ -44,9 +45,24 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.distributed import agree_max, is_distributed, is_main_process
-from utils.errors import ConfigError, DataError, TrainingInterrupted
+from utils.errors import CallbackError, ConfigError, DataError, TrainingInterrupted
 
 PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"trainer": {"epochs": 3}} -> {"trainer.epochs": 3}; lists and nulls become text (TensorBoard's hparams
+    take numbers, strings and booleans only)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -72,8 +88,12 @@ class BaseTrainer(abc.ABC):
         monitor: str = "off",
         min_delta: float = 0.0,
         early_stop: int = 0,
+        callbacks: list | None = None,
+        metrics_file: Path | None = None,
     ) -> None:
         self.logger = logging.getLogger("trainer")
+        self.callbacks = callbacks or []
+        self.metrics_file = metrics_file  # one CSV row per epoch, beside info.log
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -157,14 +177,29 @@ class BaseTrainer(abc.ABC):
             self.stop_signal,
         )
 
+    def _callback(self, method: str, *args: Any) -> None:
+        """Call `method` of every callback in order; a failure ends the run with one line."""
+        for callback in self.callbacks:
+            try:
+                getattr(callback, method)(self, *args)
+            except Exception as e:
+                self.logger.exception("Callback %s.%s failed", type(callback).__name__, method)
+                raise CallbackError(
+                    f"callback {type(callback).__name__}.{method} failed: {type(e).__name__}: {e} "
+                    "(the traceback is in info.log)"
+                ) from None
+
     def _train(self) -> dict[str, Any]:
         last: dict[str, float] = {}
+        self._callback("on_train_start")
         for epoch in range(self.start_epoch, self.epochs + 1):
             result = self._train_epoch(epoch)
             self.start_batch = 0
             last = {"epoch": epoch, **result}
             for key, value in last.items():
                 self.logger.info("    %-15s: %s", key, value)
+            self._callback("on_epoch_end", epoch, last)
+            self._append_metrics_row(last)
 
             improved = self._update_monitor(last)
             if improved:
@@ -178,8 +213,38 @@ class BaseTrainer(abc.ABC):
                 break
             if epoch < self.epochs and self._stop_agreed(share=True):
                 self._interrupt(epoch, 0)
+        outcome = {"last": last, "best": self.best_result}
+        self._write_hparams(outcome)
+        self._callback("on_train_end", outcome)
         self.writer.flush()
-        return {"last": last, "best": self.best_result}
+        return outcome
+
+    def _append_metrics_row(self, row: dict[str, float]) -> None:
+        """metrics.csv: one row per epoch; a resumed run keeps the header and drops rows it will redo."""
+        if self.metrics_file is None or not self.is_main:
+            return
+        fields = list(row)
+        rows: list[dict[str, str]] = []
+        if self.metrics_file.exists():
+            with self.metrics_file.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                fields = list(reader.fieldnames or fields)
+                rows = [r for r in reader if r.get("epoch", "").isdigit() and int(r["epoch"]) < row["epoch"]]
+        fields += [k for k in row if k not in fields]
+        with self.metrics_file.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            writer.writerow(row)
+
+    def _write_hparams(self, outcome: dict[str, Any]) -> None:
+        """The flattened config beside the final and best results, for TensorBoard's HPARAMS tab."""
+        if not outcome["last"]:
+            return
+        results = {f"hparam/last_{k}": v for k, v in outcome["last"].items() if k != "epoch"}
+        if outcome["best"]:
+            results.update({f"hparam/best_{k}": v for k, v in outcome["best"].items() if k != "epoch"})
+        self.writer.add_hparams(flatten_config(self.config), results)
 
     def _update_monitor(self, result: dict[str, float]) -> bool:
         """Whether the monitored metric improved strictly (by more than min_delta); counts epochs without."""

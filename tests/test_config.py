@@ -261,6 +261,8 @@ def test_schema_trainer_keys_are_exactly_the_trainer_arguments():
             "checkpoint_dir",
             "writer",
             "run_id",
+            "callbacks",
+            "metrics_file",
         }
     }
     assert set(keys) == set(from_code)

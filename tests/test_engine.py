@@ -78,7 +78,7 @@ def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(ddp_config
     # One run folder, one log, one set of checkpoints: only rank 0 writes.
     assert sorted(p.name for p in (save_dir / "models" / "Digits_CNN").iterdir()) == ["ddp", "single"]
     assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_cfg.save_dir.iterdir())
-    assert sorted(p.name for p in (save_dir / "log" / "Digits_CNN" / "ddp").iterdir()) == ["info.log"]
+    assert sorted(p.name for p in (save_dir / "log" / "Digits_CNN" / "ddp").iterdir()) == ["info.log", "metrics.csv"]
     assert result.stdout.count("epoch          : 1") == 1
 
 

@@ -88,6 +88,8 @@ class Trainer(BaseTrainer):
         clip_grad_norm: float | None = None,
         scheduler_interval: str = "epoch",
         compile: bool = False,
+        callbacks: list | None = None,
+        metrics_file: Path | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -104,6 +106,8 @@ class Trainer(BaseTrainer):
             monitor=monitor,
             min_delta=min_delta,
             early_stop=early_stop,
+            callbacks=callbacks,
+            metrics_file=metrics_file,
         )
         self.criterion = criterion
         self.metric_fns = metric_fns
@@ -178,6 +182,7 @@ class Trainer(BaseTrainer):
         started = time.perf_counter()
         # Index of the first batch whose loss was not finite, kept on the device: no sync per step.
         first_bad = torch.full((), -1, device=self.device)
+        samples = 0
         batches = self._epoch_batches(epoch, start)
         bar = tqdm(batches, total=n_batches, initial=start, desc=f"Epoch {epoch}", disable=None, leave=False)
         for batch_idx, (data, target) in enumerate(bar, start=start):
@@ -196,6 +201,7 @@ class Trainer(BaseTrainer):
                 self._optimizer_step()
 
             n = len(target)
+            samples += n
             detached = loss.detach()
             if not self.scaler.is_enabled():  # with fp16 the scaler skips non-finite steps itself
                 bad = ~torch.isfinite(detached) & (first_bad < 0)
@@ -210,7 +216,8 @@ class Trainer(BaseTrainer):
                 self._check_finite(first_bad, epoch)  # a host sync, once per log interval
                 value = detached.item()
                 self.writer.add_scalar("loss/train_step", value, self.global_step)
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                rate = samples / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}", refresh=False)
             if stepped and batch_idx < n_batches - 1 and self._stop_agreed(self.optimizer_steps % self.log_step == 0):
                 bar.close()
                 self._interrupt(epoch, batch_idx + 1)
@@ -219,13 +226,15 @@ class Trainer(BaseTrainer):
 
         result = self.train_metrics.result()
         if self.valid_data_loader is not None:
-            result.update({f"val_{k}": v for k, v in self._valid_epoch(epoch).items()})
+            valid = {f"val_{k}": v for k, v in self._valid_epoch(epoch).items()}
+            self._callback("on_validation_end", epoch, valid)
+            result.update(valid)
         if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.lr_scheduler.step(result[self.mnt_metric])
             else:
                 self.lr_scheduler.step()
-        self._write_epoch(epoch, result, time.perf_counter() - started)
+        self._write_epoch(epoch, result, time.perf_counter() - started, samples)
         return result
 
     def _optimizer_step(self) -> None:
@@ -253,12 +262,13 @@ class Trainer(BaseTrainer):
             self.model, self.valid_data_loader, self.criterion, self.metric_fns, self.device, self.amp_dtype
         )
 
-    def _write_epoch(self, epoch: int, result: dict[str, float], seconds: float) -> None:
+    def _write_epoch(self, epoch: int, result: dict[str, float], seconds: float, samples: int) -> None:
         for key, value in result.items():
             name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
             self.writer.add_scalar(f"{name}/{mode}", value, epoch)
         self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], epoch)
         self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
+        self.writer.add_scalar("time/samples_per_second", samples / max(seconds, 1e-9), epoch)
 
     def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
         state = super().state_dict(epoch, batch)

@@ -23,6 +23,10 @@ class DataError(UserError):
     """Data files are missing or do not fit the configured split."""
 
 
+class CallbackError(UserError):
+    """A configured callback raised; its traceback goes to info.log."""
+
+
 class TrainingInterrupted(UserError):
     """SIGINT or SIGTERM stopped training after a step; the exact state was saved."""
 

@@ -1,0 +1,158 @@
+"""Around the loop: callbacks, metrics.csv, TensorBoard extras, info.log, --print-config and --dry-run."""
+
+import csv
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+import train as train_script
+import trainer.callbacks as callbacks_module
+from conftest import ROOT, run_script, tree_snapshot
+from parse_config import ConfigParser
+from trainer.callbacks import Callback
+from utils.errors import CallbackError
+
+
+class Recorder(Callback):
+    calls: ClassVar[list] = []
+
+    def __init__(self, label: str = "a", fail_at: str = "") -> None:
+        self.label, self.fail_at = label, fail_at
+
+    def _record(self, name: str, *args) -> None:
+        Recorder.calls.append((self.label, name, *args))
+        if name == self.fail_at:
+            raise RuntimeError("disk quota exceeded in my callback")
+
+    def on_train_start(self, trainer):
+        self._record("on_train_start")
+
+    def on_validation_end(self, trainer, epoch, result):
+        self._record("on_validation_end", epoch, sorted(result))
+
+    def on_epoch_end(self, trainer, epoch, result):
+        self._record("on_epoch_end", epoch, result["val_accuracy"])
+
+    def on_train_end(self, trainer, result):
+        self._record("on_train_end", result["last"]["epoch"])
+
+
+Recorder.__module__ = "trainer.callbacks"  # as if it were written in trainer/callbacks.py
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    monkeypatch.setattr(callbacks_module, "Recorder", Recorder, raising=False)
+    Recorder.calls = []
+    return Recorder
+
+
+def load(config: dict, tmp_path: Path, run_id: str, overrides=()) -> ConfigParser:
+    path = tmp_path / f"{run_id}.json"
+    path.write_text(json.dumps(config))
+    return ConfigParser.load(path, overrides=list(overrides), run_id=run_id)
+
+
+def test_callbacks_are_called_in_order_with_the_results(recorder, tiny_config, tmp_path):
+    tiny_config["callbacks"] = [
+        {"type": "Recorder", "args": {"label": "a"}},
+        {"type": "Recorder", "args": {"label": "b"}},
+    ]
+    result = train_script.main(load(tiny_config, tmp_path, "calls"))
+    names = [(label, name) for label, name, *_ in recorder.calls]
+    one_epoch = [("a", "on_validation_end"), ("b", "on_validation_end"), ("a", "on_epoch_end"), ("b", "on_epoch_end")]
+    assert names == [("a", "on_train_start"), ("b", "on_train_start"), *one_epoch, *one_epoch,
+                     ("a", "on_train_end"), ("b", "on_train_end")]  # fmt: skip
+    assert recorder.calls[2] == ("a", "on_validation_end", 1, ["val_accuracy", "val_loss", "val_top_k_acc"])
+    assert recorder.calls[-4] == ("a", "on_epoch_end", 2, result["last"]["val_accuracy"])
+    assert recorder.calls[-1] == ("b", "on_train_end", 2)
+
+
+def test_a_failing_callback_ends_the_run_with_one_line(recorder, tiny_config, tmp_path):
+    tiny_config["callbacks"] = [{"type": "Recorder", "args": {"fail_at": "on_epoch_end"}}]
+    config = load(tiny_config, tmp_path, "failing")
+    with pytest.raises(CallbackError) as info:
+        train_script.main(config)
+    assert str(info.value) == (
+        "callback Recorder.on_epoch_end failed: RuntimeError: disk quota exceeded in my callback "
+        "(the traceback is in info.log)"
+    )
+    assert "Traceback" in (config.log_dir / "info.log").read_text()
+
+
+def test_unknown_callbacks_list_the_valid_ones(tiny_config, tmp_path):
+    with pytest.raises(Exception, match=r"callbacks\.0\.type: unknown callbacks 'ImageLogger'.*ImagePredictionLogger"):
+        load(tiny_config, tmp_path, "x", ['callbacks=[{"type": "ImageLogger"}]'])
+
+
+def test_metrics_csv_has_a_row_per_epoch_and_a_stable_header_across_resume(tiny_config, tmp_path):
+    config = load(tiny_config, tmp_path, "csv")
+    train_script.main(config)
+    train_script.main(ConfigParser.load(resume=config.save_dir, overrides=["trainer.epochs=4"]))
+    with (config.log_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc"]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+
+
+def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config["tensorboard"] = True
+    tiny_config["callbacks"] = [
+        {"type": "ImagePredictionLogger", "args": {"max_images": 8}},
+        {"type": "ParameterHistograms"},
+    ]
+    config = load(tiny_config, tmp_path, "board")
+    result = train_script.main(config)
+    events = EventAccumulator(str(config.log_dir), size_guidance={"tensors": 0, "images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "predictions/images" in tags["images"]
+    assert len(events.Images("predictions/images")) == 2
+    assert "parameters/conv1.weight" in tags["histograms"]
+    assert {"time/samples_per_second", "time/epoch_seconds", "lr"} <= set(tags["scalars"])
+    assert any(tag.startswith("predictions/labels") for tag in tags["tensors"])
+    # add_hparams writes its own event file in the same folder, read here event by event.
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
+
+    hparams = {}
+    for path in sorted(config.log_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                array = make_ndarray(value.tensor) if value.WhichOneof("value") == "tensor" else None
+                number = value.simple_value if array is None else (array.item() if array.size == 1 else None)
+                hparams[value.tag] = (value.metadata.plugin_data.plugin_name, number)
+    assert hparams["_hparams_/experiment"][0] == "hparams"
+    best = result["best"]["val_accuracy"]
+    assert hparams["hparam/best_val_accuracy"][1] == pytest.approx(best, abs=1e-6)
+    logged = events.Scalars("accuracy/valid")[-1].value
+    assert logged == pytest.approx(result["last"]["val_accuracy"], abs=1e-6)
+
+
+def test_info_log_starts_with_command_versions_code_and_config(tiny_config, tmp_path):
+    config = load(tiny_config, tmp_path, "header")
+    train_script.main(config)
+    lines = (config.log_dir / "info.log").read_text().splitlines()
+    assert "Command: " in lines[0] and "Versions: Python " in lines[1] and "Code: " in lines[2]
+    assert "Config:" in lines[3] and '"name": "Digits_CNN"' in "\n".join(lines[4:40])
+
+
+def test_print_config_and_dry_run_write_nothing(tmp_path):
+    config = json.loads((ROOT / "config.json").read_text())
+    config["save_dir"] = str(tmp_path / "saved")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    before = tree_snapshot(tmp_path)
+    printed = run_script(str(ROOT / "train.py"), "-c", str(path), "--print-config", "trainer.epochs=3", cwd=tmp_path)
+    assert printed.returncode == 0 and json.loads(printed.stdout)["trainer"]["epochs"] == 3
+    dry = run_script(str(ROOT / "train.py"), "-c", str(path), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "DigitsModel: 151,306 parameters (151,306 trainable), 0.58 MiB" in dry.stdout
+    numbers = json.loads(dry.stdout[dry.stdout.index("{") :])
+    assert set(numbers) == {"train_loss", "val_loss", "val_accuracy", "val_top_k_acc"}
+    assert tree_snapshot(tmp_path) == before
