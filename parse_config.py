@@ -10,6 +10,7 @@ import argparse
 import copy
 import difflib
 import importlib
+import importlib.util
 import inspect
 import json
 import re
@@ -291,6 +292,8 @@ def validate(config: dict) -> None:
                 f"trainer.monitor: no metric '{metric}'{_did_you_mean(metric, known)} "
                 f"(logged metrics: {', '.join(known)})"
             )
+    if config.get("wandb") is not None and importlib.util.find_spec("wandb") is None:
+        errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
     scheduler = config.get("lr_scheduler")
     if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau":
         scheduler_mode = scheduler.get("args", {}).get("mode", "min")

@@ -34,6 +34,7 @@ def main(config: ConfigParser, dry_run: bool = False) -> dict[str, Any]:
     import torch
     from torch import nn
 
+    from base.base_trainer import flatten_config
     from logger import NullWriter, make_writer, setup_logging
     from trainer.trainer import Trainer
     from utils.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_MODEL, load_model_state
@@ -122,7 +123,10 @@ def main(config: ConfigParser, dry_run: bool = False) -> dict[str, Any]:
         )
         logger.debug("%s", model)
 
-        writer = make_writer(config.log_dir, config.get("tensorboard", True)) if rank == 0 else NullWriter()
+        writer = NullWriter()
+        if rank == 0:
+            hparams = flatten_config(config.config)
+            writer = make_writer(config.log_dir, config.get("tensorboard", True), config.get("wandb"), hparams)
         trainer = Trainer(
             model,
             criterion,

@@ -1,7 +1,7 @@
 """TensorBoard output through a small explicit writer; a NullWriter with the same methods when it is off."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -73,5 +73,83 @@ class NullWriter:
         return None
 
 
-def make_writer(log_dir: Path, enabled: bool) -> Writer:
-    return TensorboardWriter(log_dir) if enabled else NullWriter()
+class WandbWriter:
+    """Sends the same scalars, pictures and results to Weights & Biases (optional: `pip install wandb`).
+
+    The run's files go to `<log_dir>/wandb`; `WANDB_MODE=offline` keeps everything on disk.
+    """
+
+    def __init__(self, log_dir: Path, config: dict, **init_args: Any) -> None:
+        import wandb  # imported here: W&B is optional
+
+        self._wandb = wandb
+        self._run = wandb.init(dir=str(log_dir), config=config, **init_args)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        # Epoch scalars and per-step losses count different things, so the step travels as a value.
+        self._run.log({tag: value, "step": step})
+
+    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None:
+        self._run.log({tag: self._wandb.Image(image.permute(1, 2, 0).numpy()), "step": step})
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self._run.log({tag: self._wandb.Html(f"<pre>{text}</pre>"), "step": step})
+
+    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None:
+        self._run.log({tag: self._wandb.Histogram(values.numpy()), "step": step})
+
+    def add_hparams(self, hparams: dict, metrics: dict) -> None:
+        self._run.summary.update(metrics)  # the config went in at wandb.init
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class WriterGroup:
+    """Passes every call on to each of its writers (TensorBoard and W&B together)."""
+
+    def __init__(self, writers: list[Writer]) -> None:
+        self.writers = writers
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        for writer in self.writers:
+            writer.add_scalar(tag, value, step)
+
+    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None:
+        for writer in self.writers:
+            writer.add_image(tag, image, step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        for writer in self.writers:
+            writer.add_text(tag, text, step)
+
+    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None:
+        for writer in self.writers:
+            writer.add_histogram(tag, values, step)
+
+    def add_hparams(self, hparams: dict, metrics: dict) -> None:
+        for writer in self.writers:
+            writer.add_hparams(hparams, metrics)
+
+    def flush(self) -> None:
+        for writer in self.writers:
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+def make_writer(log_dir: Path, tensorboard: bool, wandb: dict | None = None, config: dict | None = None) -> Writer:
+    """The writer a run asked for: TensorBoard, W&B (with `wandb` as wandb.init's arguments), both, or none."""
+    writers: list[Writer] = []
+    if tensorboard:
+        writers.append(TensorboardWriter(log_dir))
+    if wandb is not None:
+        writers.append(WandbWriter(log_dir, config or {}, **wandb))
+    if not writers:
+        return NullWriter()
+    return writers[0] if len(writers) == 1 else WriterGroup(writers)

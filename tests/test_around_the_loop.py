@@ -2,6 +2,7 @@
 
 import csv
 import json
+import struct
 from pathlib import Path
 from typing import ClassVar
 
@@ -156,3 +157,76 @@ def test_print_config_and_dry_run_write_nothing(tmp_path):
     numbers = json.loads(dry.stdout[dry.stdout.index("{") :])
     assert set(numbers) == {"train_loss", "val_loss", "val_accuracy", "val_top_k_acc"}
     assert tree_snapshot(tmp_path) == before
+
+
+def test_asking_for_wandb_without_the_package_is_one_clear_error(tiny_config, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
+    )
+    with pytest.raises(
+        Exception, match=r'^wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null$'
+    ):
+        load(tiny_config, tmp_path, "nowandb", ['wandb={"project": "digits"}'])
+
+
+def read_wandb_run(path: Path) -> dict[str, dict]:
+    """Summary, history and config of an offline W&B run, read from its run-<id>.wandb file.
+
+    The file is a LevelDB-style log (a 7-byte ":W&B" header, 32 KiB blocks of records with a 7-byte header:
+    crc, length, type full/first/middle/last) of wandb's own protobuf Records.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    chunks, position, pending = [], 7, b""
+    while position + 7 <= len(data):
+        space = 32768 - position % 32768
+        if space < 7:  # a block's tail too short for a record header is padding
+            position += space
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind in (3, 4):
+            pending += chunk
+            if kind == 4:
+                chunks.append(pending)
+    run: dict[str, dict] = {"summary": {}, "history": {}, "config": {}}
+    for chunk in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        kind = record.WhichOneof("record_type")
+        if kind == "summary":
+            run["summary"].update({item.key: json.loads(item.value_json) for item in record.summary.update})
+        elif kind == "history":
+            for item in record.history.item:
+                run["history"].setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
+        elif kind == "run":
+            run["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+    return run
+
+
+def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tiny_config["wandb"] = {"project": "digits", "name": "offline-test"}
+    tiny_config["callbacks"] = [{"type": "ImagePredictionLogger", "args": {"max_images": 4}}]
+    config = load(tiny_config, tmp_path, "wandb")
+    result = train_script.main(config)
+    runs = list((config.log_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    run = read_wandb_run(runs[0])
+    assert run["summary"]["hparam/best_val_accuracy"] == pytest.approx(result["best"]["val_accuracy"], abs=1e-6)
+    assert run["history"]["accuracy/valid"][-1] == pytest.approx(result["last"]["val_accuracy"], abs=1e-6)
+    assert len(run["history"]["accuracy/valid"]) == 2
+    assert any(key.startswith("predictions/images") for key in run["history"])  # an image: nested keys
+    assert run["config"]["name"] == "Digits_CNN" and run["config"]["trainer.epochs"] == 2

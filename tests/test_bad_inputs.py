@@ -218,8 +218,8 @@ def test_soak_200_epochs_stay_bounded(tiny_config, tmp_path, monkeypatch):
     samples: list[tuple[int, int, int]] = []  # (epoch, open file descriptors, resident pages)
     real_write = Trainer._write_epoch
 
-    def write_epoch(self, epoch, result, seconds, samples):
-        real_write(self, epoch, result, seconds, samples)
+    def write_epoch(self, epoch, result, seconds, n_samples):
+        real_write(self, epoch, result, seconds, n_samples)
         resident = int(Path("/proc/self/statm").read_text().split()[1])
         samples.append((epoch, len(os.listdir("/proc/self/fd")), resident))
 
