@@ -11,10 +11,17 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from parse_config import ArgumentParser, ConfigParser
 from utils.errors import ConfigError, UserError
+
+if TYPE_CHECKING:  # torch is imported inside main(), so that --help answers without loading it
+    import torch
+    from torch import nn
+
+    from base.base_data_loader import BaseDataLoader
 
 # Short flags for common overrides: flag -> dotted config key.
 SHORTCUTS = {
@@ -184,7 +191,15 @@ def log_run_header(logger: logging.Logger, config: ConfigParser) -> None:
     logger.info("Config:\n%s", json.dumps(config.config, indent=4))
 
 
-def one_batch_each(model, data_loader, valid_data_loader, criterion, metric_fns, optimizer, device) -> dict:
+def one_batch_each(
+    model: "nn.Module",
+    data_loader: "BaseDataLoader",
+    valid_data_loader: "BaseDataLoader",
+    criterion: Callable,
+    metric_fns: dict[str, Callable],
+    optimizer: "torch.optim.Optimizer",
+    device: "torch.device",
+) -> dict[str, float]:
     """--dry-run: one optimizer step on one training batch, one validation batch, and the model summary."""
     from base.base_model import summary
     from trainer.trainer import evaluate

@@ -6,6 +6,7 @@ Each class loads its data set once into memory and serves one split of it ("trai
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.error import URLError
 
 import torch
@@ -13,6 +14,9 @@ import torch.nn.functional as F
 
 from base.base_data_loader import BaseDataLoader, InMemoryImages, split_indices
 from utils.errors import DataError
+
+if TYPE_CHECKING:
+    from torchvision import datasets
 
 
 def random_affine(images: torch.Tensor, generator: torch.Generator, degrees: float, translate: float) -> torch.Tensor:
@@ -67,7 +71,7 @@ class DigitsDataLoader(BaseDataLoader):
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def load_mnist(data_dir: str, train: bool, download: bool):
+def load_mnist(data_dir: str, train: bool, download: bool) -> "datasets.MNIST":
     """MNIST through torchvision, from `<data_dir>/MNIST/raw`; downloads there where the network allows."""
     from torchvision import datasets  # imported here: only MNIST needs torchvision
 
