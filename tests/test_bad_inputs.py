@@ -244,3 +244,22 @@ def test_a_config_that_is_not_text(tmp_path):
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
     result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "binary.json"), cwd=tmp_path)
     assert_one_error_line(result, "binary.json: cannot read it")
+
+
+def test_a_failing_worker_in_test_py_is_one_line_too(tiny_config, tmp_path, monkeypatch):
+    import test as test_script
+
+    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="evaluated")
+    train_script.main(config)
+    real_getitem = InMemoryImages.__getitem__
+    parent = os.getpid()
+
+    def getitem(self, request):
+        if os.getpid() != parent:
+            raise ValueError("unreadable image")
+        return real_getitem(self, request)
+
+    monkeypatch.setattr(InMemoryImages, "__getitem__", getitem)
+    checkpoint = ConfigParser.load(resume=config.save_dir, overrides=["data_loader.args.num_workers=2"])
+    with pytest.raises(DataError, match=r"^ValueError in DataLoader worker process \d: ValueError: unreadable image$"):
+        test_script.main(checkpoint)
