@@ -11,13 +11,13 @@ from pathlib import Path
 
 from parse_config import ArgumentParser, ConfigParser
 from train import select_devices
-from utils.errors import ConfigError, DataError, UserError
+from utils.errors import ConfigError, UserError
 
 
 def main(config: ConfigParser, split: str = "test", out: str | Path | None = None) -> dict[str, float]:
     """Evaluate the checkpoint's model on `split`; write and return the per-sample averages."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
-    from base.base_data_loader import worker_failure
+    from base.base_data_loader import worker_failures_as_data_errors
     from logger import setup_logging
     from trainer.trainer import evaluate
     from utils.checkpoint import KEY_MODEL, load_model_state
@@ -38,15 +38,10 @@ def main(config: ConfigParser, split: str = "test", out: str | Path | None = Non
     model = model.to(device)
 
     # loss and metrics, averaged per sample
-    try:
+    with worker_failures_as_data_errors():
         results = evaluate(
             model, data_loader, config.init_ftn("loss"), config.metric_fns(), device, desc=f"Test ({split})"
         )
-    except Exception as e:
-        failure = worker_failure(e)
-        if failure is None:
-            raise
-        raise DataError(failure) from None
     results = {"n_samples": data_loader.n_samples, **results}
 
     out = Path(out) if out is not None else config.checkpoint_path.with_suffix(f".{split}.json")

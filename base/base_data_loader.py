@@ -6,6 +6,8 @@ the middle of an epoch -- replays exactly the batches an uninterrupted run would
 `num_workers` is, and every DDP rank agrees on the shards without communicating.
 """
 
+import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from numbers import Integral
 
@@ -50,6 +52,24 @@ def split_indices(n: int, validation_split: float | int, test_split: float | int
         "valid": order[n_test : n_test + n_valid],
         "train": order[n_test + n_valid :],
     }
+
+
+@contextlib.contextmanager
+def worker_failures_as_data_errors(logger: logging.Logger | None = None) -> Iterator[None]:
+    """Turn a DataLoader worker that raised or died into one DataError line; any other error passes through.
+
+    With a `logger`, the worker's whole traceback is logged there first and the line points to it.
+    """
+    try:
+        yield
+    except Exception as e:
+        failure = worker_failure(e)
+        if failure is None:
+            raise
+        if logger is None:
+            raise DataError(failure) from None
+        logger.error("Data loader worker failed:\n%s", e)
+        raise DataError(f"{failure} (the full traceback is in info.log)") from None
 
 
 def worker_failure(error: BaseException) -> str | None:

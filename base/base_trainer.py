@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from base.base_data_loader import worker_failure
+from base.base_data_loader import worker_failures_as_data_errors
 from logger.visualization import Writer
 from utils.checkpoint import (
     BEST_NAME,
@@ -45,7 +45,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.distributed import agree_max, is_distributed, is_main_process
-from utils.errors import CallbackError, ConfigError, DataError, TrainingInterrupted
+from utils.errors import CallbackError, ConfigError, TrainingInterrupted
 
 PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
 
@@ -124,15 +124,8 @@ class BaseTrainer(abc.ABC):
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}."""
-        with self._stop_on_signals():
-            try:
-                return self._train()
-            except Exception as e:
-                failure = worker_failure(e)
-                if failure is None:
-                    raise
-                self.logger.error("Data loader worker failed:\n%s", e)  # the whole worker traceback, in info.log
-                raise DataError(f"{failure} (the full traceback is in info.log)") from None
+        with self._stop_on_signals(), worker_failures_as_data_errors(self.logger):
+            return self._train()
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
