@@ -371,12 +371,6 @@ class ConfigParser:
         for override in overrides:
             apply_override(config, override)
         validate(config)
-        if run_id is not None:
-            taken = Path(config.get("save_dir", "saved/")) / "models" / config["name"] / run_id
-            if taken.exists():
-                raise ConfigError(
-                    f"--run-id {run_id}: {taken} already exists; choose another id, or resume it with --resume {taken}"
-                )
         if checkpoint is not None and not fine_tune:
             for key, saved, now in (
                 ("arch.type", checkpoint[KEY_ARCH], config["arch"]["type"]),
@@ -387,7 +381,10 @@ class ConfigParser:
                         f"{key}: the checkpoint was trained with {saved}, the config asks for {now}; "
                         "add -c CONFIG to fine-tune from its weights instead"
                     )
-        return cls(config, checkpoint, checkpoint_path, fine_tune, run_id)
+        parser = cls(config, checkpoint, checkpoint_path, fine_tune, run_id)
+        if run_id is not None:
+            parser._refuse_taken_run_id(run_id)  # now, not after the data is loaded
+        return parser
 
     @property
     def resuming(self) -> bool:
@@ -430,6 +427,14 @@ class ConfigParser:
         root = Path(self.config.get("save_dir", "saved/"))
         return root / "models" / self.config["name"] / run_id, root / "log" / self.config["name"] / run_id
 
+    def _refuse_taken_run_id(self, run_id: str) -> None:
+        save_dir, log_dir = self._run_paths(run_id)
+        if save_dir.exists() or log_dir.exists():
+            raise ConfigError(
+                f"--run-id {run_id}: {save_dir} already exists; "
+                f"choose another id, or resume it with --resume {save_dir}"
+            )
+
     def use_run_dirs(self, run_id: str) -> None:
         """Adopt the folders another process (DDP rank 0) created for this run, without touching the disk."""
         if self.resuming:
@@ -457,10 +462,7 @@ class ConfigParser:
                 save_dir, log_dir = self._run_paths(run_id)
                 if save_dir.exists() or log_dir.exists():
                     if self.run_id is not None:
-                        raise ConfigError(
-                            f"--run-id {run_id}: {save_dir} already exists; "
-                            f"choose another id, or resume it with --resume {save_dir}"
-                        )
+                        self._refuse_taken_run_id(run_id)
                     continue
                 try:
                     save_dir.mkdir(parents=True, exist_ok=False)
