@@ -243,7 +243,6 @@ class BaseDataLoader(DataLoader):
         self.n_samples = len(indices)
         # The loader's own generator: creating an iterator draws the workers' base seed from it, never from
         # the global RNG (which would shift dropout masks after a mid-epoch resume).
-        self.seed = seed
         self.worker_generator = torch.Generator()
         common = dict(
             num_workers=num_workers,
@@ -261,7 +260,8 @@ class BaseDataLoader(DataLoader):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Call before iterating: selects the epoch's order and skips `start_batch` batches."""
         self.epoch_sampler.set_epoch(epoch, start_batch)
-        self.worker_generator.manual_seed(_mix(self.seed, epoch, 1))  # worker seeds: a function of (seed, epoch)
+        # Worker seeds: a function of (seed, epoch) only.
+        self.worker_generator.manual_seed(_mix(self.epoch_sampler.seed, epoch, 1))
 
     @property
     def batches_per_epoch(self) -> int:
