@@ -32,6 +32,11 @@ def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass and the loss, or nothing when `dtype` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def evaluate(
     model: nn.Module,
     data_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -44,12 +49,11 @@ def evaluate(
     """Loss and metrics averaged per sample over a data set (used for validation and by test.py)."""
     model.eval()
     tracker = MetricTracker("loss", *metric_fns, device=device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with torch.no_grad():
         for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
             data = data.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True)
-            with autocast:
+            with autocast(device, amp_dtype):
                 output = model(data)
                 loss = criterion(output, target)
             n = len(target)
@@ -147,11 +151,6 @@ class Trainer(BaseTrainer):
             self.accumulate_steps,
         )
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def batches_in_epoch(self) -> int:
         return self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
 
@@ -188,7 +187,7 @@ class Trainer(BaseTrainer):
         for batch_idx, (data, target) in enumerate(bar, start=start):
             data = data.to(self.device, non_blocking=True)
             target = target.to(self.device, non_blocking=True)
-            with self._autocast():
+            with autocast(self.device, self.amp_dtype):
                 output = self.model(data)
                 loss = self.criterion(output, target)
 
