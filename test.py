@@ -8,44 +8,51 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parse_config import ArgumentParser, ConfigParser
 from train import select_devices
 from utils.errors import ConfigError, UserError
 
+if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
+    from utils.checkpoint import Checkpoint
 
-def main(config: ConfigParser, split: str = "test", out: str | Path | None = None) -> dict[str, float]:
+
+def main(config: ConfigParser, checkpoint: "Checkpoint", split: str = "test", out: str | Path | None = None) -> dict:
     """Evaluate the checkpoint's model on `split`; write and return the per-sample averages."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
-    from base.base_data_loader import worker_failures_as_data_errors
-    from logger import setup_logging
-    from trainer.trainer import evaluate
-    from utils.checkpoint import KEY_MODEL, load_model_state
-    from utils.util import prepare_device, write_json
+    import torch
 
-    setup_logging(None, config.get("verbosity", 2))
+    from base.base_data_loader import worker_failures_as_data_errors
+    from logger.logger import setup_logging
+    from trainer.trainer import evaluate
+    from utils.checkpoint import load_model_state
+    from utils.distributed import place_model
+    from utils.util import write_json
+
+    setup_logging(None, config["verbosity"])
     logger = logging.getLogger("test")
+    if config["num_threads"] is not None:
+        torch.set_num_threads(config["num_threads"])
 
     # data: the split to evaluate, never augmented
-    data_loader = config.init_obj("data_loader", split=split, seed=config.get("seed", 0))
+    data_loader = config.init_obj("data_loader", split=split, seed=config["seed"])
     if data_loader.n_samples == 0:
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
 
-    # model with the checkpoint's weights, on the available device
+    # model with the checkpoint's weights, on the available device(s)
     model = config.init_obj("arch")
-    load_model_state(model, config.checkpoint[KEY_MODEL], config.checkpoint_path)
-    device, _ = prepare_device(config.get("n_gpu", 1))
-    model = model.to(device)
+    load_model_state(model, checkpoint)
+    model, device = place_model(model, config["n_gpu"])
 
     # loss and metrics, averaged per sample
+    criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
     with worker_failures_as_data_errors():
-        results = evaluate(
-            model, data_loader, config.init_ftn("loss"), config.metric_fns(), device, desc=f"Test ({split})"
-        )
+        results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
     results = {"n_samples": data_loader.n_samples, **results}
 
-    out = Path(out) if out is not None else config.checkpoint_path.with_suffix(f".{split}.json")
-    write_json({"checkpoint": str(config.checkpoint_path), "split": split, **results}, out)
+    out = Path(out) if out is not None else checkpoint.path.with_suffix(f".{split}.json")
+    write_json({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
     logger.info("%s", json.dumps(results, indent=4))
     logger.info("Results written to %s", out)
     return results
@@ -72,11 +79,13 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, str, str | None]:
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, str | None]:
+    from utils.checkpoint import load_checkpoint
+
     args = build_parser().parse_args(argv)
     select_devices(args.device)
-    config = ConfigParser.load(args.config, args.resume, args.overrides)
-    return config, args.split, args.out
+    checkpoint = load_checkpoint(args.resume)
+    return ConfigParser.load(args.config, checkpoint, args.overrides), checkpoint, args.split, args.out
 
 
 if __name__ == "__main__":

@@ -7,15 +7,16 @@ the middle of an epoch -- replays exactly the batches an uninterrupted run would
 """
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from numbers import Integral
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from utils.distributed import rank_and_world_size
 from utils.errors import DataError
 
 # A batch transform: (images (B, C, H, W) float, generator) -> images; runs on whole batches of tensors.
@@ -87,7 +88,7 @@ def worker_failure(error: BaseException) -> str | None:
     return None
 
 
-def _mix(*numbers: int) -> int:
+def derive_seed(*numbers: int) -> int:
     """A 63-bit seed derived from several integers (independent streams for each (seed, epoch, batch))."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -138,13 +139,13 @@ class EpochBatchSampler(Sampler[list[int]]):
         return max(self.num_batches() - self.start_batch, 0)
 
     def batch_seed(self, batch: int) -> int:
-        return _mix(self.seed, self.epoch, batch)
+        return derive_seed(self.seed, self.epoch, batch)
 
     def iter_batches(self) -> Iterator[tuple[int, list[int]]]:
         """(batch number within the epoch, this rank's indices) from `start_batch` on."""
         order = self.indices
         if self.shuffle:
-            generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             order = order[torch.randperm(len(order), generator=generator)]
         global_batch = self.batch_size * self.world_size
         for batch in range(self.start_batch, self.num_batches()):
@@ -198,8 +199,8 @@ class InMemoryImages(Dataset):
         self.augment = augment
 
     def without_augmentation(self) -> "InMemoryImages":
-        view = InMemoryImages.__new__(InMemoryImages)
-        view.__dict__.update(self.__dict__, augment=None)
+        view = copy.copy(self)  # shares the image tensor
+        view.augment = None
         return view
 
     def __len__(self) -> int:
@@ -235,10 +236,9 @@ class BaseDataLoader(DataLoader):
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise DataError(f"data_loader.args.batch_size: expected a whole number >= 1, found {batch_size!r}")
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        rank, world_size = rank_and_world_size()
         self.epoch_sampler = EpochBatchSampler(
-            indices, batch_size, shuffle, seed, rank, world_size, equal_shards=training and distributed
+            indices, batch_size, shuffle, seed, rank, world_size, equal_shards=training and world_size > 1
         )
         self.n_samples = len(indices)
         # The loader's own generator: creating an iterator draws the workers' base seed from it, never from
@@ -261,7 +261,7 @@ class BaseDataLoader(DataLoader):
         """Call before iterating: selects the epoch's order and skips `start_batch` batches."""
         self.epoch_sampler.set_epoch(epoch, start_batch)
         # Worker seeds: a function of (seed, epoch) only.
-        self.worker_generator.manual_seed(_mix(self.epoch_sampler.seed, epoch, 1))
+        self.worker_generator.manual_seed(derive_seed(self.epoch_sampler.seed, epoch, 1))
 
     @property
     def batches_per_epoch(self) -> int:

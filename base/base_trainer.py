@@ -1,27 +1,32 @@
-"""The epoch loop and everything around it: monitoring, early stopping, checkpoints, resume.
+"""The epoch loop and everything around it: validation, callbacks, monitoring, early stopping, checkpoints.
 
-A subclass implements `_train_epoch`; this class owns the fixed lifecycle:
+A subclass implements `_train_epoch` and `_valid_epoch`; this class owns the fixed lifecycle and fires
+every callback hook, so a subclass that rewrites an epoch never loses one:
 
-    for each epoch: train (and validate) -> log -> monitor -> checkpoints -> early stop?
+    on_train_start
+    for each epoch: train -> validate -> on_validation_end -> scheduler -> log -> on_epoch_end
+                    -> metrics.csv -> monitor -> checkpoints -> early stop?
+    on_train_end
 """
 
 import abc
 import contextlib
-import csv
 import logging
 import math
 import re
 import signal
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from base.base_data_loader import worker_failures_as_data_errors
-from logger.visualization import Writer
+from logger.metrics_csv import MetricsCsv
+from logger.visualization import Writer, flatten_config
 from utils.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
@@ -31,43 +36,51 @@ from utils.checkpoint import (
     KEY_CONFIG,
     KEY_EPOCH,
     KEY_FORMAT,
-    KEY_MODEL,
     KEY_MONITOR_BEST,
     KEY_NOT_IMPROVED,
     KEY_OPTIMIZER,
     KEY_OPTIMIZER_TYPE,
     KEY_RNG,
-    KEY_RUN_ID,
     KEY_SCHEDULER,
+    KEY_STATE_DICT,
     LAST_NAME,
     capture_rng_state,
     restore_rng_state,
     save_checkpoint,
 )
-from utils.distributed import agree_max, is_distributed, is_main_process
+from utils.distributed import agree_max, is_distributed, is_main_process, unwrap_model
 from utils.errors import CallbackError, ConfigError, TrainingInterrupted
+from utils.run_folder import RunFolder
 
 PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
 
 
-def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
-    """{"trainer": {"epochs": 3}} -> {"trainer.epochs": 3}; lists and nulls become text (TensorBoard's hparams
-    take numbers, strings and booleans only)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+@dataclass(frozen=True)
+class Monitor:
+    """`trainer.monitor` parsed once: "off", or a mode ("min"/"max") and the metric it watches."""
 
+    mode: str
+    metric: str = ""
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel, whose state_dict has no `module.` prefix."""
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+    @classmethod
+    def parse(cls, text: str) -> "Monitor":
+        """ "off", "min val_loss" or "max val_accuracy" (the schema has checked the form)."""
+        return cls("off") if text == "off" else cls(*text.split())
+
+    @property
+    def text(self) -> str:
+        return "off" if self.mode == "off" else f"{self.mode} {self.metric}"
+
+    @property
+    def worst(self) -> float:
+        """The starting best value, that any first value improves on."""
+        return {"min": math.inf, "max": -math.inf, "off": 0.0}[self.mode]
+
+    def improves(self, value: float, best: float, min_delta: float) -> bool:
+        """Whether `value` beats `best` by more than `min_delta`."""
+        if self.mode == "min":
+            return value < best - min_delta
+        return self.mode == "max" and value > best + min_delta
 
 
 class BaseTrainer(abc.ABC):
@@ -75,57 +88,138 @@ class BaseTrainer(abc.ABC):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        lr_scheduler: Any,
+        lr_scheduler: Any = None,
         *,
         config: dict,
         device: torch.device,
-        checkpoint_dir: Path,
+        run: RunFolder | None,
         writer: Writer,
-        run_id: str = "",
+        callbacks: list | None = None,
         epochs: int,
         save_period: int = 1,
         keep_last: int | None = None,
         monitor: str = "off",
         min_delta: float = 0.0,
         early_stop: int = 0,
-        callbacks: list | None = None,
-        metrics_file: Path | None = None,
+        scheduler_interval: str = "epoch",
     ) -> None:
+        """`run` is where checkpoints and metrics.csv go; None writes nothing (a dry run)."""
         self.logger = logging.getLogger("trainer")
-        self.callbacks = callbacks or []
-        self.metrics_file = metrics_file  # one CSV row per epoch, beside info.log
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.config = config
         self.device = device
-        self.checkpoint_dir = checkpoint_dir
+        self.run = run
         self.writer = writer
-        self.run_id = run_id
+        self.callbacks = callbacks or []
         self.epochs = epochs
         self.save_period = save_period
         self.keep_last = keep_last
+        self.monitor = Monitor.parse(monitor)
         self.min_delta = min_delta
         self.early_stop = early_stop
+        self.scheduler_interval = scheduler_interval
+        self.metrics_csv = MetricsCsv(run.log_dir / "metrics.csv") if run is not None and is_main_process() else None
 
-        self.monitor = monitor
-        self.mnt_mode, self.mnt_metric = ("off", "") if monitor == "off" else monitor.split()
-        self.mnt_best = {"min": math.inf, "max": -math.inf, "off": 0.0}[self.mnt_mode]
+        self.monitor_best = self.monitor.worst
         self.not_improved_count = 0
         self.best_result: dict[str, float] | None = None
         self.start_epoch = 1
         self.start_batch = 0  # > 0 when resuming in the middle of start_epoch
+        self.batch_limit: int | None = None  # 1 during a dry run: one training and one validation batch
+        self.epoch_samples = 0  # training samples of the epoch, set by `_train_epoch` for the samples/s figure
         self.is_main = is_main_process()
         self.stop_signal: int | None = None  # set by SIGINT / SIGTERM; training stops after the current step
 
     @abc.abstractmethod
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        """Train one epoch (and validate); return its per-sample averages, validation keys prefixed `val_`."""
+        """Train one epoch; return its per-sample averages ("loss" and each metric)."""
 
-    def train(self) -> dict[str, Any]:
-        """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}."""
-        with self._stop_on_signals(), worker_failures_as_data_errors(self.logger):
-            return self._train()
+    @abc.abstractmethod
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        """Validate after epoch `epoch`; return its averages, unprefixed ({} when there is no validation data)."""
+
+    def train(self, dry_run: bool = False) -> dict[str, Any]:
+        """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}.
+
+        `dry_run`: one epoch of one training and one validation batch through the real step, every hook
+        included (pass `run=None` so that nothing is written).
+        """
+        self.batch_limit = 1 if dry_run else None
+        last_epoch = self.start_epoch if dry_run else self.epochs
+        try:
+            with self._stop_on_signals(), worker_failures_as_data_errors(self.logger):
+                return self._train(last_epoch)
+        finally:
+            self.writer.close()
+
+    def _train(self, last_epoch: int) -> dict[str, Any]:
+        last: dict[str, float] = {}
+        self._call_hooks([c.on_train_start for c in self.callbacks])
+        for epoch in range(self.start_epoch, last_epoch + 1):
+            last = self._run_epoch(epoch)
+            improved = self._update_monitor(last)
+            if improved:
+                self.best_result = last
+            self.start_epoch = epoch + 1
+            self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
+            if self.early_stop and self.not_improved_count >= self.early_stop:
+                self.logger.info(
+                    "Validation performance didn't improve for %d epochs. Training stops.", self.early_stop
+                )
+                break
+            if epoch < last_epoch and self._stop_agreed(share=True):
+                self._interrupt(epoch, 0)
+        outcome = {"last": last, "best": self.best_result}
+        self._write_hparams(outcome)
+        self._call_hooks([c.on_train_end for c in self.callbacks], outcome)
+        self.writer.flush()
+        return outcome
+
+    def _run_epoch(self, epoch: int) -> dict[str, float]:
+        """Train and validate one epoch, step the scheduler, log; return {"epoch": epoch, **results}."""
+        started = time.perf_counter()
+        result = {"epoch": epoch, **self._train_epoch(epoch)}
+        self.start_batch = 0
+        valid = {f"val_{k}": v for k, v in self._valid_epoch(epoch).items()}
+        if valid:
+            self._call_hooks([c.on_validation_end for c in self.callbacks], epoch, valid)
+            result.update(valid)
+        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.lr_scheduler.step(self._monitored(result))
+            else:
+                self.lr_scheduler.step()
+        seconds = time.perf_counter() - started
+        extras = {
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "samples_per_second": self.epoch_samples / max(seconds, 1e-9),
+        }
+        for key, value in result.items():
+            self.logger.info("    %-15s: %s", key, value)
+            if key != "epoch":
+                name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
+                self.writer.add_scalar(f"{name}/{mode}", value, epoch)
+        self.writer.add_scalar("lr", extras["lr"], epoch)
+        self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
+        self.writer.add_scalar("time/samples_per_second", extras["samples_per_second"], epoch)
+        self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, result)
+        if self.metrics_csv is not None:
+            self.metrics_csv.append({**result, **extras})
+        return result
+
+    def _call_hooks(self, hooks: list[Callable], *args: Any) -> None:
+        """Call each callback's hook in order; a failure ends the run with one line (traceback in info.log)."""
+        for hook in hooks:
+            try:
+                hook(self, *args)
+            except Exception as e:
+                self.logger.exception("Callback %s failed", hook.__qualname__)
+                raise CallbackError(
+                    f"callback {hook.__qualname__} failed: {type(e).__name__}: {e} (the traceback is in info.log)"
+                ) from None
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -160,75 +254,37 @@ class BaseTrainer(abc.ABC):
 
     def _interrupt(self, epoch: int, batch: int) -> None:
         """Stop with the resume command; mid-epoch (`batch` > 0) the exact state is saved to last.pth first."""
-        path = self.checkpoint_dir / LAST_NAME
+        where = f"epoch {epoch} after batch {batch}" if batch else f"the end of epoch {epoch}"
+        name = signal.Signals(self.stop_signal).name
+        if self.run is None:
+            raise TrainingInterrupted(f"{name} received; stopped at {where}", self.stop_signal)
+        path = self.run.checkpoint_dir / LAST_NAME
         if batch:
             self._save(path, epoch, batch)
-        where = f"epoch {epoch} after batch {batch}" if batch else f"the end of epoch {epoch}"
         raise TrainingInterrupted(
-            f"{signal.Signals(self.stop_signal).name} received; stopped at {where}, state saved to {path}; "
-            f"resume with: python train.py --resume {path}",
+            f"{name} received; stopped at {where}, state saved to {path}; resume with: python train.py --resume {path}",
             self.stop_signal,
         )
 
-    def _callback(self, method: str, *args: Any) -> None:
-        """Call `method` of every callback in order; a failure ends the run with one line."""
-        for callback in self.callbacks:
-            try:
-                getattr(callback, method)(self, *args)
-            except Exception as e:
-                self.logger.exception("Callback %s.%s failed", type(callback).__name__, method)
-                raise CallbackError(
-                    f"callback {type(callback).__name__}.{method} failed: {type(e).__name__}: {e} "
-                    "(the traceback is in info.log)"
-                ) from None
+    def _monitored(self, result: dict[str, float]) -> float:
+        if self.monitor.metric not in result:
+            raise ConfigError(
+                f"trainer.monitor: metric '{self.monitor.metric}' was not logged (logged: {', '.join(result)}); "
+                "check validation_split or the monitor"
+            )
+        return result[self.monitor.metric]
 
-    def _train(self) -> dict[str, Any]:
-        last: dict[str, float] = {}
-        self._callback("on_train_start")
-        for epoch in range(self.start_epoch, self.epochs + 1):
-            result = self._train_epoch(epoch)
-            self.start_batch = 0
-            last = {"epoch": epoch, **result}
-            for key, value in last.items():
-                self.logger.info("    %-15s: %s", key, value)
-            self._callback("on_epoch_end", epoch, last)
-            self._append_metrics_row(last)
-
-            improved = self._update_monitor(last)
-            if improved:
-                self.best_result = last
-            self.start_epoch = epoch + 1
-            self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
-            if self.early_stop and self.not_improved_count >= self.early_stop:
-                self.logger.info(
-                    "Validation performance didn't improve for %d epochs. Training stops.", self.early_stop
-                )
-                break
-            if epoch < self.epochs and self._stop_agreed(share=True):
-                self._interrupt(epoch, 0)
-        outcome = {"last": last, "best": self.best_result}
-        self._write_hparams(outcome)
-        self._callback("on_train_end", outcome)
-        self.writer.flush()
-        return outcome
-
-    def _append_metrics_row(self, row: dict[str, float]) -> None:
-        """metrics.csv: one row per epoch; a resumed run keeps the header and drops rows it will redo."""
-        if self.metrics_file is None or not self.is_main:
-            return
-        fields = list(row)
-        rows: list[dict[str, str]] = []
-        if self.metrics_file.exists():
-            with self.metrics_file.open(newline="") as handle:
-                reader = csv.DictReader(handle)
-                fields = list(reader.fieldnames or fields)
-                rows = [r for r in reader if r.get("epoch", "").isdigit() and int(r["epoch"]) < row["epoch"]]
-        fields += [k for k in row if k not in fields]
-        with self.metrics_file.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-            writer.writerow(row)
+    def _update_monitor(self, result: dict[str, float]) -> bool:
+        """Whether the monitored metric improved (by more than min_delta); counts epochs without."""
+        if self.monitor.mode == "off":
+            return False
+        value = self._monitored(result)
+        if self.monitor.improves(value, self.monitor_best, self.min_delta):
+            self.monitor_best = value
+            self.not_improved_count = 0
+            return True
+        self.not_improved_count += 1
+        return False
 
     def _write_hparams(self, outcome: dict[str, Any]) -> None:
         """The flattened config beside the final and best results, for TensorBoard's HPARAMS tab."""
@@ -239,27 +295,6 @@ class BaseTrainer(abc.ABC):
             results.update({f"hparam/best_{k}": v for k, v in outcome["best"].items() if k != "epoch"})
         self.writer.add_hparams(flatten_config(self.config), results)
 
-    def _update_monitor(self, result: dict[str, float]) -> bool:
-        """Whether the monitored metric improved strictly (by more than min_delta); counts epochs without."""
-        if self.mnt_mode == "off":
-            return False
-        if self.mnt_metric not in result:
-            raise ConfigError(
-                f"trainer.monitor: metric '{self.mnt_metric}' was not logged (logged: {', '.join(result)}); "
-                "check validation_split or the monitor"
-            )
-        value = result[self.mnt_metric]
-        if self.mnt_mode == "min":
-            improved = value < self.mnt_best - self.min_delta
-        else:
-            improved = value > self.mnt_best + self.min_delta
-        if improved:
-            self.mnt_best = value
-            self.not_improved_count = 0
-        else:
-            self.not_improved_count += 1
-        return improved
-
     def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
         """The complete training state after `batch` batches of `epoch` (0: the whole epoch), as a plain dict."""
         model = unwrap_model(self.model)
@@ -269,11 +304,10 @@ class BaseTrainer(abc.ABC):
             KEY_OPTIMIZER_TYPE: type(self.optimizer).__name__,
             KEY_EPOCH: epoch,
             KEY_BATCH: batch,
-            KEY_RUN_ID: self.run_id,
-            KEY_MODEL: model.state_dict(),
+            KEY_STATE_DICT: model.state_dict(),
             KEY_OPTIMIZER: self.optimizer.state_dict(),
             KEY_SCHEDULER: self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
-            KEY_MONITOR_BEST: self.mnt_best,
+            KEY_MONITOR_BEST: self.monitor_best,
             KEY_NOT_IMPROVED: self.not_improved_count,
             KEY_BEST_RESULT: self.best_result,
             KEY_RNG: capture_rng_state(),
@@ -281,42 +315,59 @@ class BaseTrainer(abc.ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: the next batch, with optimizer, scheduler, monitor and RNG restored.
-
-        The model weights are loaded by the caller before the optimizer is built.
-        """
+        """Continue from a checkpoint (checked by utils.checkpoint.check_resume): the next batch, with the
+        optimizer, scheduler, monitor and RNG restored. The model weights are loaded before the optimizer
+        is built. Optimizer arguments changed by an override since the checkpoint apply from here on."""
         self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
-        if self.lr_scheduler is not None and state.get(KEY_SCHEDULER) is not None:
+        if self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(state[KEY_SCHEDULER])
-        self.start_batch = state.get(KEY_BATCH, 0)
+        self._apply_changed_optimizer_args(state[KEY_CONFIG]["optimizer"].get("args", {}))
+        self.start_batch = state[KEY_BATCH]
         self.start_epoch = state[KEY_EPOCH] + (0 if self.start_batch else 1)
-        self.mnt_best = state[KEY_MONITOR_BEST]
+        self.monitor_best = state[KEY_MONITOR_BEST]
         self.not_improved_count = state[KEY_NOT_IMPROVED]
-        self.best_result = state.get(KEY_BEST_RESULT)
+        self.best_result = state[KEY_BEST_RESULT]
         restore_rng_state(state[KEY_RNG])
         self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
 
-    def _save(self, path: Path, epoch: int, batch: int = 0) -> None:
+    def _apply_changed_optimizer_args(self, saved_args: dict[str, Any]) -> None:
+        """`optimizer.load_state_dict` restores the saved hyper-parameters; re-set those the config changed
+        (`--resume RUN --lr 0.5` trains at 0.5), so that the run's config.json says what ran."""
+        for key, value in self.config["optimizer"].get("args", {}).items():
+            if saved_args.get(key) == value:
+                continue
+            for group in self.optimizer.param_groups:
+                group[key] = tuple(value) if isinstance(group.get(key), tuple) else value
+                if key == "lr" and "initial_lr" in group:
+                    group["initial_lr"] = value  # the scheduler's base from now on
+            if key == "lr" and self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
+                self.lr_scheduler.base_lrs = [value] * len(self.optimizer.param_groups)
+            self.logger.info(
+                "optimizer.args.%s: %s from now on (the checkpoint had %s)", key, value, saved_args.get(key)
+            )
+
+    def _save(self, path: Any, epoch: int, batch: int = 0) -> None:
         """Write a checkpoint (rank 0 only: every rank holds the same state)."""
-        if self.is_main:
+        if self.is_main and self.run is not None:
             save_checkpoint(self.state_dict(epoch, batch), path)
 
     def _save_epoch(self, epoch: int, periodic: bool, best: bool) -> None:
         """The end-of-epoch checkpoints: last.pth always, checkpoint-epoch<N>.pth every save_period epochs,
         model_best.pth on improvement -- one state, serialized once."""
-        if not self.is_main:
+        if not self.is_main or self.run is None:
             return
-        paths = [self.checkpoint_dir / LAST_NAME]
+        folder = self.run.checkpoint_dir
+        paths = [folder / LAST_NAME]
         if periodic:
-            paths.append(self.checkpoint_dir / f"checkpoint-epoch{epoch}.pth")
+            paths.append(folder / f"checkpoint-epoch{epoch}.pth")
             self.logger.info("Saving checkpoint: %s ...", paths[-1])
         if best:
-            paths.append(self.checkpoint_dir / BEST_NAME)
+            paths.append(folder / BEST_NAME)
             self.logger.info("Saving current best: %s ...", BEST_NAME)
         save_checkpoint(self.state_dict(epoch), *paths)
         if periodic and self.keep_last is not None:
             periodic_files = sorted(
-                (int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := PERIODIC_PATTERN.match(p.name))
+                (int(m.group(1)), p) for p in folder.iterdir() if (m := PERIODIC_PATTERN.match(p.name))
             )
             for _, old in periodic_files[: -self.keep_last]:
                 old.unlink()

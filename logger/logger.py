@@ -1,7 +1,18 @@
+"""Console and info.log: set up from logger_config.json, a header that says what ran, a summary at the end."""
+
+import json
 import logging
 import logging.config
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+from logger.visualization import NullWriter, Writer, make_writer
+from utils.distributed import is_main_process
+from utils.run_folder import RunFolder
 from utils.util import read_json
 
 CONFIG_PATH = Path(__file__).resolve().parent / "logger_config.json"
@@ -25,3 +36,62 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
                 handler["filename"] = str(log_dir / handler["filename"])
     config["root"]["level"] = LOG_LEVELS[verbosity]
     logging.config.dictConfig(config)
+
+
+def start_run_logging(run: RunFolder | None, config: dict) -> Writer:
+    """From here on info.log gets what the console gets, after a header; return the run's writer.
+
+    Only rank 0 writes; other ranks, and a dry run (`run` None), get a NullWriter and touch nothing.
+    """
+    if run is None or not is_main_process():
+        return NullWriter()
+    setup_logging(run.log_dir, config["verbosity"])
+    log_run_header(config)
+    return make_writer(run.log_dir, config)
+
+
+def log_run_header(config: dict) -> None:
+    """What info.log starts with: the command, the versions, the code's commit, the threads and the config."""
+    import numpy
+    import torch
+
+    logger = logging.getLogger("train")
+    logger.info("Command: %s", " ".join([sys.executable, *sys.argv]))
+    cuda = torch.version.cuda if torch.cuda.is_available() else "not available"
+    logger.info(
+        "Versions: Python %s, torch %s, numpy %s; CUDA %s",
+        platform.python_version(), torch.__version__, numpy.__version__, cuda,
+    )  # fmt: skip
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    logger.info("Code: %s", f"git commit {commit}" if commit else "not a git checkout")
+    logger.info(
+        "Seed %d; deterministic %s; %d CPU thread(s) for torch (num_threads %s)",
+        config["seed"], config["deterministic"], torch.get_num_threads(), config["num_threads"],
+    )  # fmt: skip
+    logger.info("Config:\n%s", json.dumps(config, indent=4))
+
+
+def log_summary(result: dict[str, Any], monitor: str, checkpoint_dir: Path | None) -> None:
+    """The end of a run in a few lines a user can act on: the best epoch, where the run is, how to test it."""
+    logger = logging.getLogger("train")
+    last, best = result["last"], result["best"]
+    if checkpoint_dir is None:
+        logger.info("Dry run: one training and one validation batch went through the real step; nothing was written.")
+        logger.info("%s", json.dumps(last, indent=4))
+        return
+    if best is not None:
+        metric = monitor.split()[1]
+        logger.info("Best: epoch %d, %s %.6g (monitor: %s)", best["epoch"], metric, best[metric], monitor)
+        checkpoint = checkpoint_dir / "model_best.pth"
+    else:
+        logger.info("Last: epoch %d (monitor: %s, so no best checkpoint)", last["epoch"], monitor)
+        checkpoint = checkpoint_dir / "last.pth"
+    logger.info("Run folder: %s", checkpoint_dir)
+    logger.info("Checkpoint: %s", checkpoint)
+    logger.info("Evaluate it on the test split: python test.py --resume %s", checkpoint)

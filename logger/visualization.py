@@ -143,13 +143,29 @@ class WriterGroup:
             writer.close()
 
 
-def make_writer(log_dir: Path, tensorboard: bool, wandb: dict | None = None, config: dict | None = None) -> Writer:
-    """The writer a run asked for: TensorBoard, W&B (with `wandb` as wandb.init's arguments), both, or none."""
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"trainer": {"epochs": 3}} -> {"trainer.epochs": 3}; lists and nulls become text (TensorBoard's hparams
+    take numbers, strings and booleans only)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def make_writer(log_dir: Path, config: dict) -> Writer:
+    """The writer a config asks for: TensorBoard (`tensorboard`), W&B (`wandb`: wandb.init's arguments), both,
+    or none."""
     writers: list[Writer] = []
-    if tensorboard:
+    if config["tensorboard"]:
         writers.append(TensorboardWriter(log_dir))
-    if wandb is not None:
-        writers.append(WandbWriter(log_dir, config or {}, **wandb))
+    if config["wandb"] is not None:
+        writers.append(WandbWriter(log_dir, flatten_config(config), **config["wandb"]))
     if not writers:
         return NullWriter()
     return writers[0] if len(writers) == 1 else WriterGroup(writers)

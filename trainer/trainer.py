@@ -1,20 +1,21 @@
 """The training and validation epochs: batches, mixed precision, accumulation, clipping, metrics."""
 
 import contextlib
+import inspect
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from base.base_data_loader import BaseDataLoader, EpochBatchSampler
+from base.base_data_loader import BaseDataLoader
+from base.base_model import summary
 from base.base_trainer import BaseTrainer
-from logger.visualization import Writer
 from utils.checkpoint import KEY_PARTIAL, KEY_SCALER, KEY_STEP
-from utils.distributed import agree_max
+from utils.distributed import agree_max, describe_placement, unwrap_model
 from utils.errors import UserError
 from utils.metric_tracker import MetricTracker
 
@@ -64,55 +65,31 @@ def evaluate(
 
 
 class Trainer(BaseTrainer):
+    """Trains with mixed precision, gradient accumulation and clipping; validates with `evaluate`.
+
+    Takes its own arguments and passes the loop's (`run`, `writer`, `epochs`, `monitor`, ...: see BaseTrainer)
+    on unchanged.
+    """
+
     def __init__(
         self,
         model: nn.Module,
         criterion: Callable,
         metric_fns: dict[str, Callable],
         optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
         *,
-        config: dict,
-        device: torch.device,
         data_loader: BaseDataLoader,
         valid_data_loader: BaseDataLoader | None = None,
-        lr_scheduler: Any = None,
-        checkpoint_dir: Path,
-        writer: Writer,
-        run_id: str = "",
-        epochs: int,
-        save_period: int = 1,
-        keep_last: int | None = None,
-        monitor: str = "off",
-        min_delta: float = 0.0,
-        early_stop: int = 0,
         len_epoch: int | None = None,
         log_step: int = 10,
         amp: bool | str = False,
         accumulate_steps: int = 1,
         clip_grad_norm: float | None = None,
-        scheduler_interval: str = "epoch",
         compile: bool = False,
-        callbacks: list | None = None,
-        metrics_file: Path | None = None,
+        **loop: Any,
     ) -> None:
-        super().__init__(
-            model,
-            optimizer,
-            lr_scheduler,
-            config=config,
-            device=device,
-            checkpoint_dir=checkpoint_dir,
-            writer=writer,
-            run_id=run_id,
-            epochs=epochs,
-            save_period=save_period,
-            keep_last=keep_last,
-            monitor=monitor,
-            min_delta=min_delta,
-            early_stop=early_stop,
-            callbacks=callbacks,
-            metrics_file=metrics_file,
-        )
+        super().__init__(model, optimizer, lr_scheduler, **loop)
         self.criterion = criterion
         self.metric_fns = metric_fns
         self.data_loader = data_loader
@@ -121,21 +98,27 @@ class Trainer(BaseTrainer):
         self.log_step = log_step
         self.accumulate_steps = accumulate_steps
         self.clip_grad_norm = clip_grad_norm
-        self.scheduler_interval = scheduler_interval
         self.global_step = 0  # batches trained on since the start of the run
         self.optimizer_steps = 0  # optimizer steps taken by this process (paces the DDP stop check)
 
         if compile:
             # In place (nn.Module.compile): state_dict keys stay free of an `_orig_mod.` prefix.
             self.model.compile()
-        self.amp_dtype = resolve_amp(amp, device)
+        self.amp_dtype = resolve_amp(amp, self.device)
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_metrics = MetricTracker("loss", *metric_fns, device=device)
-        if data_loader is not None:
-            self._log_decisions(data_loader.epoch_sampler)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_metrics = MetricTracker("loss", *metric_fns, device=self.device)
+        self._log_decisions()
 
-    def _log_decisions(self, sampler: EpochBatchSampler) -> None:
+    def _log_decisions(self) -> None:
+        """Every automatic choice, in info.log: device and parallelism, precision, samples per step, model."""
+        sampler = self.data_loader.epoch_sampler
+        self.logger.info("Device: %s", describe_placement(self.model, self.device))
+        self.logger.info(
+            "Training on %d samples, validating on %d",
+            self.data_loader.n_samples,
+            self.valid_data_loader.n_samples if self.valid_data_loader is not None else 0,
+        )
         if self.amp_dtype is None:
             amp = "off (fp32)"
         else:
@@ -150,19 +133,21 @@ class Trainer(BaseTrainer):
             sampler.world_size,
             self.accumulate_steps,
         )
+        self.logger.info("%s", summary(unwrap_model(self.model)))
 
     def batches_in_epoch(self) -> int:
-        return self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
+        n = self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
+        return n if self.batch_limit is None else min(n, self.batch_limit)
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The training batches of an epoch from batch `start` on; with `len_epoch`, a window of an endless
-        stream of passes over the data."""
-        if self.len_epoch is None:
-            self.data_loader.set_epoch(epoch, start)
-            yield from self.data_loader
-            return
+        """The training batches of an epoch from batch `start` on: a window of `batches_in_epoch()` batches
+        of an endless stream of passes over the data (with `len_epoch` None, exactly one pass)."""
         per_pass = self.data_loader.batches_per_epoch
-        position, end = (epoch - 1) * self.len_epoch + start, epoch * self.len_epoch
+        if per_pass == 0:
+            return
+        per_epoch = self.len_epoch if self.len_epoch is not None else per_pass
+        position = (epoch - 1) * per_epoch + start
+        end = (epoch - 1) * per_epoch + self.batches_in_epoch()
         while position < end:
             data_pass, offset = divmod(position, per_pass)
             self.data_loader.set_epoch(data_pass + 1, offset)
@@ -223,18 +208,8 @@ class Trainer(BaseTrainer):
         bar.close()
         self._check_finite(first_bad, epoch)
 
-        result = self.train_metrics.result()
-        if self.valid_data_loader is not None:
-            valid = {f"val_{k}": v for k, v in self._valid_epoch(epoch).items()}
-            self._callback("on_validation_end", epoch, valid)
-            result.update(valid)
-        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
-            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.lr_scheduler.step(result[self.mnt_metric])
-            else:
-                self.lr_scheduler.step()
-        self._write_epoch(epoch, result, time.perf_counter() - started, samples)
-        return result
+        self.epoch_samples = samples
+        return self.train_metrics.result()
 
     def _optimizer_step(self) -> None:
         if self.clip_grad_norm is not None:
@@ -256,18 +231,13 @@ class Trainer(BaseTrainer):
             )
 
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        if self.valid_data_loader is None:
+            return {}
         self.valid_data_loader.set_epoch(epoch)
-        return evaluate(
-            self.model, self.valid_data_loader, self.criterion, self.metric_fns, self.device, self.amp_dtype
-        )
-
-    def _write_epoch(self, epoch: int, result: dict[str, float], seconds: float, samples: int) -> None:
-        for key, value in result.items():
-            name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
-            self.writer.add_scalar(f"{name}/{mode}", value, epoch)
-        self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], epoch)
-        self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
-        self.writer.add_scalar("time/samples_per_second", samples / max(seconds, 1e-9), epoch)
+        batches = self.valid_data_loader
+        if self.batch_limit is not None:
+            batches = itertools.islice(batches, self.batch_limit)
+        return evaluate(self.model, batches, self.criterion, self.metric_fns, self.device, self.amp_dtype)
 
     def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
         state = super().state_dict(epoch, batch)
@@ -279,8 +249,14 @@ class Trainer(BaseTrainer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if state.get(KEY_SCALER):
+        if state[KEY_SCALER]:  # empty when the run trained without loss scaling
             self.scaler.load_state_dict(state[KEY_SCALER])
-        self.global_step = state.get(KEY_STEP, 0)
+        self.global_step = state[KEY_STEP]
         if self.start_batch:
             self.train_metrics.load_state_dict(state[KEY_PARTIAL])
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """The default of each keyword argument of Trainer and BaseTrainer: the defaults of the trainer.* keys."""
+    parameters = {**inspect.signature(BaseTrainer).parameters, **inspect.signature(Trainer).parameters}
+    return {name: p.default for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}

@@ -11,13 +11,15 @@ import random
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, ConfigError
+from utils.run_folder import RunFolder
 
 FORMAT_VERSION = 1
 
@@ -29,8 +31,7 @@ KEY_EPOCH = "epoch"
 KEY_STEP = "global_step"
 KEY_BATCH = "batch_in_epoch"  # > 0: saved in the middle of epoch KEY_EPOCH, after that many batches
 KEY_PARTIAL = "partial_epoch_metrics"
-KEY_RUN_ID = "run_id"
-KEY_MODEL = "state_dict"
+KEY_STATE_DICT = "state_dict"  # the model's weights, under victoresque's name for them
 KEY_OPTIMIZER = "optimizer"
 KEY_SCHEDULER = "lr_scheduler"
 KEY_SCALER = "scaler"
@@ -39,10 +40,23 @@ KEY_NOT_IMPROVED = "not_improved_count"
 KEY_BEST_RESULT = "best_result"
 KEY_RNG = "rng"
 KEY_CONFIG = "config"
-REQUIRED_KEYS = (KEY_FORMAT, KEY_ARCH, KEY_EPOCH, KEY_MODEL, KEY_CONFIG)
+REQUIRED_KEYS = (KEY_FORMAT, KEY_ARCH, KEY_EPOCH, KEY_STATE_DICT, KEY_CONFIG)  # to evaluate or fine-tune
+RESUME_KEYS = (
+    *REQUIRED_KEYS,
+    *(KEY_OPTIMIZER_TYPE, KEY_STEP, KEY_BATCH, KEY_OPTIMIZER, KEY_SCHEDULER, KEY_SCALER),
+    *(KEY_MONITOR_BEST, KEY_NOT_IMPROVED, KEY_BEST_RESULT, KEY_RNG),
+)  # to continue training
 
 LAST_NAME = "last.pth"
 BEST_NAME = "model_best.pth"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the file it came from and its state (tensors on the CPU)."""
+
+    path: Path
+    state: dict[str, Any]
 
 
 def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
@@ -81,8 +95,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and check a checkpoint on the CPU; every failure is one CheckpointError naming the file."""
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and check a checkpoint (or a run folder's last.pth) on the CPU; every failure is one
+    CheckpointError naming the file."""
     path = resolve_checkpoint_path(path)
     # torch.save has written zip archives since PyTorch 1.6; anything else is not one of our checkpoints.
     if not zipfile.is_zipfile(path):
@@ -114,7 +129,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: checkpoint format version {version} is newer than this code understands ({FORMAT_VERSION}); "
             "update the code"
         )
-    return state
+    return Checkpoint(path, state)
+
+
+def check_resume(checkpoint: Checkpoint, config: dict) -> None:
+    """Every reason a checkpoint cannot continue training under `config` (the checkpoint's own config with
+    the command line's overrides), checked before anything is built.
+
+    What resume restores from the checkpoint (the optimizer's and scheduler's state) must not be changed
+    by an override, except the optimizer's arguments, which are applied to it after loading.
+    """
+    state, path = checkpoint.state, checkpoint.path
+    RunFolder.of_checkpoint(path)  # the run goes on in the folder the checkpoint lies in
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: cannot resume, the checkpoint lacks {', '.join(missing)}; "
+            "add -c CONFIG to start a new run from its weights instead"
+        )
+    saved = state[KEY_CONFIG]
+    for key, then, now in (
+        ("arch.type", state[KEY_ARCH], config["arch"]["type"]),
+        ("optimizer.type", state[KEY_OPTIMIZER_TYPE], config["optimizer"]["type"]),
+        ("lr_scheduler", saved.get("lr_scheduler"), config["lr_scheduler"]),
+    ):
+        if then != now:
+            raise ConfigError(
+                f"{key}: the checkpoint was trained with {then}, the config asks for {now}; a resumed run keeps "
+                "what its state was saved with; add -c CONFIG to fine-tune from its weights instead"
+            )
+    done, epochs = state[KEY_EPOCH], config["trainer"]["epochs"]
+    if done >= epochs and not state[KEY_BATCH]:
+        raise ConfigError(
+            f"trainer.epochs: the checkpoint has finished epoch {done} of {epochs}; "
+            f"pass trainer.epochs=N with N > {done} to train further"
+        )
 
 
 def _first_line(error: BaseException) -> str:
@@ -122,8 +171,9 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Load weights strictly; a checkpoint of another model is one clear error, not a wall of key names."""
+def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Load the checkpoint's weights strictly; another model's weights are one clear error, not a wall of keys."""
+    state_dict, path = checkpoint.state[KEY_STATE_DICT], checkpoint.path
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:

@@ -1,4 +1,11 @@
-"""The one exception family that entry points turn into a single error line (no traceback)."""
+"""The one exception family that entry points turn into a single error line (no traceback), and the
+helpers that name keys, values and close matches in those lines."""
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class UserError(Exception):
@@ -35,3 +42,41 @@ class TrainingInterrupted(UserError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention for "killed by signal N"
+
+
+# How a one-line message names things.
+
+PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """ "; did you mean 'x'?" for the closest choice, or "" when none is close."""
+    choices = list(choices)
+    same_letters = [c for c in choices if c.lower() == word.lower()]
+    close = same_letters or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def key_text(part: Any) -> str:
+    """A key as it can be shown in a one-line message: plain names as they are, anything else JSON-quoted."""
+    text = str(part)
+    return text if PLAIN_KEY.match(text) else json.dumps(text)
+
+
+def quoted(name: Any) -> str:
+    """A name inside a message: 'plain' in single quotes, anything else JSON-quoted (so it stays one line)."""
+    text = str(name)
+    return f"'{text}'" if PLAIN_KEY.match(text) else json.dumps(text)
+
+
+def dotted(path: Sequence[Any], prefix: str = "") -> str:
+    """["trainer", "epochs"] -> "trainer.epochs" (the whole config when the path is empty)."""
+    parts = [prefix] if prefix else []
+    parts += [key_text(p) for p in path]
+    return ".".join(parts) or "config"
+
+
+def shown(value: Any) -> str:
+    """A value as JSON, cut to 60 characters."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

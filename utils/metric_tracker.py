@@ -1,7 +1,8 @@
 """Per-sample averages over an epoch: a running sum and a sample count per key, nothing more."""
 
 import torch
-import torch.distributed as dist
+
+from utils.distributed import all_reduce_sum
 
 
 class MetricTracker:
@@ -30,10 +31,8 @@ class MetricTracker:
     def result(self) -> dict[str, float]:
         sums = torch.stack([self._sums[k] for k in self._keys]).double()
         counts = torch.tensor([self._counts[k] for k in self._keys], dtype=torch.float64, device=self._device)
-        if dist.is_available() and dist.is_initialized():
-            totals = torch.cat([sums, counts])
-            dist.all_reduce(totals)
-            sums, counts = totals[: len(self._keys)], totals[len(self._keys) :]
+        totals = all_reduce_sum(torch.cat([sums, counts]))  # every rank's samples, under DDP
+        sums, counts = totals[: len(self._keys)], totals[len(self._keys) :]
         sums, counts = sums.tolist(), counts.tolist()  # the one host sync
         return {k: s / c for k, s, c in zip(self._keys, sums, counts, strict=True) if c}
 

@@ -1,0 +1,113 @@
+"""The folders of one run: where its checkpoints and its logs go, made only once everything else is valid.
+
+    <save_dir>/models/<name>/<run_id>/   config.json, last.pth, model_best.pth, checkpoint-epoch<N>.pth
+    <save_dir>/log/<name>/<run_id>/      info.log, metrics.csv, TensorBoard events
+
+A new run never reuses a folder. A resumed run continues in the folder its checkpoint lies in: the
+location of the file decides, never a field inside it.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from utils.errors import ConfigError
+from utils.util import write_json
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    run_id: str
+    checkpoint_dir: Path
+    log_dir: Path
+
+    @classmethod
+    def for_new_run(cls, save_dir: str | Path, name: str, run_id: str) -> "RunFolder":
+        root = Path(save_dir)
+        return cls(run_id, root / "models" / name / run_id, root / "log" / name / run_id)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint_path: Path) -> "RunFolder":
+        """The run folder a checkpoint lies in; its log folder is the matching one under <save_dir>/log."""
+        checkpoint_dir = checkpoint_path.parent
+        if len(checkpoint_dir.parts) < 3:  # a relative path such as <run_id>/last.pth: look at the whole path
+            checkpoint_dir = checkpoint_dir.absolute()
+        if len(checkpoint_dir.parents) < 3 or checkpoint_dir.parent.parent.name != "models":
+            raise ConfigError(
+                f"{checkpoint_path}: a run resumes in its own folder, <save_dir>/models/<name>/<run_id>/, and this "
+                "checkpoint is not in one; add -c CONFIG to start a new run from its weights instead"
+            )
+        root, name, run_id = checkpoint_dir.parents[2], checkpoint_dir.parent.name, checkpoint_dir.name
+        return cls(run_id, checkpoint_dir, root / "log" / name / run_id)
+
+    def exists(self) -> bool:
+        return self.checkpoint_dir.exists() or self.log_dir.exists()
+
+
+def check_run_id(config: dict, run_id: str | None) -> None:
+    """Refuse a --run-id that is not a plain folder name or whose folder exists (before any data is read)."""
+    if run_id is None:
+        return
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise ConfigError(f"--run-id {run_id!r}: expected a single folder name (letters, digits, '_', '-', '.')")
+    run = RunFolder.for_new_run(config["save_dir"], config["name"], run_id)
+    if run.exists():
+        raise ConfigError(
+            f"--run-id {run_id}: {run.checkpoint_dir} already exists; "
+            f"choose another id, or resume it with --resume {run.checkpoint_dir}"
+        )
+
+
+def create_run_folder(config: dict, run_id: str | None = None, resume_from: Path | None = None) -> RunFolder:
+    """Make (or, resuming from `resume_from`, adopt) the run's folders and save the resolved config there.
+
+    Under DDP rank 0 decides and creates; every rank returns the same RunFolder (or raises the same error).
+    """
+    from utils.distributed import broadcast_object, is_main_process
+
+    outcome: tuple[RunFolder | None, str] = (None, "")
+    if is_main_process():
+        try:
+            outcome = (_make(config, run_id, resume_from), "")
+        except ConfigError as e:
+            outcome = (None, str(e))
+    run, error = broadcast_object(outcome)
+    if error:
+        raise ConfigError(error)
+    return run
+
+
+def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFolder:
+    if resume_from is not None:
+        run = RunFolder.of_checkpoint(resume_from)
+        _mkdir(run.log_dir, exist_ok=True)
+    else:
+        check_run_id(config, run_id)
+        # Two runs started in the same second get <time> and <time>_1.
+        base = run_id or datetime.now().strftime("%m%d_%H%M%S")
+        for attempt in range(1000):
+            run = RunFolder.for_new_run(
+                config["save_dir"], config["name"], base if attempt == 0 else f"{base}_{attempt}"
+            )
+            if run.exists():
+                continue
+            try:
+                run.checkpoint_dir.mkdir(parents=True, exist_ok=False)
+            except FileExistsError:  # another run took it a moment ago
+                continue
+            except OSError as e:
+                raise ConfigError(f"save_dir: cannot create {run.checkpoint_dir} ({e.strerror or e})") from None
+            _mkdir(run.log_dir, exist_ok=False)
+            break
+    write_json(config, run.checkpoint_dir / "config.json")
+    return run
+
+
+def _mkdir(folder: Path, exist_ok: bool) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as e:
+        raise ConfigError(f"save_dir: cannot create {folder} ({e.strerror or e})") from None
