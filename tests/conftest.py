@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from utils.run_folder import RunFolder
 from utils.util import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,7 @@ def shrink(config: dict, save_dir: Path, epochs: int = 2) -> dict:
     config["save_dir"] = str(save_dir)
     config["tensorboard"] = False
     config["verbosity"] = 1
+    config["num_threads"] = 1
     config["trainer"]["epochs"] = epochs
     config["data_loader"]["args"]["batch_size"] = 64
     return config
@@ -56,3 +58,30 @@ def tree_snapshot(folder: Path) -> dict[str, bytes]:
     if not folder.exists():
         return {}
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train(
+    config: dict | None, tmp_path: Path, run_id: str = "run", overrides=(), resume: Path | None = None
+) -> tuple[dict, RunFolder]:
+    """Train through train.py's own path (parse_args, then main) in this process; return the results and
+    the run folder. With `resume` alone the checkpoint's run continues; with `config` too, a new run
+    starts from its weights."""
+    import train as train_script
+
+    argv = [*(["--resume", str(resume)] if resume is not None else [])]
+    if config is not None:
+        path = tmp_path / f"{run_id}.json"
+        path.write_text(json.dumps(config))
+        argv += ["-c", str(path), "--run-id", run_id]
+    parsed, options, _ = train_script.parse_args([*argv, *overrides])
+    result = train_script.main(parsed, **options)
+    if config is None:
+        return result, RunFolder.of_checkpoint(options["resume"].path)
+    return result, RunFolder.for_new_run(parsed["save_dir"], parsed["name"], run_id)
+
+
+def evaluate(checkpoint: Path, *args: str) -> dict:
+    """Evaluate through test.py's own path (parse_args, then main) in this process."""
+    import test as test_script
+
+    return test_script.main(*test_script.parse_args(["--resume", str(checkpoint), *args]))

@@ -4,26 +4,24 @@ import csv
 import json
 import struct
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+import torch
 
-import train as train_script
-import trainer.callbacks as callbacks_module
-from conftest import ROOT, run_script, tree_snapshot
+from conftest import ROOT, run_script, train, tree_snapshot
+from logger.visualization import NullWriter
 from parse_config import ConfigParser
 from trainer.callbacks import Callback
-from utils.errors import CallbackError
+from trainer.trainer import Trainer
+from utils.errors import CallbackError, ConfigError
 
 
 class Recorder(Callback):
-    calls: ClassVar[list] = []
-
-    def __init__(self, label: str = "a", fail_at: str = "") -> None:
-        self.label, self.fail_at = label, fail_at
+    def __init__(self, calls: list, label: str = "a", fail_at: str = "") -> None:
+        self.calls, self.label, self.fail_at = calls, label, fail_at
 
     def _record(self, name: str, *args) -> None:
-        Recorder.calls.append((self.label, name, *args))
+        self.calls.append((self.label, name, *args))
         if name == self.fail_at:
             raise RuntimeError("disk quota exceeded in my callback")
 
@@ -40,63 +38,81 @@ class Recorder(Callback):
         self._record("on_train_end", result["last"]["epoch"])
 
 
-Recorder.__module__ = "trainer.callbacks"  # as if it were written in trainer/callbacks.py
+class OwnEpoch(Trainer):
+    """A user's trainer that rewrites the training epoch: it must keep every hook."""
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.data_loader.set_epoch(epoch)
+        for data, target in self.data_loader:
+            self.optimizer.zero_grad()
+            self.criterion(self.model(data), target).backward()
+            self.optimizer.step()
+        return {"loss": 0.0}
 
 
-@pytest.fixture
-def recorder(monkeypatch):
-    monkeypatch.setattr(callbacks_module, "Recorder", Recorder, raising=False)
-    Recorder.calls = []
-    return Recorder
+def trainer_with(config: dict, callbacks: list, trainer_class: type = Trainer) -> Trainer:
+    parser = ConfigParser(config)
+    model = parser.init_obj("arch")
+    return trainer_class(
+        model, parser.init_ftn("loss"), parser.init_ftn("metrics"), parser.init_obj("optimizer", model.parameters()),
+        data_loader=parser.init_obj("data_loader", split="train", seed=0),
+        valid_data_loader=parser.init_obj("data_loader", split="valid", seed=0),
+        config=parser.config, device=torch.device("cpu"), run=None, writer=NullWriter(), callbacks=callbacks,
+        **parser["trainer"],
+    )  # fmt: skip
 
 
-def load(config: dict, tmp_path: Path, run_id: str, overrides=()) -> ConfigParser:
-    path = tmp_path / f"{run_id}.json"
-    path.write_text(json.dumps(config))
-    return ConfigParser.load(path, overrides=list(overrides), run_id=run_id)
-
-
-def test_callbacks_are_called_in_order_with_the_results(recorder, tiny_config, tmp_path):
-    tiny_config["callbacks"] = [
-        {"type": "Recorder", "args": {"label": "a"}},
-        {"type": "Recorder", "args": {"label": "b"}},
-    ]
-    result = train_script.main(load(tiny_config, tmp_path, "calls"))
-    names = [(label, name) for label, name, *_ in recorder.calls]
+@pytest.mark.parametrize("trainer_class", [Trainer, OwnEpoch])
+def test_callbacks_are_called_in_order_with_the_results(trainer_class, tiny_config):
+    calls = []
+    trainer = trainer_with(tiny_config, [Recorder(calls, "a"), Recorder(calls, "b")], trainer_class)
+    result = trainer.train()
+    names = [(label, name) for label, name, *_ in calls]
     one_epoch = [("a", "on_validation_end"), ("b", "on_validation_end"), ("a", "on_epoch_end"), ("b", "on_epoch_end")]
     assert names == [("a", "on_train_start"), ("b", "on_train_start"), *one_epoch, *one_epoch,
                      ("a", "on_train_end"), ("b", "on_train_end")]  # fmt: skip
-    assert recorder.calls[2] == ("a", "on_validation_end", 1, ["val_accuracy", "val_loss", "val_top_k_acc"])
-    assert recorder.calls[-4] == ("a", "on_epoch_end", 2, result["last"]["val_accuracy"])
-    assert recorder.calls[-1] == ("b", "on_train_end", 2)
+    assert calls[2] == ("a", "on_validation_end", 1, ["val_accuracy", "val_loss", "val_top_k_acc"])
+    assert calls[-4] == ("a", "on_epoch_end", 2, result["last"]["val_accuracy"])
+    assert calls[-1] == ("b", "on_train_end", 2)
 
 
-def test_a_failing_callback_ends_the_run_with_one_line(recorder, tiny_config, tmp_path):
-    tiny_config["callbacks"] = [{"type": "Recorder", "args": {"fail_at": "on_epoch_end"}}]
-    config = load(tiny_config, tmp_path, "failing")
+def test_a_failing_callback_ends_the_run_with_one_line_and_logs_the_traceback(tiny_config, tmp_path):
+    from logger.logger import setup_logging
+
+    setup_logging(tmp_path, 1)
+    trainer = trainer_with(tiny_config, [Recorder([], fail_at="on_epoch_end")])
     with pytest.raises(CallbackError) as info:
-        train_script.main(config)
+        trainer.train()
     assert str(info.value) == (
         "callback Recorder.on_epoch_end failed: RuntimeError: disk quota exceeded in my callback "
         "(the traceback is in info.log)"
     )
-    assert "Traceback" in (config.log_dir / "info.log").read_text()
+    assert "Traceback" in (tmp_path / "info.log").read_text()
 
 
 def test_unknown_callbacks_list_the_valid_ones(tiny_config, tmp_path):
-    with pytest.raises(Exception, match=r"callbacks\.0\.type: unknown callbacks 'ImageLogger'.*ImagePredictionLogger"):
-        load(tiny_config, tmp_path, "x", ['callbacks=[{"type": "ImageLogger"}]'])
+    tiny_config["callbacks"] = [{"type": "ImageLogger"}]
+    with pytest.raises(
+        ConfigError, match=r"callbacks\.0\.type: unknown callbacks 'ImageLogger'.*ImagePredictionLogger"
+    ):
+        ConfigParser(tiny_config)
 
 
 def test_metrics_csv_has_a_row_per_epoch_and_a_stable_header_across_resume(tiny_config, tmp_path):
-    config = load(tiny_config, tmp_path, "csv")
-    train_script.main(config)
-    train_script.main(ConfigParser.load(resume=config.save_dir, overrides=["trainer.epochs=4"]))
-    with (config.log_dir / "metrics.csv").open() as handle:
+    tiny_config["trainer"].update(epochs=3, save_period=1)
+    _, run = train(tiny_config, tmp_path, "csv")
+    # A resume from epoch 2 redoes epoch 3: its row is replaced, not repeated.
+    train(None, tmp_path, overrides=["trainer.epochs=4"], resume=run.checkpoint_dir / "checkpoint-epoch2.pth")
+    with (run.log_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
-    assert list(rows[0]) == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc"]
-    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    assert list(rows[0]) == [
+        "epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc",
+        "lr", "epoch_seconds", "samples_per_second",
+    ]  # fmt: skip
+    assert all(0 <= float(r["val_accuracy"]) <= 1 and float(r["samples_per_second"]) > 0 for r in rows)
+    assert float(rows[0]["lr"]) == tiny_config["optimizer"]["args"]["lr"]
 
 
 def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
@@ -107,9 +123,8 @@ def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
         {"type": "ImagePredictionLogger", "args": {"max_images": 8}},
         {"type": "ParameterHistograms"},
     ]
-    config = load(tiny_config, tmp_path, "board")
-    result = train_script.main(config)
-    events = EventAccumulator(str(config.log_dir), size_guidance={"tensors": 0, "images": 0, "histograms": 0})
+    result, run = train(tiny_config, tmp_path, "board")
+    events = EventAccumulator(str(run.log_dir), size_guidance={"tensors": 0, "images": 0, "histograms": 0})
     events.Reload()
     tags = events.Tags()
     assert "predictions/images" in tags["images"]
@@ -122,7 +137,7 @@ def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
     from tensorboard.util.tensor_util import make_ndarray
 
     hparams = {}
-    for path in sorted(config.log_dir.glob("events.out.tfevents.*")):
+    for path in sorted(run.log_dir.glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
                 array = make_ndarray(value.tensor) if value.WhichOneof("value") == "tensor" else None
@@ -136,11 +151,11 @@ def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
 
 
 def test_info_log_starts_with_command_versions_code_and_config(tiny_config, tmp_path):
-    config = load(tiny_config, tmp_path, "header")
-    train_script.main(config)
-    lines = (config.log_dir / "info.log").read_text().splitlines()
+    _, run = train(tiny_config, tmp_path, "header")
+    lines = (run.log_dir / "info.log").read_text().splitlines()
     assert "Command: " in lines[0] and "Versions: Python " in lines[1] and "Code: " in lines[2]
-    assert "Config:" in lines[3] and '"name": "Digits_CNN"' in "\n".join(lines[4:40])
+    assert "Seed 0; deterministic False; 1 CPU thread(s) for torch (num_threads 1)" in lines[3]
+    assert "Config:" in lines[4] and '"name": "Digits_CNN"' in "\n".join(lines[5:40])
 
 
 def test_print_config_and_dry_run_write_nothing(tmp_path):
@@ -154,8 +169,9 @@ def test_print_config_and_dry_run_write_nothing(tmp_path):
     dry = run_script(str(ROOT / "train.py"), "-c", str(path), "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "DigitsModel: 151,306 parameters (151,306 trainable), 0.58 MiB" in dry.stdout
-    numbers = json.loads(dry.stdout[dry.stdout.index("{") :])
-    assert set(numbers) == {"train_loss", "val_loss", "val_accuracy", "val_top_k_acc"}
+    numbers = json.loads(dry.stdout[dry.stdout.index("{", dry.stdout.index("Dry run:")) :])
+    assert set(numbers) == {"epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc"}
+    assert 0 <= numbers["val_accuracy"] <= 1
     assert tree_snapshot(tmp_path) == before
 
 
@@ -166,10 +182,11 @@ def test_asking_for_wandb_without_the_package_is_one_clear_error(tiny_config, tm
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
     )
+    tiny_config["wandb"] = {"project": "digits"}
     with pytest.raises(
-        Exception, match=r'^wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null$'
+        ConfigError, match=r'^wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null$'
     ):
-        load(tiny_config, tmp_path, "nowandb", ['wandb={"project": "digits"}'])
+        ConfigParser(tiny_config)
 
 
 def read_wandb_run(path: Path) -> dict[str, dict]:
@@ -215,14 +232,12 @@ def read_wandb_run(path: Path) -> dict[str, dict]:
 
 
 def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     tiny_config["wandb"] = {"project": "digits", "name": "offline-test"}
     tiny_config["callbacks"] = [{"type": "ImagePredictionLogger", "args": {"max_images": 4}}]
-    config = load(tiny_config, tmp_path, "wandb")
-    result = train_script.main(config)
-    runs = list((config.log_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    result, folder = train(tiny_config, tmp_path, "wandb")
+    runs = list((folder.log_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     run = read_wandb_run(runs[0])
     assert run["summary"]["hparam/best_val_accuracy"] == pytest.approx(result["best"]["val_accuracy"], abs=1e-6)

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train as train_script
-from conftest import ROOT, run_script
-from parse_config import ConfigParser
-from utils.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_MODEL, KEY_STEP, LAST_NAME, load_checkpoint
+from conftest import ROOT, run_script, train
+from utils.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
@@ -27,12 +25,7 @@ def write(config: dict, path: Path) -> Path:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)[KEY_MODEL]
-
-
-def run_in_process(config: dict, tmp_path: Path, run_id: str, overrides=()) -> tuple[dict, ConfigParser]:
-    parser = ConfigParser.load(write(config, tmp_path / f"{run_id}.json"), overrides=list(overrides), run_id=run_id)
-    return train_script.main(parser), parser
+    return load_checkpoint(path).state[KEY_STATE_DICT]
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -60,24 +53,24 @@ def ddp_config(tiny_config: dict) -> dict:
 
 
 def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(ddp_config, tmp_path):
-    single, single_cfg = run_in_process(ddp_config, tmp_path, "single")
+    single, single_run = train(ddp_config, tmp_path, "single")
     half = copy.deepcopy(ddp_config)
     half["data_loader"]["args"]["batch_size"] = 32
     result = torchrun("-c", str(write(half, tmp_path / "ddp.json")), "--run-id", "ddp")
     assert result.returncode == 0, result.stderr[-3000:]
     save_dir = Path(ddp_config["save_dir"])
     ddp_dir = save_dir / "models" / "Digits_CNN" / "ddp"
-    a, b = weights(single_cfg.save_dir / LAST_NAME), weights(ddp_dir / LAST_NAME)
+    a, b = weights(single_run.checkpoint_dir / LAST_NAME), weights(ddp_dir / LAST_NAME)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
     # Metrics reduced over ranks as sums and counts: the same numbers as one process.
-    best = load_checkpoint(ddp_dir / LAST_NAME)["best_result"]
+    best = load_checkpoint(ddp_dir / LAST_NAME).state["best_result"]
     for key, value in single["best"].items():
         assert best[key] == pytest.approx(value, abs=1e-6), key
     assert best["epoch"] == 1 and single["best"]["epoch"] == 1
     # One run folder, one log, one set of checkpoints: only rank 0 writes.
     assert sorted(p.name for p in (save_dir / "models" / "Digits_CNN").iterdir()) == ["ddp", "single"]
-    assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_cfg.save_dir.iterdir())
+    assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_run.checkpoint_dir.iterdir())
     assert sorted(p.name for p in (save_dir / "log" / "Digits_CNN" / "ddp").iterdir()) == ["info.log", "metrics.csv"]
     assert result.stdout.count("epoch          : 1") == 1
 
@@ -88,11 +81,11 @@ def test_ddp_early_stopping_and_resume_keep_all_ranks_together(ddp_config, tmp_p
     result = torchrun("-c", str(write(ddp_config, tmp_path / "ddp.json")), "--run-id", "stop", timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     run = Path(ddp_config["save_dir"]) / "models" / "Digits_CNN" / "stop"
-    assert load_checkpoint(run / LAST_NAME)[KEY_EPOCH] == 3
+    assert load_checkpoint(run / LAST_NAME).state[KEY_EPOCH] == 3
     result = torchrun("--resume", str(run), "trainer.epochs=4", "trainer.early_stop=0", timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming: training continues at epoch 4, batch 1." in result.stdout
-    assert load_checkpoint(run / LAST_NAME)[KEY_EPOCH] == 4
+    assert load_checkpoint(run / LAST_NAME).state[KEY_EPOCH] == 4
 
 
 def _start_training(config_path: Path, *args: str) -> subprocess.Popen:
@@ -126,7 +119,7 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
     assert len(lines) == 1 and lines[0].startswith(f"interrupted: {signal.Signals(signum).name} received; stopped at")
     run = Path(tiny_config["save_dir"]) / "models" / "Digits_CNN" / "stopped"
     assert f"resume with: python train.py --resume {run / LAST_NAME}" in lines[0]
-    state = load_checkpoint(run / LAST_NAME)
+    state = load_checkpoint(run / LAST_NAME).state
     assert state[KEY_EPOCH] == 2 and 0 < state[KEY_BATCH] < 162, "the signal should land inside epoch 2"
     assert state[KEY_STEP] == 162 + state[KEY_BATCH]
 
@@ -137,19 +130,20 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
     a, b = weights(straight_run / LAST_NAME), weights(run / LAST_NAME)
     assert all(torch.equal(a[k], b[k]) for k in a)
     # The epoch-2 numbers, half of them summed before the signal, equal the uninterrupted run's exactly.
-    assert load_checkpoint(run / LAST_NAME)["best_result"] == load_checkpoint(straight_run / LAST_NAME)["best_result"]
+    best = load_checkpoint(run / LAST_NAME).state["best_result"]
+    assert best == load_checkpoint(straight_run / LAST_NAME).state["best_result"]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_is_bitwise_exact_with_workers_and_augmentation(num_workers, tiny_config, tmp_path):
     tiny_config["data_loader"]["args"].update(num_workers=num_workers, augment=True)
     tiny_config["trainer"]["epochs"] = 4
-    straight, straight_cfg = run_in_process(tiny_config, tmp_path, "straight")
+    straight, straight_run = train(tiny_config, tmp_path, "straight")
     tiny_config["trainer"]["epochs"] = 2
-    _, first = run_in_process(tiny_config, tmp_path, "halves")
-    resumed = train_script.main(ConfigParser.load(resume=first.save_dir, overrides=["trainer.epochs=4"]))
+    _, first = train(tiny_config, tmp_path, "halves")
+    resumed, _ = train(None, tmp_path, overrides=["trainer.epochs=4"], resume=first.checkpoint_dir)
     assert resumed["last"] == straight["last"]
-    a, b = weights(straight_cfg.save_dir / LAST_NAME), weights(first.save_dir / LAST_NAME)
+    a, b = weights(straight_run.checkpoint_dir / LAST_NAME), weights(first.checkpoint_dir / LAST_NAME)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -189,15 +183,15 @@ def test_gradient_clipping_bounds_every_step(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=1, clip_grad_norm=1e-3)
     start = copy.deepcopy(tiny_config)
     start["optimizer"]["args"]["lr"] = 0.0
-    _, before = run_in_process(start, tmp_path, "before")
-    _, after = run_in_process(tiny_config, tmp_path, "clipped")
-    a, b = weights(before.save_dir / LAST_NAME), weights(after.save_dir / LAST_NAME)
+    _, before = train(start, tmp_path, "before")
+    _, after = train(tiny_config, tmp_path, "clipped")
+    a, b = weights(before.checkpoint_dir / LAST_NAME), weights(after.checkpoint_dir / LAST_NAME)
     moved = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)).item()
     steps = 21
     assert 0 < moved <= steps * 1.0 * 1e-3 * (1 + 1e-4)  # each step moves the weights by at most lr * clip
     tiny_config["trainer"]["clip_grad_norm"] = None
-    _, free = run_in_process(tiny_config, tmp_path, "unclipped")
-    c = weights(free.save_dir / LAST_NAME)
+    _, free = train(tiny_config, tmp_path, "unclipped")
+    c = weights(free.checkpoint_dir / LAST_NAME)
     assert torch.sqrt(sum(((a[k] - c[k]) ** 2).sum() for k in a)).item() > 10 * moved
 
 
@@ -205,8 +199,8 @@ def test_a_per_step_scheduler_steps_once_per_optimizer_step(tiny_config, tmp_pat
     steps_per_epoch = 11  # 21 batches, 2 per optimizer step
     tiny_config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 2 * steps_per_epoch}}
     tiny_config["trainer"].update(epochs=2, scheduler_interval="step", accumulate_steps=2)
-    _, config = run_in_process(tiny_config, tmp_path, "onecycle")
-    state = load_checkpoint(config.save_dir / LAST_NAME)
+    _, run = train(tiny_config, tmp_path, "onecycle")
+    state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
     assert state["lr_scheduler"]["last_epoch"] == 2 * steps_per_epoch
     assert state["optimizer"]["param_groups"][0]["lr"] < 0.01 / 50  # annealed to the end of the cycle
 
@@ -215,34 +209,35 @@ def test_deterministic_mode_is_switched_on(tiny_config, tmp_path):
     tiny_config["deterministic"] = True
     tiny_config["trainer"]["epochs"] = 1
     try:
-        _, config = run_in_process(tiny_config, tmp_path, "deterministic")
+        _, run = train(tiny_config, tmp_path, "deterministic")
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
-    assert "deterministic True" in (config.log_dir / "info.log").read_text()
+    assert "Seed 0; deterministic True; 1 CPU thread(s)" in (run.log_dir / "info.log").read_text()
 
 
 def test_automatic_decisions_are_logged(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=1, amp=True, accumulate_steps=2)
-    _, config = run_in_process(tiny_config, tmp_path, "decisions")
-    log = (config.log_dir / "info.log").read_text()
-    assert "Device: cpu; single process; seed 0; deterministic False" in log
+    _, run = train(tiny_config, tmp_path, "decisions")
+    log = (run.log_dir / "info.log").read_text()
+    assert "Device: cpu; single process" in log
+    assert "Training on 1295 samples, validating on 143" in log
     assert "Mixed precision: bfloat16 autocast; 128 samples per optimizer step (batch 64 x 1 process(es) x 2" in log
 
 
 @needs_cuda
 def test_fp16_with_grad_scaler_trains_on_cuda(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=3, amp="fp16")
-    result, config = run_in_process(tiny_config, tmp_path, "fp16")
+    result, run = train(tiny_config, tmp_path, "fp16")
     assert result["last"]["val_accuracy"] > 0.85
-    assert load_checkpoint(config.save_dir / LAST_NAME)["scaler"]["scale"] > 0
-    assert "float16 autocast with loss scaling" in (config.log_dir / "info.log").read_text()
+    assert load_checkpoint(run.checkpoint_dir / LAST_NAME).state["scaler"]["scale"] > 0
+    assert "float16 autocast with loss scaling" in (run.log_dir / "info.log").read_text()
 
 
 @needs_two_gpus
 def test_data_parallel_checkpoint_loads_on_the_cpu(tiny_config, tmp_path):
     tiny_config["n_gpu"] = 2
-    _, config = run_in_process(tiny_config, tmp_path, "dp")
-    state = load_checkpoint(config.save_dir / LAST_NAME)
-    assert not any(k.startswith("module.") for k in state[KEY_MODEL])
-    assert "DataParallel on GPUs [0, 1]" in (config.log_dir / "info.log").read_text()
+    _, run = train(tiny_config, tmp_path, "dp")
+    state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
+    assert not any(k.startswith("module.") for k in state[KEY_STATE_DICT])
+    assert "DataParallel on GPUs [0, 1]" in (run.log_dir / "info.log").read_text()

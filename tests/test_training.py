@@ -1,41 +1,26 @@
 """Training on the real digits data, in process: results, checkpoints, resume, fine-tuning, round trip."""
 
 import copy
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-import test as test_script
-import train as train_script
-from conftest import shrink
+from conftest import evaluate, shrink, train
 from parse_config import ConfigParser
-from utils.checkpoint import BEST_NAME, KEY_BATCH, KEY_EPOCH, KEY_MODEL, KEY_STEP, LAST_NAME, load_checkpoint
+from utils.checkpoint import BEST_NAME, KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
 from utils.errors import ConfigError
 
 
-def train(
-    config: dict, tmp_path: Path, run_id: str, overrides=(), resume=None, fine_tune=False
-) -> tuple[dict, ConfigParser]:
-    path = tmp_path / f"{run_id}.json"
-    path.write_text(__import__("json").dumps(config))
-    parser = ConfigParser.load(
-        path if (resume is None or fine_tune) else None,
-        resume,
-        list(overrides),
-        run_id if resume is None or fine_tune else None,
-    )
-    return train_script.main(parser), parser
-
-
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)[KEY_MODEL]
+    return load_checkpoint(path).state[KEY_STATE_DICT]
 
 
 def test_training_learns_and_returns_its_results(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=4, save_period=2)
-    result, config = train(tiny_config, tmp_path, "learn")
+    result, run = train(tiny_config, tmp_path, "learn")
     assert result["last"]["epoch"] == 4
     assert set(result["last"]) == {
         "epoch",
@@ -48,9 +33,9 @@ def test_training_learns_and_returns_its_results(tiny_config, tmp_path):
     }
     assert result["last"]["val_accuracy"] > 0.9
     assert result["best"]["val_loss"] == min(result["best"]["val_loss"], result["last"]["val_loss"])
-    files = sorted(p.name for p in config.save_dir.iterdir())
+    files = sorted(p.name for p in run.checkpoint_dir.iterdir())
     assert files == ["checkpoint-epoch2.pth", "checkpoint-epoch4.pth", "config.json", LAST_NAME, BEST_NAME]
-    assert (config.log_dir / "info.log").read_text().count("val_accuracy") == 4
+    assert (run.log_dir / "info.log").read_text().count("val_accuracy") == 4
 
 
 def test_accuracy_rises_over_training(tiny_config, tmp_path):
@@ -63,54 +48,73 @@ def test_accuracy_rises_over_training(tiny_config, tmp_path):
 
 
 def test_checkpoints_are_plain_and_portable(tiny_config, tmp_path):
-    _, config = train(tiny_config, tmp_path, "plain")
-    raw = torch.load(config.save_dir / LAST_NAME, map_location="cpu", weights_only=True)
+    _, run = train(tiny_config, tmp_path, "plain")
+    raw = torch.load(run.checkpoint_dir / LAST_NAME, map_location="cpu", weights_only=True)
     assert raw["format_version"] == 1 and raw["arch"] == "DigitsModel" and raw[KEY_EPOCH] == 2
-    assert raw["config"] == tiny_config and raw[KEY_BATCH] == 0
-    assert not any(k.startswith(("module.", "_orig_mod.")) for k in raw[KEY_MODEL])
+    assert raw["config"]["arch"] == tiny_config["arch"] and raw[KEY_BATCH] == 0
+    assert raw["config"] == json.loads((run.checkpoint_dir / "config.json").read_text())
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in raw[KEY_STATE_DICT])
 
 
 def test_test_py_reproduces_the_trainers_numbers_on_the_same_data(tiny_config, tmp_path):
     tiny_config["trainer"]["epochs"] = 3
-    result, config = train(tiny_config, tmp_path, "roundtrip")
-    best = ConfigParser.load(resume=config.save_dir / BEST_NAME)
-    evaluated = test_script.main(best, split="valid")
+    result, run = train(tiny_config, tmp_path, "roundtrip")
+    evaluated = evaluate(run.checkpoint_dir / BEST_NAME, "--split", "valid")
     assert evaluated["n_samples"] == 143
     assert evaluated["accuracy"] == pytest.approx(result["best"]["val_accuracy"], abs=1e-6)
     assert evaluated["loss"] == pytest.approx(result["best"]["val_loss"], abs=1e-6)
     assert evaluated["top_k_acc"] == pytest.approx(result["best"]["val_top_k_acc"], abs=1e-6)
-    assert (config.save_dir / "model_best.valid.json").exists()
-    held_out = test_script.main(best, out=tmp_path / "test.json")
+    assert (run.checkpoint_dir / "model_best.valid.json").exists()
+    held_out = evaluate(run.checkpoint_dir / BEST_NAME, "--out", str(tmp_path / "test.json"))
     assert held_out["n_samples"] == 359 and held_out["accuracy"] > 0.85
 
 
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tiny_config, tmp_path):
     tiny_config["trainer"]["epochs"] = 4
-    straight, straight_cfg = train(tiny_config, tmp_path, "straight")
+    straight, straight_run = train(tiny_config, tmp_path, "straight")
     half = copy.deepcopy(tiny_config)
     half["trainer"]["epochs"] = 2
-    _, first_cfg = train(half, tmp_path, "interrupted")
-    resumed, resumed_cfg = train(half, tmp_path, "interrupted", ["trainer.epochs=4"], resume=first_cfg.save_dir)
-    assert resumed_cfg.save_dir == first_cfg.save_dir  # same run folder
+    _, first_run = train(half, tmp_path, "interrupted")
+    resumed, resumed_run = train(None, tmp_path, overrides=["trainer.epochs=4"], resume=first_run.checkpoint_dir)
+    assert resumed_run == first_run  # same run folder
     assert resumed["last"] == straight["last"]
     assert resumed["best"] == straight["best"]
-    a, b = weights(straight_cfg.save_dir / LAST_NAME), weights(first_cfg.save_dir / LAST_NAME)
+    a, b = weights(straight_run.checkpoint_dir / LAST_NAME), weights(first_run.checkpoint_dir / LAST_NAME)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    state = load_checkpoint(first_cfg.save_dir / LAST_NAME)
+    state = load_checkpoint(first_run.checkpoint_dir / LAST_NAME).state
     assert state["optimizer"]["state"][0]["step"].item() == 4 * 21  # Adam's step count carried over
     assert state["lr_scheduler"]["last_epoch"] == 4
 
 
 def test_resume_refuses_a_finished_run_and_a_changed_architecture(tiny_config, tmp_path):
-    _, config = train(tiny_config, tmp_path, "done")
+    _, run = train(tiny_config, tmp_path, "done")
     with pytest.raises(
         ConfigError, match=r"the checkpoint has finished epoch 2 of 2; pass trainer\.epochs=N with N > 2"
     ):
-        train(tiny_config, tmp_path, "done", resume=config.save_dir / LAST_NAME)
+        train(None, tmp_path, resume=run.checkpoint_dir / LAST_NAME)
     with pytest.raises(
         ConfigError, match=r"arch\.type: the checkpoint was trained with DigitsModel, the config asks for MnistModel"
     ):
-        ConfigParser.load(resume=config.save_dir / LAST_NAME, overrides=["arch.type=MnistModel", "arch.args={}"])
+        train(None, tmp_path, overrides=["arch.type=MnistModel", "arch.args={}"], resume=run.checkpoint_dir)
+
+
+def test_resume_trains_at_an_overridden_learning_rate_and_the_config_says_so(tiny_config, tmp_path):
+    tiny_config["optimizer"] = {"type": "SGD", "args": {"lr": 0.01}}
+    tiny_config["lr_scheduler"] = None
+    _, run = train(tiny_config, tmp_path, "lr")
+    train(None, tmp_path, overrides=["--lr", "0.5", "trainer.epochs=3"], resume=run.checkpoint_dir)
+    state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
+    assert state[KEY_EPOCH] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.5
+    assert state["config"]["optimizer"]["args"]["lr"] == 0.5
+    assert json.loads((run.checkpoint_dir / "config.json").read_text())["optimizer"]["args"]["lr"] == 0.5
+    assert "optimizer.args.lr: 0.5 from now on (the checkpoint had 0.01)" in (run.log_dir / "info.log").read_text()
+
+
+def test_resume_refuses_a_changed_scheduler_whose_state_it_would_overwrite(tiny_config, tmp_path):
+    _, run = train(tiny_config, tmp_path, "sched")
+    with pytest.raises(ConfigError, match=r"lr_scheduler: the checkpoint was trained with .*add -c CONFIG"):
+        train(None, tmp_path, overrides=["lr_scheduler.args.gamma=0.1", "trainer.epochs=3"], resume=run.checkpoint_dir)
 
 
 def test_fine_tuning_starts_a_new_run_from_the_checkpoint_weights(tiny_config, tmp_path):
@@ -119,17 +123,17 @@ def test_fine_tuning_starts_a_new_run_from_the_checkpoint_weights(tiny_config, t
     frozen["optimizer"] = {"type": "SGD", "args": {"lr": 0.0}}  # another optimizer, and weights that cannot move
     frozen["lr_scheduler"] = None
     frozen["trainer"]["epochs"] = 1
-    _, tuned = train(frozen, tmp_path, "tuned", resume=source.save_dir / BEST_NAME, fine_tune=True)
-    assert tuned.save_dir != source.save_dir and tuned.save_dir.name == "tuned"
-    start, end = weights(source.save_dir / BEST_NAME), weights(tuned.save_dir / LAST_NAME)
+    _, tuned = train(frozen, tmp_path, "tuned", resume=source.checkpoint_dir / BEST_NAME)
+    assert tuned.checkpoint_dir != source.checkpoint_dir and tuned.checkpoint_dir.name == "tuned"
+    start, end = weights(source.checkpoint_dir / BEST_NAME), weights(tuned.checkpoint_dir / LAST_NAME)
     assert all(torch.equal(start[k], end[k]) for k in start)
-    assert load_checkpoint(tuned.save_dir / LAST_NAME)[KEY_EPOCH] == 1
+    assert load_checkpoint(tuned.checkpoint_dir / LAST_NAME).state[KEY_EPOCH] == 1
 
 
 def test_keep_last_removes_the_oldest_periodic_checkpoints(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=5, save_period=1, keep_last=2, monitor="off")
-    _, config = train(tiny_config, tmp_path, "keep")
-    assert sorted(p.name for p in config.save_dir.glob("*.pth")) == [
+    _, run = train(tiny_config, tmp_path, "keep")
+    assert sorted(p.name for p in run.checkpoint_dir.glob("*.pth")) == [
         "checkpoint-epoch4.pth",
         "checkpoint-epoch5.pth",
         LAST_NAME,
@@ -139,21 +143,21 @@ def test_keep_last_removes_the_oldest_periodic_checkpoints(tiny_config, tmp_path
 def test_early_stopping_stops_after_early_stop_epochs_without_improvement(tiny_config, tmp_path):
     # Nothing can beat the first epoch by more than min_delta=1: epochs 2 and 3 do not improve.
     tiny_config["trainer"].update(epochs=10, monitor="max val_accuracy", min_delta=1.0, early_stop=2)
-    result, config = train(tiny_config, tmp_path, "early")
+    result, run = train(tiny_config, tmp_path, "early")
     assert result["last"]["epoch"] == 3 and result["best"]["epoch"] == 1
-    assert load_checkpoint(config.save_dir / BEST_NAME)[KEY_EPOCH] == 1
+    assert load_checkpoint(run.checkpoint_dir / BEST_NAME).state[KEY_EPOCH] == 1
 
 
 def test_len_epoch_runs_exactly_that_many_batches(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=3, len_epoch=30)  # 21 batches a pass: epochs cross passes
-    _, config = train(tiny_config, tmp_path, "iterations")
-    assert load_checkpoint(config.save_dir / LAST_NAME)[KEY_STEP] == 90
+    _, run = train(tiny_config, tmp_path, "iterations")
+    assert load_checkpoint(run.checkpoint_dir / LAST_NAME).state[KEY_STEP] == 90
 
 
 def test_same_seed_same_weights(tiny_config, tmp_path):
     _, a = train(tiny_config, tmp_path, "seed_a")
     _, b = train(tiny_config, tmp_path, "seed_b")
-    wa, wb = weights(a.save_dir / LAST_NAME), weights(b.save_dir / LAST_NAME)
+    wa, wb = weights(a.checkpoint_dir / LAST_NAME), weights(b.checkpoint_dir / LAST_NAME)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -168,7 +172,7 @@ def test_gradient_accumulation_equals_one_larger_batch(tiny_config, tmp_path):
     small["trainer"]["accumulate_steps"] = 4
     _, a = train(big, tmp_path, "big")
     _, b = train(small, tmp_path, "accumulated")
-    wa, wb = weights(a.save_dir / LAST_NAME), weights(b.save_dir / LAST_NAME)
+    wa, wb = weights(a.checkpoint_dir / LAST_NAME), weights(b.checkpoint_dir / LAST_NAME)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
@@ -187,41 +191,32 @@ def test_a_diverging_loss_stops_with_the_epoch_and_batch(tiny_config, tmp_path):
     assert type(info.value).__name__ == "NonFiniteLossError"
 
 
-def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config, tmp_path):
+def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config):
     from torch import nn
 
-    from base.base_trainer import BaseTrainer, unwrap_model
+    from logger.visualization import NullWriter
     from model.model import DigitsModel
+    from trainer.trainer import Trainer
+    from utils.distributed import unwrap_model
 
     wrapped = nn.DataParallel(DigitsModel())  # on the CPU DataParallel just calls the module
     assert unwrap_model(wrapped) is wrapped.module
-    assert issubclass(train_script.Trainer if hasattr(train_script, "Trainer") else BaseTrainer, BaseTrainer)
-    from logger.visualization import NullWriter
-    from trainer.trainer import Trainer
-
+    data_loader = ConfigParser(tiny_config).init_obj("data_loader", split="train", seed=0)
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1)
     trainer = Trainer(
-        wrapped,
-        None,
-        {},
-        optimizer,
-        config=tiny_config,
-        device=torch.device("cpu"),
-        data_loader=None,
-        checkpoint_dir=tmp_path,
-        writer=NullWriter(),
-        epochs=1,
-    )
+        wrapped, None, {}, optimizer, data_loader=data_loader, config=tiny_config, device=torch.device("cpu"),
+        run=None, writer=NullWriter(), epochs=1,
+    )  # fmt: skip
     state = trainer.state_dict(epoch=1)
-    assert set(state[KEY_MODEL]) == set(DigitsModel().state_dict())
+    assert set(state[KEY_STATE_DICT]) == set(DigitsModel().state_dict())
     assert not math.isnan(state["monitor_best"])
 
 
 def test_the_default_config_reaches_095_test_accuracy(base_config, tmp_path):
     config = copy.deepcopy(base_config)
     config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
-    _, parser = train(config, tmp_path, "default")
-    held_out = test_script.main(ConfigParser.load(resume=parser.save_dir / BEST_NAME))
+    _, run = train(config, tmp_path, "default")
+    held_out = evaluate(run.checkpoint_dir / BEST_NAME)
     assert held_out["n_samples"] == 359
     assert held_out["accuracy"] >= 0.95
 
@@ -233,8 +228,8 @@ def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(tiny_config, tmp_pat
         "args": {"mode": "min", "factor": 0.5, "patience": 0, "threshold": 10.0},
     }
     tiny_config["trainer"]["epochs"] = 3
-    _, config = train(tiny_config, tmp_path, "plateau")
-    lr = load_checkpoint(config.save_dir / LAST_NAME)["optimizer"]["param_groups"][0]["lr"]
+    _, run = train(tiny_config, tmp_path, "plateau")
+    lr = load_checkpoint(run.checkpoint_dir / LAST_NAME).state["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(tiny_config["optimizer"]["args"]["lr"] * 0.5**3)
 
 
@@ -242,8 +237,8 @@ def test_tensorboard_receives_the_returned_numbers(tiny_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tiny_config["tensorboard"] = True
-    result, config = train(tiny_config, tmp_path, "board")
-    events = EventAccumulator(str(config.log_dir))
+    result, run = train(tiny_config, tmp_path, "board")
+    events = EventAccumulator(str(run.log_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss/train", "loss/valid", "accuracy/train", "accuracy/valid", "lr", "loss/train_step"} <= tags
