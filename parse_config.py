@@ -51,9 +51,9 @@ def apply_override(config: dict, override: str) -> None:
     the constructor instead.
     """
     key, sep, raw = override.partition("=")
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in override)  # one line, whatever it holds
+    written = "".join(c if c.isprintable() else repr(c)[1:-1] for c in override)  # one line, whatever it holds
     if not sep or not key.strip():
-        raise ConfigError(f"override '{shown}': expected key=value, e.g. trainer.epochs=3")
+        raise ConfigError(f"override '{written}': expected key=value, e.g. trainer.epochs=3")
     parts = key.strip().split(".")
     node: Any = config
     for depth, part in enumerate(parts):
@@ -61,7 +61,7 @@ def apply_override(config: dict, override: str) -> None:
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override '{shown}': {here} is not an index of that list (0..{len(node) - 1})")
+                raise ConfigError(f"override '{written}': {here} is not an index of that list (0..{len(node) - 1})")
             index: Any = int(part)
         elif isinstance(node, dict):
             in_args = depth > 0 and parts[depth - 1] == "args"
@@ -71,12 +71,12 @@ def apply_override(config: dict, override: str) -> None:
                 elif not (last and in_args):
                     keys = ", ".join(key_text(k) for k in node) or "none"
                     raise ConfigError(
-                        f"override '{shown}': no key {here}{did_you_mean(part, node)} (keys there: {keys})"
+                        f"override '{written}': no key {here}{did_you_mean(part, node)} (keys there: {keys})"
                     )
             index = part
         else:
             parent = ".".join(key_text(p) for p in parts[:depth]) or "config"
-            raise ConfigError(f"override '{shown}': {parent} is {shown(node)}, it has no key {quoted(part)}")
+            raise ConfigError(f"override '{written}': {parent} is {shown(node)}, it has no key {quoted(part)}")
         if last:
             node[index] = parse_value(raw)
         else:

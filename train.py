@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from parse_config import ArgumentParser, ConfigParser
@@ -17,6 +18,7 @@ from utils.errors import ConfigError, UserError
 from utils.run_folder import check_run_id
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
+    from trainer.callbacks import Callback
     from utils.checkpoint import Checkpoint
 
 # Short flags for common overrides: flag -> dotted config key.
@@ -33,12 +35,13 @@ def main(
     weights: "Checkpoint | None" = None,
     run_id: str | None = None,
     dry_run: bool = False,
+    callbacks: Sequence["Callback"] = (),
 ) -> dict[str, Any]:
     """Train; return {"last": results of the last epoch, "best": results of the best epoch or None}.
 
     `resume` continues that checkpoint's run in its folder; `weights` starts a new run from a checkpoint's
     weights (fine-tuning). `dry_run` sends one training and one validation batch through the real step and
-    writes nothing.
+    writes nothing. `callbacks` are called after the config's own (for scripts and tests).
     """
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
@@ -79,7 +82,7 @@ def main(
         trainer = Trainer(
             model, criterion, metrics, optimizer, lr_scheduler,
             data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
-            run=run, writer=writer, callbacks=config.init_obj("callbacks"), **config["trainer"],
+            run=run, writer=writer, callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
         )  # fmt: skip
         if resume:
             trainer.load_state_dict(resume.state)

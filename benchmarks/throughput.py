@@ -85,6 +85,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     from model.model import MnistModel
     from trainer.trainer import Trainer
     from utils.checkpoint import save_checkpoint
+    from utils.run_folder import RunFolder
 
     n_train, n_valid = (512, 128) if tiny else (11_520, 1_280)
     repeats = 1 if tiny else 5
@@ -163,7 +164,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     trainer_dir.mkdir()
     trainer = Trainer(
         model, criterion, metric_fns, optimizer, config={}, device=torch.device("cpu"),
-        data_loader=train_loader, valid_data_loader=valid_loader, checkpoint_dir=trainer_dir,
+        data_loader=train_loader, valid_data_loader=valid_loader, run=RunFolder("bench", trainer_dir, trainer_dir),
         writer=TensorboardWriter(work / "tb_trainer"), epochs=0, monitor="min val_loss",
     )  # fmt: skip
 

@@ -61,7 +61,7 @@ def tree_snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def train(
-    config: dict | None, tmp_path: Path, run_id: str = "run", overrides=(), resume: Path | None = None
+    config: dict | None, tmp_path: Path, run_id: str = "run", overrides=(), resume: Path | None = None, callbacks=()
 ) -> tuple[dict, RunFolder]:
     """Train through train.py's own path (parse_args, then main) in this process; return the results and
     the run folder. With `resume` alone the checkpoint's run continues; with `config` too, a new run
@@ -74,7 +74,7 @@ def train(
         path.write_text(json.dumps(config))
         argv += ["-c", str(path), "--run-id", run_id]
     parsed, options, _ = train_script.parse_args([*argv, *overrides])
-    result = train_script.main(parsed, **options)
+    result = train_script.main(parsed, **options, callbacks=callbacks)
     if config is None:
         return result, RunFolder.of_checkpoint(options["resume"].path)
     return result, RunFolder.for_new_run(parsed["save_dir"], parsed["name"], run_id)

@@ -8,15 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_cli import assert_one_error_line
 
-import train as train_script
 from base.base_data_loader import InMemoryImages
-from conftest import ROOT, run_script, tree_snapshot
+from conftest import ROOT, evaluate, run_script, train, tree_snapshot
 from parse_config import ConfigParser
+from trainer.callbacks import Callback
 from utils import checkpoint as checkpoint_module
 from utils.checkpoint import LAST_NAME, load_checkpoint
 from utils.errors import CheckpointError, ConfigError, DataError
+from utils.run_folder import RunFolder
 
 REQUIRED = ["name", "arch", "data_loader", "optimizer", "loss", "metrics", "trainer"]
 
@@ -92,10 +95,6 @@ def test_test_py_bad_input(config, tmp_path):
     )
     assert_one_error_line(cli_case(tmp_path, config, "-r", "x.pth", "--split", "all", script="test.py"), "--split")
 
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -173,18 +172,11 @@ def test_a_failing_disk_stops_with_the_file_and_cause_and_keeps_earlier_checkpoi
         return real_replace(src, dst)
 
     monkeypatch.setattr(checkpoint_module.os, "replace", replace)
-    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="disk")
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pth: No space left on device"):
-        train_script.main(config)
-    state = load_checkpoint(config.save_dir / LAST_NAME)
-    assert state["epoch"] == 1
-    assert not list(config.save_dir.glob(".*.tmp"))
-
-
-def _write(config: dict, tmp_path: Path) -> Path:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    return path
+        train(tiny_config, tmp_path, "disk")
+    run = RunFolder.for_new_run(tiny_config["save_dir"], tiny_config["name"], "disk")
+    assert load_checkpoint(run.checkpoint_dir / LAST_NAME).state["epoch"] == 1
+    assert not list(run.checkpoint_dir.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("failure", ["raises", "dies"])
@@ -201,43 +193,43 @@ def test_a_failing_data_loader_worker_ends_the_run_with_one_line(failure, tiny_c
 
     monkeypatch.setattr(InMemoryImages, "__getitem__", getitem)
     tiny_config["data_loader"]["args"]["num_workers"] = 2
-    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="workers")
     expected = "ValueError in DataLoader worker process" if failure == "raises" else "DataLoader worker"
     with pytest.raises(DataError, match=expected) as info:
-        train_script.main(config)
+        train(tiny_config, tmp_path, "workers")
     assert "\n" not in str(info.value)
     if failure == "raises":
         assert str(info.value).startswith("ValueError in DataLoader worker process")
         assert "ValueError: corrupt image at index 3" in str(info.value)
 
 
-@pytest.mark.slow
-def test_soak_200_epochs_stay_bounded(tiny_config, tmp_path, monkeypatch):
-    from trainer.trainer import Trainer
+class ResourceProbe(Callback):
+    """Records (epoch, open file descriptors, resident pages) at every epoch end."""
 
-    samples: list[tuple[int, int, int]] = []  # (epoch, open file descriptors, resident pages)
-    real_write = Trainer._write_epoch
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, int, int]] = []
 
-    def write_epoch(self, epoch, result, seconds, n_samples):
-        real_write(self, epoch, result, seconds, n_samples)
+    def on_epoch_end(self, trainer, epoch, result):
         resident = int(Path("/proc/self/statm").read_text().split()[1])
-        samples.append((epoch, len(os.listdir("/proc/self/fd")), resident))
+        self.samples.append((epoch, len(os.listdir("/proc/self/fd")), resident))
 
-    monkeypatch.setattr(Trainer, "_write_epoch", write_epoch)
+
+@pytest.mark.slow
+def test_soak_200_epochs_stay_bounded(tiny_config, tmp_path):
     tiny_config["tensorboard"] = True
     tiny_config["data_loader"]["args"]["validation_split"] = 64
     tiny_config["trainer"].update(epochs=200, len_epoch=1, save_period=1, keep_last=3, monitor="min val_loss")
-    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="soak")
-    train_script.main(config)
+    probe = ResourceProbe()
+    _, run = train(tiny_config, tmp_path, "soak", callbacks=[probe])
+    samples = probe.samples
     assert len(samples) == 200
-    assert len(list(config.save_dir.glob("checkpoint-epoch*.pth"))) == 3
-    size = sum(p.stat().st_size for p in config.save_dir.iterdir())
-    assert size < 6 * (config.save_dir / LAST_NAME).stat().st_size
+    assert len(list(run.checkpoint_dir.glob("checkpoint-epoch*.pth"))) == 3
+    size = sum(p.stat().st_size for p in run.checkpoint_dir.iterdir())
+    assert size < 6 * (run.checkpoint_dir / LAST_NAME).stat().st_size
     _, fds_10, rss_10 = samples[9]
     _, fds_200, rss_200 = samples[-1]
     assert fds_200 <= fds_10
     assert rss_200 < rss_10 * 1.10, (rss_10, rss_200)
-    assert torch.isfinite(torch.tensor(load_checkpoint(config.save_dir / LAST_NAME)["monitor_best"]))
+    assert torch.isfinite(torch.tensor(load_checkpoint(run.checkpoint_dir / LAST_NAME).state["monitor_best"]))
 
 
 def test_a_config_that_is_not_text(tmp_path):
@@ -247,10 +239,7 @@ def test_a_config_that_is_not_text(tmp_path):
 
 
 def test_a_failing_worker_in_test_py_is_one_line_too(tiny_config, tmp_path, monkeypatch):
-    import test as test_script
-
-    config = ConfigParser.load(_write(tiny_config, tmp_path), run_id="evaluated")
-    train_script.main(config)
+    _, run = train(tiny_config, tmp_path, "evaluated")
     real_getitem = InMemoryImages.__getitem__
     parent = os.getpid()
 
@@ -260,6 +249,5 @@ def test_a_failing_worker_in_test_py_is_one_line_too(tiny_config, tmp_path, monk
         return real_getitem(self, request)
 
     monkeypatch.setattr(InMemoryImages, "__getitem__", getitem)
-    checkpoint = ConfigParser.load(resume=config.save_dir, overrides=["data_loader.args.num_workers=2"])
     with pytest.raises(DataError, match=r"^ValueError in DataLoader worker process \d: ValueError: unreadable image$"):
-        test_script.main(checkpoint)
+        evaluate(run.checkpoint_dir, "data_loader.args.num_workers=2")

@@ -88,7 +88,7 @@ def test_bad_input_ends_with_one_clear_line_and_writes_nothing(args, fragments, 
 
 
 def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
-    folder.mkdir()
+    folder.mkdir(parents=True)
     files = {}
     files["empty"] = folder / "empty.pth"
     files["empty"].write_bytes(b"")
@@ -120,7 +120,7 @@ class Payload:
 
 @pytest.mark.parametrize("script", ["train.py", "test.py"])
 def test_bad_checkpoints_are_refused_with_one_line(script, trained_run, tmp_path):
-    bad = _bad_checkpoints(tmp_path / "bad", trained_run / LAST_NAME)
+    bad = _bad_checkpoints(tmp_path / "saved" / "models" / "Bad" / "run", trained_run / LAST_NAME)
     expected = {
         "empty": "not a readable checkpoint",
         "truncated": "not a readable checkpoint",

@@ -5,10 +5,8 @@ import warnings
 import pytest
 import torch
 
-import train as train_script
-from conftest import ROOT, run_script
-from parse_config import ConfigParser
-from utils.checkpoint import KEY_MODEL, LAST_NAME, load_checkpoint
+from conftest import ROOT, run_script, train
+from utils.checkpoint import KEY_STATE_DICT, LAST_NAME, load_checkpoint
 
 
 def test_the_benchmark_runs_and_prints_every_ratio():
@@ -19,19 +17,18 @@ def test_the_benchmark_runs_and_prints_every_ratio():
     assert "machine: " in result.stdout and "median s/epoch" in result.stdout
 
 
-def test_compile_keeps_plain_parameter_names(tiny_config, tmp_path, write_config):
+def test_compile_keeps_plain_parameter_names(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=1, len_epoch=3, compile=True)
-    config = ConfigParser.load(write_config(tiny_config), run_id="compiled")
-    result = train_script.main(config)
+    result, run = train(tiny_config, tmp_path, "compiled")
     assert result["last"]["epoch"] == 1
-    keys = set(load_checkpoint(config.save_dir / LAST_NAME)[KEY_MODEL])
+    keys = set(load_checkpoint(run.checkpoint_dir / LAST_NAME).state[KEY_STATE_DICT])
     assert keys and not any("_orig_mod" in k for k in keys)
 
 
 def test_a_run_without_tensorboard_or_digits_loads_neither(tmp_path):
     code = (
-        "import sys, json; import train; from parse_config import ConfigParser;"
-        "train.main(ConfigParser.load(sys.argv[1], run_id='lean'));"
+        "import sys, json; import train;"
+        "config, options, _ = train.parse_args(['-c', sys.argv[1]]); train.main(config, **options);"
         "print(json.dumps(['sklearn' in sys.modules, 'torch.utils.tensorboard' in sys.modules]))"
     )
     config = (ROOT / "config.json").read_text().replace('"tensorboard": true', '"tensorboard": false')
@@ -44,17 +41,16 @@ def test_a_run_without_tensorboard_or_digits_loads_neither(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_training_steps_do_not_synchronize_with_the_host(tiny_config, tmp_path, write_config):
+def test_training_steps_do_not_synchronize_with_the_host(tiny_config, tmp_path):
     """The number of host syncs must not grow with the number of steps (only log steps and epoch ends)."""
 
     def syncs(len_epoch: int) -> int:
         tiny_config["trainer"].update(epochs=1, len_epoch=len_epoch, log_step=10_000)
-        config = ConfigParser.load(write_config(tiny_config), run_id=f"sync{len_epoch}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_script.main(config)
+                train(tiny_config, tmp_path, f"sync{len_epoch}")
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         return sum("synchroniz" in str(w.message) for w in caught)
