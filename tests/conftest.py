@@ -15,6 +15,14 @@ from utils.util import read_json
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config) -> None:
+    """One torch thread for the tests in this process: on a shared 2-core machine more threads than free
+    cores make every test several times slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def shrink(config: dict, save_dir: Path, epochs: int = 2) -> dict:
     """The real config, made small: a few epochs, output under save_dir, no TensorBoard."""
     config = copy.deepcopy(config)
@@ -49,7 +57,7 @@ def write_config(tmp_path: Path):
 
 def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of the project's commands as a user would, in a subprocess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

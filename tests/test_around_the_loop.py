@@ -115,6 +115,7 @@ def test_metrics_csv_has_a_row_per_epoch_and_a_stable_header_across_resume(tiny_
     assert float(rows[0]["lr"]) == tiny_config["optimizer"]["args"]["lr"]
 
 
+@pytest.mark.e2e
 def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -158,6 +159,7 @@ def test_info_log_starts_with_command_versions_code_and_config(tiny_config, tmp_
     assert "Config:" in lines[4] and '"name": "Digits_CNN"' in "\n".join(lines[5:40])
 
 
+@pytest.mark.e2e
 def test_print_config_and_dry_run_write_nothing(tmp_path):
     config = json.loads((ROOT / "config.json").read_text())
     config["save_dir"] = str(tmp_path / "saved")
@@ -231,6 +233,7 @@ def read_wandb_run(path: Path) -> dict[str, dict]:
     return run
 
 
+@pytest.mark.e2e
 def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

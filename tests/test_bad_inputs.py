@@ -45,12 +45,14 @@ def config(base_config, tmp_path) -> dict:
     return config
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("key", REQUIRED)
 def test_each_required_key_missing(key, config, tmp_path):
     config.pop(key)
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG"), f"{key}: missing required key")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [("", "not valid JSON (Expecting value at line 1, column 1)"), ("[1, 2]", "expected a JSON object at the top"),
@@ -60,12 +62,14 @@ def test_config_files_that_are_not_configs(text, fragment, tmp_path):
     assert_one_error_line(cli_case(tmp_path, text, "-c", "CONFIG"), fragment)
 
 
+@pytest.mark.e2e
 def test_a_folder_given_as_config(tmp_path):
     (tmp_path / "folder.json").mkdir()
     result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "folder.json"), cwd=tmp_path)
     assert_one_error_line(result, "is a folder, expected a JSON file")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [("data_loader.args.batch_size=-8", "batch_size: expected a whole number >= 1, found -8"),
@@ -88,6 +92,7 @@ def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)
 
 
+@pytest.mark.e2e
 def test_test_py_bad_input(config, tmp_path):
     assert_one_error_line(cli_case(tmp_path, config, script="test.py"), "required: -r/--resume")
     assert_one_error_line(
@@ -147,6 +152,7 @@ def test_random_changes_and_overrides_of_the_real_config(path, value, overrides,
     _load_or_refuse(tmp_path, document, overrides)
 
 
+@pytest.mark.e2e
 def test_every_file_a_run_writes_is_inside_its_run_folders(tiny_config, tmp_path):
     tiny_config["tensorboard"] = True
     path = tmp_path / "config.json"
@@ -179,6 +185,7 @@ def test_a_failing_disk_stops_with_the_file_and_cause_and_keeps_earlier_checkpoi
     assert not list(run.checkpoint_dir.glob(".*.tmp"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("failure", ["raises", "dies"])
 def test_a_failing_data_loader_worker_ends_the_run_with_one_line(failure, tiny_config, tmp_path, monkeypatch):
     real_getitem = InMemoryImages.__getitem__
@@ -232,12 +239,14 @@ def test_soak_200_epochs_stay_bounded(tiny_config, tmp_path):
     assert torch.isfinite(torch.tensor(load_checkpoint(run.checkpoint_dir / LAST_NAME).state["monitor_best"]))
 
 
+@pytest.mark.e2e
 def test_a_config_that_is_not_text(tmp_path):
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
     result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "binary.json"), cwd=tmp_path)
     assert_one_error_line(result, "binary.json: cannot read it")
 
 
+@pytest.mark.e2e
 def test_a_failing_worker_in_test_py_is_one_line_too(tiny_config, tmp_path, monkeypatch):
     _, run = train(tiny_config, tmp_path, "evaluated")
     real_getitem = InMemoryImages.__getitem__

@@ -12,6 +12,9 @@ from conftest import ROOT, run_script, tree_snapshot
 from utils.checkpoint import BEST_NAME, LAST_NAME
 
 
+pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
+
+
 def assert_one_error_line(result, *fragments: str) -> str:
     assert result.returncode != 0, result.stdout
     lines = result.stderr.strip().splitlines()

@@ -128,6 +128,7 @@ def mnist_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     return tmp_path, train_images, train_labels
 
 
+@pytest.mark.e2e
 def test_mnist_loader_reads_idx_files_through_torchvision(mnist_dir):
     root, images, labels = mnist_dir
     train = MnistDataLoader(

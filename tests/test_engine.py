@@ -19,6 +19,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 
 
+pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
+
+
 def write(config: dict, path: Path) -> Path:
     path.write_text(json.dumps(config))
     return path
@@ -95,7 +98,7 @@ def _start_training(config_path: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
     )
 
 

@@ -9,6 +9,9 @@ from conftest import ROOT, run_script, train
 from utils.checkpoint import KEY_STATE_DICT, LAST_NAME, load_checkpoint
 
 
+pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
+
+
 def test_the_benchmark_runs_and_prints_every_ratio():
     result = run_script(str(ROOT / "benchmarks" / "throughput.py"), "--tiny", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

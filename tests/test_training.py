@@ -38,6 +38,7 @@ def test_training_learns_and_returns_its_results(tiny_config, tmp_path):
     assert (run.log_dir / "info.log").read_text().count("val_accuracy") == 4
 
 
+@pytest.mark.e2e
 def test_accuracy_rises_over_training(tiny_config, tmp_path):
     tiny_config["trainer"]["epochs"] = 1
     first, _ = train(tiny_config, tmp_path, "one")
@@ -111,12 +112,14 @@ def test_resume_trains_at_an_overridden_learning_rate_and_the_config_says_so(tin
     assert "optimizer.args.lr: 0.5 from now on (the checkpoint had 0.01)" in (run.log_dir / "info.log").read_text()
 
 
+@pytest.mark.e2e
 def test_resume_refuses_a_changed_scheduler_whose_state_it_would_overwrite(tiny_config, tmp_path):
     _, run = train(tiny_config, tmp_path, "sched")
     with pytest.raises(ConfigError, match=r"lr_scheduler: the checkpoint was trained with .*add -c CONFIG"):
         train(None, tmp_path, overrides=["lr_scheduler.args.gamma=0.1", "trainer.epochs=3"], resume=run.checkpoint_dir)
 
 
+@pytest.mark.e2e
 def test_fine_tuning_starts_a_new_run_from_the_checkpoint_weights(tiny_config, tmp_path):
     _, source = train(tiny_config, tmp_path, "source")
     frozen = copy.deepcopy(tiny_config)
@@ -130,6 +133,7 @@ def test_fine_tuning_starts_a_new_run_from_the_checkpoint_weights(tiny_config, t
     assert load_checkpoint(tuned.checkpoint_dir / LAST_NAME).state[KEY_EPOCH] == 1
 
 
+@pytest.mark.e2e
 def test_keep_last_removes_the_oldest_periodic_checkpoints(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=5, save_period=1, keep_last=2, monitor="off")
     _, run = train(tiny_config, tmp_path, "keep")
@@ -140,6 +144,7 @@ def test_keep_last_removes_the_oldest_periodic_checkpoints(tiny_config, tmp_path
     ]
 
 
+@pytest.mark.e2e
 def test_early_stopping_stops_after_early_stop_epochs_without_improvement(tiny_config, tmp_path):
     # Nothing can beat the first epoch by more than min_delta=1: epochs 2 and 3 do not improve.
     tiny_config["trainer"].update(epochs=10, monitor="max val_accuracy", min_delta=1.0, early_stop=2)
@@ -148,12 +153,14 @@ def test_early_stopping_stops_after_early_stop_epochs_without_improvement(tiny_c
     assert load_checkpoint(run.checkpoint_dir / BEST_NAME).state[KEY_EPOCH] == 1
 
 
+@pytest.mark.e2e
 def test_len_epoch_runs_exactly_that_many_batches(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=3, len_epoch=30)  # 21 batches a pass: epochs cross passes
     _, run = train(tiny_config, tmp_path, "iterations")
     assert load_checkpoint(run.checkpoint_dir / LAST_NAME).state[KEY_STEP] == 90
 
 
+@pytest.mark.e2e
 def test_same_seed_same_weights(tiny_config, tmp_path):
     _, a = train(tiny_config, tmp_path, "seed_a")
     _, b = train(tiny_config, tmp_path, "seed_b")
@@ -161,6 +168,7 @@ def test_same_seed_same_weights(tiny_config, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.e2e
 def test_gradient_accumulation_equals_one_larger_batch(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=1, monitor="off")
     tiny_config["arch"]["args"]["dropout"] = 0.0
@@ -177,12 +185,14 @@ def test_gradient_accumulation_equals_one_larger_batch(tiny_config, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_trains_on_the_cpu(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=3, amp=True)
     result, _ = train(tiny_config, tmp_path, "bf16")
     assert result["last"]["val_accuracy"] > 0.85
 
 
+@pytest.mark.e2e
 def test_a_diverging_loss_stops_with_the_epoch_and_batch(tiny_config, tmp_path):
     tiny_config["optimizer"] = {"type": "SGD", "args": {"lr": 1e12}}
     tiny_config["trainer"].update(epochs=3, log_step=1)
@@ -212,6 +222,7 @@ def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config):
     assert not math.isnan(state["monitor_best"])
 
 
+@pytest.mark.e2e
 def test_the_default_config_reaches_095_test_accuracy(base_config, tmp_path):
     config = copy.deepcopy(base_config)
     config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
@@ -221,6 +232,7 @@ def test_the_default_config_reaches_095_test_accuracy(base_config, tmp_path):
     assert held_out["accuracy"] >= 0.95
 
 
+@pytest.mark.e2e
 def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(tiny_config, tmp_path):
     # threshold=10 (relative): no epoch beats best * (1 - 10), not even the first, so the lr halves every epoch.
     tiny_config["lr_scheduler"] = {
@@ -233,6 +245,7 @@ def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(tiny_config, tmp_pat
     assert lr == pytest.approx(tiny_config["optimizer"]["args"]["lr"] * 0.5**3)
 
 
+@pytest.mark.e2e
 def test_tensorboard_receives_the_returned_numbers(tiny_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
