@@ -9,6 +9,7 @@ any data is read.
 import argparse
 import copy
 import importlib.util
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,7 +137,7 @@ def fill_defaults(config: dict, schema: dict) -> None:
 
 def validate(config: dict) -> None:
     """Check a whole config and fill in its defaults; raise one ConfigError listing every problem found."""
-    from base.base_trainer import Monitor
+    from utils.monitor import Monitor
 
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a JSON object, found {shown(config)}")
@@ -169,7 +170,10 @@ def validate(config: dict) -> None:
         errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
     scheduler = config["lr_scheduler"]
     if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau":
-        scheduler_mode = scheduler.get("args", {}).get("mode", "min")
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        default_mode = inspect.signature(ReduceLROnPlateau).parameters["mode"].default
+        scheduler_mode = scheduler.get("args", {}).get("mode", default_mode)
         if monitor.mode == "off":
             errors.append(
                 "lr_scheduler: ReduceLROnPlateau steps on the monitored metric; "

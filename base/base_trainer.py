@@ -12,13 +12,10 @@ every callback hook, so a subclass that rewrites an epoch never loses one:
 import abc
 import contextlib
 import logging
-import math
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,43 +41,16 @@ from utils.checkpoint import (
     KEY_SCHEDULER,
     KEY_STATE_DICT,
     LAST_NAME,
+    apply_changed_optimizer_args,
     capture_rng_state,
+    remove_oldest_periodic,
     restore_rng_state,
     save_checkpoint,
 )
 from utils.distributed import agree_max, is_distributed, is_main_process, unwrap_model
 from utils.errors import CallbackError, ConfigError, TrainingInterrupted
+from utils.monitor import Monitor
 from utils.run_folder import RunFolder
-
-PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
-
-
-@dataclass(frozen=True)
-class Monitor:
-    """`trainer.monitor` parsed once: "off", or a mode ("min"/"max") and the metric it watches."""
-
-    mode: str
-    metric: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> "Monitor":
-        """ "off", "min val_loss" or "max val_accuracy" (the schema has checked the form)."""
-        return cls("off") if text == "off" else cls(*text.split())
-
-    @property
-    def text(self) -> str:
-        return "off" if self.mode == "off" else f"{self.mode} {self.metric}"
-
-    @property
-    def worst(self) -> float:
-        """The starting best value, that any first value improves on."""
-        return {"min": math.inf, "max": -math.inf, "off": 0.0}[self.mode]
-
-    def improves(self, value: float, best: float, min_delta: float) -> bool:
-        """Whether `value` beats `best` by more than `min_delta`."""
-        if self.mode == "min":
-            return value < best - min_delta
-        return self.mode == "max" and value > best + min_delta
 
 
 class BaseTrainer(abc.ABC):
@@ -317,11 +287,14 @@ class BaseTrainer(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (checked by utils.checkpoint.check_resume): the next batch, with the
         optimizer, scheduler, monitor and RNG restored. The model weights are loaded before the optimizer
-        is built. Optimizer arguments changed by an override since the checkpoint apply from here on."""
+        is built. Optimizer arguments changed by an override since the checkpoint apply from here on, so
+        that the run's config.json says what ran (`--resume RUN --lr 0.5` trains at 0.5)."""
         self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
         if self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(state[KEY_SCHEDULER])
-        self._apply_changed_optimizer_args(state[KEY_CONFIG]["optimizer"].get("args", {}))
+        saved_args, args = state[KEY_CONFIG]["optimizer"].get("args", {}), self.config["optimizer"].get("args", {})
+        for change in apply_changed_optimizer_args(self.optimizer, self.lr_scheduler, saved_args, args):
+            self.logger.info("%s", change)
         self.start_batch = state[KEY_BATCH]
         self.start_epoch = state[KEY_EPOCH] + (0 if self.start_batch else 1)
         self.monitor_best = state[KEY_MONITOR_BEST]
@@ -329,22 +302,6 @@ class BaseTrainer(abc.ABC):
         self.best_result = state[KEY_BEST_RESULT]
         restore_rng_state(state[KEY_RNG])
         self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
-
-    def _apply_changed_optimizer_args(self, saved_args: dict[str, Any]) -> None:
-        """`optimizer.load_state_dict` restores the saved hyper-parameters; re-set those the config changed
-        (`--resume RUN --lr 0.5` trains at 0.5), so that the run's config.json says what ran."""
-        for key, value in self.config["optimizer"].get("args", {}).items():
-            if saved_args.get(key) == value:
-                continue
-            for group in self.optimizer.param_groups:
-                group[key] = tuple(value) if isinstance(group.get(key), tuple) else value
-                if key == "lr" and "initial_lr" in group:
-                    group["initial_lr"] = value  # the scheduler's base from now on
-            if key == "lr" and self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
-                self.lr_scheduler.base_lrs = [value] * len(self.optimizer.param_groups)
-            self.logger.info(
-                "optimizer.args.%s: %s from now on (the checkpoint had %s)", key, value, saved_args.get(key)
-            )
 
     def _save(self, path: Any, epoch: int, batch: int = 0) -> None:
         """Write a checkpoint (rank 0 only: every rank holds the same state)."""
@@ -366,8 +323,4 @@ class BaseTrainer(abc.ABC):
             self.logger.info("Saving current best: %s ...", BEST_NAME)
         save_checkpoint(self.state_dict(epoch), *paths)
         if periodic and self.keep_last is not None:
-            periodic_files = sorted(
-                (int(m.group(1)), p) for p in folder.iterdir() if (m := PERIODIC_PATTERN.match(p.name))
-            )
-            for _, old in periodic_files[: -self.keep_last]:
-                old.unlink()
+            remove_oldest_periodic(folder, self.keep_last)

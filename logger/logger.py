@@ -79,6 +79,8 @@ def log_run_header(config: dict) -> None:
 
 def log_summary(result: dict[str, Any], monitor: str, checkpoint_dir: Path | None) -> None:
     """The end of a run in a few lines a user can act on: the best epoch, where the run is, how to test it."""
+    from utils.monitor import Monitor
+
     logger = logging.getLogger("train")
     last, best = result["last"], result["best"]
     if checkpoint_dir is None:
@@ -86,7 +88,7 @@ def log_summary(result: dict[str, Any], monitor: str, checkpoint_dir: Path | Non
         logger.info("%s", json.dumps(last, indent=4))
         return
     if best is not None:
-        metric = monitor.split()[1]
+        metric = Monitor.parse(monitor).metric
         logger.info("Best: epoch %d, %s %.6g (monitor: %s)", best["epoch"], metric, best[metric], monitor)
         checkpoint = checkpoint_dir / "model_best.pth"
     else:

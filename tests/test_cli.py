@@ -11,7 +11,6 @@ import torch
 from conftest import ROOT, run_script, tree_snapshot
 from utils.checkpoint import BEST_NAME, LAST_NAME
 
-
 pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
 
 

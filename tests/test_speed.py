@@ -8,7 +8,6 @@ import torch
 from conftest import ROOT, run_script, train
 from utils.checkpoint import KEY_STATE_DICT, LAST_NAME, load_checkpoint
 
-
 pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
 
 

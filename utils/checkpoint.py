@@ -49,6 +49,7 @@ RESUME_KEYS = (
 
 LAST_NAME = "last.pth"
 BEST_NAME = "model_best.pth"
+PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,33 @@ def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}")
         detail = "; ".join(parts) or _first_line(e)
         raise CheckpointError(f"{path}: weights do not fit the configured model ({detail})") from None
+
+
+def remove_oldest_periodic(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoint-epoch<N>.pth files of a run folder; delete the older ones."""
+    periodic = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := PERIODIC_PATTERN.match(p.name)))
+    for _, old in periodic[:-keep]:
+        old.unlink()
+
+
+def apply_changed_optimizer_args(
+    optimizer: torch.optim.Optimizer, lr_scheduler: Any, saved_args: dict[str, Any], args: dict[str, Any]
+) -> list[str]:
+    """Re-set the optimizer arguments the config changed since the checkpoint (`optimizer.load_state_dict`
+    restored the saved ones); return a line per change. Every torch optimizer keeps its arguments in its
+    param groups; a new learning rate also becomes the scheduler's base."""
+    changes = []
+    for key, value in args.items():
+        if saved_args.get(key) == value:
+            continue
+        for group in optimizer.param_groups:
+            group[key] = tuple(value) if isinstance(group.get(key), tuple) else value
+            if key == "lr" and "initial_lr" in group:
+                group["initial_lr"] = value
+        if key == "lr" and hasattr(lr_scheduler, "base_lrs"):
+            lr_scheduler.base_lrs = [value] * len(optimizer.param_groups)
+        changes.append(f"optimizer.args.{key}: {value} from now on (the checkpoint had {saved_args.get(key)})")
+    return changes
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the entry points and the trainer: JSON files, seeding, devices.
+"""Small helpers shared by the entry points and the trainer: JSON files and seeding.
 
 torch and NumPy are imported inside the functions that need them, so that parsing the command line and
 validating a config (which use read_json) answer without loading torch.
@@ -9,10 +9,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 from utils.errors import ConfigError
 
@@ -64,17 +61,3 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-
-def prepare_device(n_gpu_use: int) -> tuple["torch.device", list[int]]:
-    """Pick the device and the GPU ids for DataParallel; asking for more GPUs than exist uses what exists."""
-    import torch
-
-    n_gpu = torch.cuda.device_count()
-    if n_gpu_use > 0 and n_gpu == 0:
-        logger.info("No GPU found: running on the CPU.")
-    elif n_gpu_use > n_gpu:
-        logger.warning("n_gpu is %d but only %d GPU(s) are available: using %d.", n_gpu_use, n_gpu, n_gpu)
-    n_gpu_use = min(n_gpu_use, n_gpu)
-    device = torch.device("cuda:0" if n_gpu_use > 0 else "cpu")
-    return device, list(range(n_gpu_use))
