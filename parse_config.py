@@ -37,6 +37,58 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
+def read_config(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """Read a config file; `"extends": "base.json"` (relative to the file) starts from that config and
+    merges this one's keys into it."""
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top, found {shown(config)}")
+    base_name = config.pop("extends", None)
+    if base_name is None:
+        return config
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: extends: expected the file name of another config, found {shown(base_name)}")
+    chain = (*extended_by, path.resolve())
+    base_path = path.parent / base_name
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{path}: extends {base_name}: a cycle ({cycle}); a config cannot extend itself")
+    return merge(read_config(base_path, chain), config)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """`changes` merged into `base`, recursively. An object that names another `type` replaces the base's
+    whole (its `args` belong to another constructor); anything else that is not an object replaces."""
+    merged = dict(base)
+    for key, value in changes.items():
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("type", old.get("type")) == old.get("type"):
+            merged[key] = merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# victoresque/pytorch-template keeps these in "trainer"; this template keeps them at the top.
+VICTORESQUE_KEYS = ("save_dir", "verbosity", "tensorboard")
+
+
+def move_victoresque_keys(config: dict) -> None:
+    """Accept a victoresque config as it is: its trainer.save_dir, trainer.verbosity and trainer.tensorboard
+    move to the top, where this template keeps them (one place each in the config that runs and is saved)."""
+    trainer = config.get("trainer")
+    if not isinstance(trainer, dict):
+        return
+    for key in VICTORESQUE_KEYS:
+        if key in trainer:
+            value = trainer.pop(key)
+            if key in config and config[key] != value:
+                raise ConfigError(
+                    f"trainer.{key}: {shown(value)} disagrees with {key}: {shown(config[key])}; keep one of them"
+                )
+            config[key] = value
+
+
 def parse_value(text: str) -> Any:
     """An override's value: JSON where it parses (3, 0.01, true, null, [1, 2], "x"), a plain string otherwise."""
     try:
@@ -206,11 +258,12 @@ class ConfigParser:
         if config_path is None and resume is None:
             raise ConfigError("no config given: pass -c config.json for a new run, or -r CHECKPOINT to resume one")
         if config_path is not None:
-            config = read_json(config_path)
-            if not isinstance(config, dict):
-                raise ConfigError(f"{config_path}: expected a JSON object at the top, found {shown(config)}")
+            config = read_config(Path(config_path))
         else:
             config = copy.deepcopy(resume.state[KEY_CONFIG])
+            if not isinstance(config, dict):
+                raise ConfigError(f"{resume.path}: the checkpoint's config is {shown(config)}, not a JSON object")
+        move_victoresque_keys(config)
         for override in overrides:
             apply_override(config, override)
         return cls(config)

@@ -21,11 +21,11 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
     from trainer.callbacks import Callback
     from utils.checkpoint import Checkpoint
 
-# Short flags for common overrides: flag -> dotted config key.
+# Short flags for common overrides, with victoresque's long names beside them: flags -> dotted config key.
 SHORTCUTS = {
-    "--lr": ("optimizer.args.lr", "learning rate"),
-    "--bs": ("data_loader.args.batch_size", "batch size"),
-    "--epochs": ("trainer.epochs", "number of epochs"),
+    ("--lr", "--learning_rate"): ("optimizer.args.lr", "learning rate"),
+    ("--bs", "--batch_size"): ("data_loader.args.batch_size", "batch size"),
+    ("--epochs",): ("trainer.epochs", "number of epochs"),
 }
 
 
@@ -111,8 +111,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="build everything, train and validate on one batch, write nothing"
     )
-    for flag, (key, what) in SHORTCUTS.items():
-        parser.add_argument(flag, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
+    for flags, (key, what) in SHORTCUTS.items():
+        parser.add_argument(*flags, dest=key, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -140,11 +140,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     from utils.checkpoint import check_resume, load_checkpoint
 
     args = build_parser().parse_args(argv)
-    overrides = [
-        f"{key}={getattr(args, flag[2:])}"
-        for flag, (key, _) in SHORTCUTS.items()
-        if getattr(args, flag[2:]) is not None
-    ]
+    overrides = [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     resuming = checkpoint is not None and args.config is None

@@ -3,6 +3,7 @@
 import json
 import logging
 import logging.config
+import logging.handlers
 import os
 import platform
 import subprocess
@@ -22,8 +23,9 @@ LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
     """Configure the console and `<log_dir>/info.log` from logger_config.json.
 
-    With `log_dir=None` only the console is set up (before a run folder exists). `verbosity` 0, 1 or 2
-    shows warnings, info or debug messages.
+    With `log_dir=None` (before a run folder exists) the console is set up, and the messages are also kept
+    in memory until `start_run_logging` writes them to info.log. `verbosity` 0, 1 or 2 shows warnings,
+    info or debug messages.
     """
     config = read_json(CONFIG_PATH)
     handlers = config["handlers"]
@@ -36,6 +38,10 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
                 handler["filename"] = str(log_dir / handler["filename"])
     config["root"]["level"] = LOG_LEVELS[verbosity]
     logging.config.dictConfig(config)
+    if log_dir is None:
+        early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
+        early.setLevel(logging.INFO)
+        logging.getLogger().addHandler(early)
 
 
 def start_run_logging(run: RunFolder | None, config: dict) -> Writer:
@@ -45,8 +51,18 @@ def start_run_logging(run: RunFolder | None, config: dict) -> Writer:
     """
     if run is None or not is_main_process():
         return NullWriter()
+    root = logging.getLogger()
+    early = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]
     setup_logging(run.log_dir, config["verbosity"])
     log_run_header(config)
+    # What was said before the folder existed (devices, weights loaded) follows the header in info.log.
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in early:
+        for record in handler.buffer:
+            for file in files:
+                if record.levelno >= file.level:
+                    file.handle(record)
+        handler.close()
     return make_writer(run.log_dir, config)
 
 

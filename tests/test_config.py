@@ -190,7 +190,61 @@ def test_unknown_function_names_list_the_valid_ones(base_config):
 )
 def test_names_cannot_reach_outside_their_role(base_config, name):
     base_config["arch"]["type"] = name
-    assert re.search(r"valid: [^)]*DigitsModel, [^)]*MnistModel[^)]*, from model\.model\)", errors_of(base_config))
+    assert re.search(r"valid: [^)]*DigitsModel, [^)]*MnistModel[^)]*; from model\.model\)", errors_of(base_config))
+
+
+PARTS = {
+    "__init__.py": "",
+    "resnet.py": "from torch import nn\n\nclass MyResNet(nn.Module):\n    pass\n",
+    "loss.py": "import os\nimport torch.nn.functional as F\nfrom os import system\nfrom torch import load\n"
+    "from torch.nn import MSELoss\nfrom torch.nn.functional import l1_loss, relu\n\nmse = F.mse_loss\n\n"
+    "def my_loss(output, target):\n    return (output - target).abs().mean()\n",
+    "model.py": "from torch import nn\nfrom mypkg.resnet import MyResNet\n\nModule = nn.Module\n",
+}
+
+
+def test_names_resolve_where_users_put_them_and_nothing_else(tmp_path, monkeypatch):
+    from utils.names import Role, loss, loss_function, subclass_of
+
+    (tmp_path / "mypkg").mkdir()
+    for name, text in PARTS.items():
+        (tmp_path / "mypkg" / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arch = Role("mypkg.model", subclass_of("torch.nn:Module"))
+    assert set(valid_names(arch)) == {"MyResNet"}  # defined in another file of the package, imported here
+    losses = valid_names(
+        Role(
+            "mypkg.loss",
+            loss,
+            (("torch.nn", subclass_of("torch.nn.modules.loss:_Loss")), ("torch.nn.functional", loss_function)),
+        )
+    )
+    assert {"my_loss", "mse", "l1_loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "nll_loss"} <= set(losses)
+    assert not {"os", "system", "load", "relu", "F", "eval", "softmax"} & set(losses)
+
+
+@pytest.mark.parametrize(
+    ("loss", "output", "target", "expected"),
+    [
+        ({"type": "MSELoss"}, [[1.0], [3.0]], [[0.0], [0.0]], 5.0),
+        ({"type": "MSELoss", "args": {"reduction": "sum"}}, [[1.0], [3.0]], [[0.0], [0.0]], 10.0),
+        ("mse_loss", [[1.0], [3.0]], [[0.0], [0.0]], 5.0),
+        ({"type": "l1_loss", "args": {"reduction": "sum"}}, [[1.0], [-3.0]], [[0.0], [0.0]], 4.0),
+        ({"type": "BCEWithLogitsLoss"}, [[0.0], [0.0]], [[1.0], [0.0]], 0.6931471805599453),
+    ],
+)
+def test_torch_losses_by_name_with_their_arguments(base_config, loss, output, target, expected):
+    import torch
+
+    base_config["loss"] = loss
+    criterion = ConfigParser(base_config).init_ftn("loss")
+    assert criterion(torch.tensor(output), torch.tensor(target)).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["relu", "load", "system", "eval", "_Loss", "Module", "functional"])
+def test_losses_cannot_reach_outside_their_role(base_config, name):
+    base_config["loss"] = name
+    assert f"loss.type: unknown loss '{name}'" in errors_of(base_config)
 
 
 def test_the_shipped_names_resolve_in_their_roles():
@@ -294,3 +348,84 @@ def test_readme_documents_every_config_key():
     documented = set(re.findall(r"^\| `([\w.]+)` \|", readme, flags=re.MULTILINE))
     assert set(keys) - {"trainer"} <= documented
     assert documented - set(keys) <= set(inspect.signature(DigitsDataLoader).parameters) | {"data_dir", "download"}
+
+
+def test_a_config_extends_another_with_only_the_keys_that_differ(tmp_path, base_config):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "base.json").write_text(json.dumps(base_config))
+    child = {
+        "extends": "../base.json",
+        "name": "Wider",
+        "arch": {"args": {"channels": 64}},
+        "optimizer": {"type": "SGD", "args": {"lr": 0.1}},
+        "trainer": {"epochs": 3},
+    }
+    (tmp_path / "configs" / "wider.json").write_text(json.dumps(child))
+    config = ConfigParser.load(tmp_path / "configs" / "wider.json").config
+    assert config["name"] == "Wider" and "extends" not in config
+    assert config["arch"] == {"type": "DigitsModel", "args": {"num_classes": 10, "channels": 64, "dropout": 0.25}}
+    assert config["optimizer"] == {"type": "SGD", "args": {"lr": 0.1}}  # another type: its args replace the base's
+    assert config["trainer"]["epochs"] == 3 and config["trainer"]["monitor"] == "min val_loss"
+    assert config["data_loader"] == base_config["data_loader"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.json": {"extends": "a.json"}}, r"a\.json: extends a\.json: a cycle \(a\.json -> a\.json\)"),
+        (
+            {"a.json": {"extends": "b.json"}, "b.json": {"extends": "a.json"}},
+            r"a cycle \(a\.json -> b\.json -> a\.json\)",
+        ),
+        ({"a.json": {"extends": "missing.json"}}, r"missing\.json: file not found"),
+        ({"a.json": {"extends": 3}}, r"a\.json: extends: expected the file name of another config, found 3"),
+    ],
+)
+def test_bad_extends_are_one_line(tmp_path, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=message):
+        ConfigParser.load(tmp_path / "a.json")
+
+
+VICTORESQUE_CONFIG = {
+    "name": "Mnist_LeNet",
+    "n_gpu": 1,
+    "arch": {"type": "MnistModel", "args": {}},
+    "data_loader": {
+        "type": "MnistDataLoader",
+        "args": {"data_dir": "data/", "batch_size": 128, "shuffle": True, "validation_split": 0.1, "num_workers": 2},
+    },
+    "optimizer": {"type": "Adam", "args": {"lr": 0.001, "weight_decay": 0, "amsgrad": True}},
+    "loss": "nll_loss",
+    "metrics": ["accuracy", "top_k_acc"],
+    "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
+    "trainer": {
+        "epochs": 100,
+        "save_dir": "saved/",
+        "save_period": 1,
+        "verbosity": 2,
+        "monitor": "min val_loss",
+        "early_stop": 10,
+        "tensorboard": True,
+    },
+}
+
+
+def test_victoresque_config_is_accepted_as_it_is(write_config):
+    config = ConfigParser.load(write_config(VICTORESQUE_CONFIG)).config
+    assert (config["save_dir"], config["verbosity"], config["tensorboard"]) == ("saved/", 2, True)
+    assert not {"save_dir", "verbosity", "tensorboard"} & set(config["trainer"])  # one place each
+    clash = json.loads(json.dumps(VICTORESQUE_CONFIG)) | {"save_dir": "elsewhere/"}
+    with pytest.raises(ConfigError, match=r'trainer\.save_dir: "saved/" disagrees with save_dir: "elsewhere/"'):
+        ConfigParser.load(write_config(clash))
+
+
+def test_victoresque_flags_work_beside_the_short_ones(write_config):
+    import train as train_script
+
+    path = str(write_config(VICTORESQUE_CONFIG))
+    config, _, _ = train_script.parse_args(["-c", path, "--learning_rate", "0.01", "--batch_size", "64"])
+    assert config["optimizer"]["args"]["lr"] == 0.01 and config["data_loader"]["args"]["batch_size"] == 64
+    config, _, _ = train_script.parse_args(["-c", path, "--lr", "0.02", "--bs", "32"])
+    assert config["optimizer"]["args"]["lr"] == 0.02 and config["data_loader"]["args"]["batch_size"] == 32

@@ -5,6 +5,7 @@ weights_only=True)` reads it anywhere, and a file from a stranger cannot run cod
 """
 
 import io
+import logging
 import os
 import pickle
 import random
@@ -192,6 +193,7 @@ def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}")
         detail = "; ".join(parts) or _first_line(e)
         raise CheckpointError(f"{path}: weights do not fit the configured model ({detail})") from None
+    logging.getLogger("train").info("Weights from %s, %d tensors", path, len(state_dict))
 
 
 def remove_oldest_periodic(folder: Path, keep: int) -> None:

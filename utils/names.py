@@ -15,57 +15,103 @@ from typing import Any
 from utils.errors import did_you_mean, key_text, quoted
 
 
+def subclass_of(path: str) -> Callable[[str, Any], bool]:
+    """A test for classes derived from `module:Class` (imported when first used, not at import)."""
+
+    def fits(name: str, obj: Any) -> bool:
+        module, _, class_name = path.partition(":")
+        base = getattr(importlib.import_module(module), class_name)
+        return inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj)
+
+    return fits
+
+
+def loss_function(name: str, obj: Any) -> bool:
+    """The loss functions of torch.nn.functional (not its other functions, such as relu)."""
+    return inspect.isfunction(obj) and (name.endswith("_loss") or name in TORCH_LOSS_FUNCTIONS)
+
+
+def loss(name: str, obj: Any) -> bool:
+    """A loss written in the project: a function (output, target) -> tensor, or an nn.Module class."""
+    return inspect.isfunction(obj) or subclass_of("torch.nn:Module")(name, obj)
+
+
+def metric(name: str, obj: Any) -> bool:
+    """A per-batch metric function (output, target) -> batch mean, or an epoch-level torchmetrics.Metric class."""
+    return inspect.isfunction(obj) or subclass_of("torchmetrics:Metric")(name, obj)
+
+
+TORCH_LOSS_FUNCTIONS = ("cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div")
+
+
 @dataclass(frozen=True)
 class Role:
-    """Where the names of one config entry are looked up, and what the code passes besides `args`."""
+    """Where the names of one config entry are looked up, what fits, and what the code passes besides `args`.
 
-    module: str
-    kind: str  # "class" or "function"
-    base: str | None = None  # "module:Class" that a class must subclass
+    A name resolves in the project's `module` (whatever is defined or imported there) when its object fits
+    and is either defined in the project's own package (`model`, `data_loader`, `trainer`) or is a fitting
+    member of one of the role's `libraries`, which are also looked up directly. Anything else -- modules,
+    builtins, private names, `os.system` imported into model.py -- is not a name of the role.
+    """
+
+    module: str | None  # None: library names only
+    fits: Callable[[str, Any], bool] | None  # what a name of `module` must be
+    libraries: tuple[tuple[str, Callable[[str, Any], bool]], ...] = ()
     positional: int = 0  # arguments the code passes positionally (parameters, optimizer, output and target)
     keywords: tuple[str, ...] = ()  # arguments the code passes by keyword
+    called: bool = False  # called with (output, target): a class is built from its args, then called
 
 
 ROLES: dict[str, Role] = {
-    "arch": Role("model.model", "class", base="torch.nn:Module"),
+    "arch": Role("model.model", subclass_of("torch.nn:Module")),
     "data_loader": Role(
-        "data_loader.data_loaders", "class", base="base.base_data_loader:BaseDataLoader", keywords=("split", "seed")
+        "data_loader.data_loaders", subclass_of("base.base_data_loader:BaseDataLoader"), keywords=("split", "seed")
     ),
-    "optimizer": Role("torch.optim", "class", base="torch.optim:Optimizer", positional=1),
+    "optimizer": Role(None, None, (("torch.optim", subclass_of("torch.optim:Optimizer")),), positional=1),
     "lr_scheduler": Role(
-        "torch.optim.lr_scheduler", "class", base="torch.optim.lr_scheduler:LRScheduler", positional=1
+        None, None, (("torch.optim.lr_scheduler", subclass_of("torch.optim.lr_scheduler:LRScheduler")),), positional=1
     ),
-    "loss": Role("model.loss", "function", positional=2),
-    "metrics": Role("model.metric", "function", positional=2),
-    "callbacks": Role("trainer.callbacks", "class", base="trainer.callbacks:Callback"),
+    "loss": Role(
+        "model.loss",
+        loss,
+        (("torch.nn", subclass_of("torch.nn.modules.loss:_Loss")), ("torch.nn.functional", loss_function)),
+        positional=2,
+        called=True,
+    ),
+    "metrics": Role("model.metric", metric, positional=2, called=True),
+    "callbacks": Role("trainer.callbacks", subclass_of("trainer.callbacks:Callback")),
 }
 
 
 def valid_names(role: Role) -> dict[str, Any]:
-    """The public names of the role's module that fit the role (classes of the base type, or functions).
-
-    A name imported into the module from elsewhere (`nn`, `F`, `BaseModel`) is not one of its names.
-    """
-    module = importlib.import_module(role.module)
-    exported = getattr(module, "__all__", None)
-    base = None
-    if role.base is not None:
-        base_module, _, base_name = role.base.partition(":")
-        base = getattr(importlib.import_module(base_module), base_name)
-    found = {}
-    for name in exported if exported is not None else dir(module):
-        obj = getattr(module, name, None)
-        if name.startswith("_") or obj is None:
-            continue
-        if exported is None and getattr(obj, "__module__", None) != module.__name__:
-            continue
-        if role.kind == "class":
-            fits = inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj)
-        else:
-            fits = inspect.isfunction(obj)
-        if fits:
-            found[name] = obj
+    """Every name the role accepts, with its object: the project module's first, then the libraries'."""
+    found: dict[str, Any] = {}
+    if role.module is not None and role.fits is not None:
+        module = importlib.import_module(role.module)
+        package = role.module.split(".")[0]
+        for name in dir(module):
+            obj = getattr(module, name)
+            if name.startswith("_") or inspect.ismodule(obj):
+                continue
+            home = getattr(obj, "__module__", None) or ""
+            if (home.split(".")[0] == package and role.fits(name, obj)) or _library_member(role, obj):
+                found[name] = obj
+    for library, fits in role.libraries:
+        module = importlib.import_module(library)
+        for name in dir(module):
+            obj = getattr(module, name)
+            if not name.startswith("_") and name not in found and fits(name, obj):
+                found[name] = obj
     return found
+
+
+def _library_member(role: Role, obj: Any) -> bool:
+    """Whether `obj` is one of the role's library objects (`mse = F.mse_loss` in model/loss.py)."""
+    name = getattr(obj, "__name__", None)
+    for library, fits in role.libraries:
+        if name and getattr(importlib.import_module(library), name, None) is obj and fits(name, obj):
+            return True
+    return False
 
 
 def entries(config: dict, role_name: str) -> list[tuple[str, str, dict]]:
@@ -98,7 +144,7 @@ def check_names(config: dict) -> list[str]:
             if type_name not in names:
                 errors.append(
                     f"{where}.type: unknown {role_name} {quoted(type_name)}{did_you_mean(type_name, names)} "
-                    f"(valid: {', '.join(sorted(names)) or 'none'}, from {role.module})"
+                    f"(valid: {', '.join(sorted(names)) or 'none'}; from {_homes(role)})"
                 )
             else:
                 errors.extend(_check_arguments(where, names[type_name], role, args))
@@ -111,7 +157,8 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
     params = list(inspect.signature(target).parameters.values())
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    passed_by_code = {p.name for p in named[: role.positional]} | set(role.keywords)
+    positional = 0 if role.called and inspect.isclass(target) else role.positional  # a loss class: built from args
+    passed_by_code = {p.name for p in named[:positional]} | set(role.keywords)
     accepted = [p.name for p in named if p.name not in passed_by_code]
     errors = []
     for key in args:
@@ -128,9 +175,17 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
     return errors
 
 
+def _homes(role: Role) -> str:
+    return ", ".join([*([role.module] if role.module else []), *(library for library, _ in role.libraries)])
+
+
 def resolve(role_name: str, entry: str | dict) -> Callable:
-    """What an entry names, with its config args bound: a class (to call with the code's arguments) or a
-    function (a partial, called with output and target)."""
+    """What an entry names, with its config args bound: a class to call with the code's arguments, or, for a
+    loss or metric, what is called with (output, target): the function with its args, or the class built
+    from them."""
     role = ROLES[role_name]
     type_name, args = (entry, {}) if isinstance(entry, str) else (entry["type"], entry.get("args", {}))
-    return partial(valid_names(role)[type_name], **args)
+    target = valid_names(role)[type_name]
+    if role.called and inspect.isclass(target):
+        return target(**args)
+    return partial(target, **args)
