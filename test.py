@@ -4,6 +4,7 @@ python test.py --resume saved/models/<name>/<run_id>/model_best.pth
 python test.py --resume saved/models/<name>/<run_id>/model_best.pth --split valid data_loader.args.batch_size=256
 """
 
+import hashlib
 import json
 import logging
 import sys
@@ -18,8 +19,8 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
     from utils.checkpoint import Checkpoint
 
 
-def main(config: ConfigParser, checkpoint: "Checkpoint", split: str = "test", out: str | Path | None = None) -> dict:
-    """Evaluate the checkpoint's model on `split`; write and return the per-sample averages."""
+def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) -> dict:
+    """Evaluate the checkpoint's model on `split`; write the per-sample averages to `out` and return them."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -32,6 +33,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str = "test", ou
 
     setup_logging(None, config["verbosity"])
     logger = logging.getLogger("test")
+    logger.info("Evaluating %s on the %s split", checkpoint.path, split)
     if config["num_threads"] is not None:
         torch.set_num_threads(config["num_threads"])
 
@@ -51,7 +53,6 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str = "test", ou
         results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
     results = {"n_samples": data_loader.n_samples, **results}
 
-    out = Path(out) if out is not None else checkpoint.path.with_suffix(f".{split}.json")
     write_json({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
     logger.info("%s", json.dumps(results, indent=4))
     logger.info("Results written to %s", out)
@@ -67,25 +68,51 @@ def build_parser() -> ArgumentParser:
         ),
     )
     parser.add_argument(
-        "-r", "--resume", required=True, help="checkpoint to evaluate (or a run folder, for its last.pth)"
+        "-r",
+        "--resume",
+        required=True,
+        help="checkpoint to evaluate (or a run folder: its model_best.pth, else last.pth)",
     )
     parser.add_argument("-c", "--config", help="config to use instead of the one stored in the checkpoint")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument(
         "--split", choices=("test", "valid", "train"), default="test", help="split to evaluate (default: test)"
     )
-    parser.add_argument("--out", help="JSON file for the results (default: <checkpoint>.<split>.json beside it)")
+    parser.add_argument(
+        "--out", help="JSON file for the results (default: <checkpoint>.<split>[.<hash of overrides>].json beside it)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, str | None]:
-    from utils.checkpoint import load_checkpoint
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path]:
+    """main's arguments: the validated config, the checkpoint, the split and the results file."""
+    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
     args = build_parser().parse_args(argv)
     select_devices(args.device)
-    checkpoint = load_checkpoint(args.resume)
-    return ConfigParser.load(args.config, checkpoint, args.overrides), checkpoint, args.split, args.out
+    checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
+    config = ConfigParser.load(args.config, checkpoint, args.overrides)
+    return (
+        config,
+        checkpoint,
+        args.split,
+        results_path(checkpoint.path, args.split, args.config, args.overrides, args.out),
+    )
+
+
+def results_path(checkpoint: Path, split: str, config: str | None, overrides: list[str], out: str | None) -> Path:
+    """`--out`, or beside the checkpoint a name that says what was evaluated: <checkpoint>.<split>.json, with a
+    hash of -c and the overrides when there are any. An earlier result is never overwritten without --out."""
+    if out is not None:
+        return Path(out)
+    name = f"{checkpoint.stem}.{split}"
+    if config is not None or overrides:
+        name += "." + hashlib.sha256(json.dumps([config, overrides]).encode()).hexdigest()[:8]
+    path = checkpoint.with_name(f"{name}.json")
+    if path.exists():
+        raise ConfigError(f"{path}: an earlier result of the same evaluation exists; pass --out FILE, or remove it")
+    return path
 
 
 if __name__ == "__main__":

@@ -171,6 +171,27 @@ class _SeededBatches(Sampler[tuple[list[int], int]]):
             yield indices, self.batches.batch_seed(batch)
 
 
+class InMemoryTensors(Dataset):
+    """Inputs and targets kept in tensors, read a whole batch at a time: indexed with `(indices, seed)` it
+    returns `(inputs[indices], targets[indices])` (the seed is for augmentation, which this class has none of)."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"expected as many targets as inputs, got {len(targets)} and {len(inputs)}")
+        self.inputs = inputs
+        self.targets = targets
+
+    def without_augmentation(self) -> "InMemoryTensors":
+        return self
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, request: tuple[list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices, _ = request
+        return self.inputs[indices], self.targets[indices]
+
+
 class InMemoryImages(Dataset):
     """Images kept decoded in one tensor; normalization and augmentation run once per batch, not per image.
 
@@ -218,8 +239,8 @@ class BaseDataLoader(DataLoader):
     """A DataLoader over one split of a data set, in a seeded, resumable, DDP-aware batch order.
 
     Subclasses load their data and call this with the indices of the split they were asked for.
-    An `InMemoryImages` data set is read a whole batch at a time; any other map-style Dataset is read
-    a sample at a time and collated, in the same order.
+    An `InMemoryImages` or `InMemoryTensors` data set is read a whole batch at a time; any other map-style
+    Dataset is read a sample at a time and collated, in the same order.
     """
 
     def __init__(
@@ -250,7 +271,7 @@ class BaseDataLoader(DataLoader):
             persistent_workers=persistent_workers and num_workers > 0,
             generator=self.worker_generator,
         )
-        if isinstance(dataset, InMemoryImages):
+        if isinstance(dataset, (InMemoryImages, InMemoryTensors)):
             if not training:
                 dataset = dataset.without_augmentation()
             super().__init__(dataset, sampler=_SeededBatches(self.epoch_sampler), batch_size=None, **common)

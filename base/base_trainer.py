@@ -23,7 +23,7 @@ from torch import nn
 
 from base.base_data_loader import worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
-from logger.visualization import Writer, flatten_config
+from logger.visualization import Writer, flatten_config, matrix_image
 from utils.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
@@ -171,13 +171,16 @@ class BaseTrainer(abc.ABC):
             self.logger.info("    %-15s: %s", key, value)
             if key != "epoch":
                 name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
-                self.writer.add_scalar(f"{name}/{mode}", value, epoch)
+                if isinstance(value, list):  # a matrix (confusion_matrix): a picture in TensorBoard
+                    self.writer.add_image(f"{name}/{mode}", matrix_image(value), epoch)
+                else:
+                    self.writer.add_scalar(f"{name}/{mode}", value, epoch)
         self.writer.add_scalar("lr", extras["lr"], epoch)
         self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
         self.writer.add_scalar("time/samples_per_second", extras["samples_per_second"], epoch)
         self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, result)
         if self.metrics_csv is not None:
-            self.metrics_csv.append({**result, **extras})
+            self.metrics_csv.append({k: v for k, v in {**result, **extras}.items() if not isinstance(v, list)})
         return result
 
     def _call_hooks(self, hooks: list[Callable], *args: Any) -> None:
@@ -260,9 +263,13 @@ class BaseTrainer(abc.ABC):
         """The flattened config beside the final and best results, for TensorBoard's HPARAMS tab."""
         if not outcome["last"]:
             return
-        results = {f"hparam/last_{k}": v for k, v in outcome["last"].items() if k != "epoch"}
-        if outcome["best"]:
-            results.update({f"hparam/best_{k}": v for k, v in outcome["best"].items() if k != "epoch"})
+        numbers = {"last": outcome["last"], "best": outcome["best"] or {}}
+        results = {
+            f"hparam/{which}_{k}": v
+            for which, values in numbers.items()
+            for k, v in values.items()
+            if k != "epoch" and not isinstance(v, list)
+        }
         self.writer.add_hparams(flatten_config(self.config), results)
 
     def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:

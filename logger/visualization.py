@@ -143,6 +143,18 @@ class WriterGroup:
             writer.close()
 
 
+def matrix_image(matrix: list[list[float]], cell: int = 16) -> "torch.Tensor":
+    """A (3, H, W) picture of a matrix (a confusion matrix: rows are true classes): each row scaled to its
+    largest entry, white for 0 and dark blue for the largest, `cell` pixels a cell."""
+    import torch
+
+    values = torch.tensor(matrix, dtype=torch.float64)
+    shade = values / values.amax(dim=1, keepdim=True).clamp_min(1e-12)  # (R, C) in [0, 1]
+    blue = torch.tensor([0.03, 0.19, 0.42], dtype=torch.float64).view(3, 1, 1)
+    image = 1 - shade.unsqueeze(0) * (1 - blue)  # (3, R, C)
+    return image.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2).float()
+
+
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
     """{"trainer": {"epochs": 3}} -> {"trainer.epochs": 3}; lists and nulls become text (TensorBoard's hparams
     take numbers, strings and booleans only)."""

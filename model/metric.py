@@ -1,10 +1,16 @@
 """Metrics selectable by name in config.json ("metrics": ["accuracy", {"type": "top_k_acc", "args": {"k": 3}}]).
 
-A metric takes the model output and the targets and returns the batch mean as a 0-d tensor; the
-trainer keeps it on the device and averages it per sample over the epoch (no host sync per batch).
+Two kinds:
+- a function (output, target) -> the batch mean as a 0-d tensor, for what is a mean over samples
+  (accuracy); the trainer keeps it on the device and averages it per sample over the epoch;
+- an EpochMetric class, for what is not (R², AUROC, F1, a confusion matrix): it sees every batch and
+  computes once per epoch, exactly, also over DDP ranks and across a mid-epoch resume.
 """
 
 import torch
+from torchmetrics import Metric, classification, regression
+
+from base.base_metric import EpochMetric
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -16,3 +22,63 @@ def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.T
     """Fraction of samples whose target is among the k highest-scoring classes."""
     top = output.topk(k, dim=1).indices  # (B, k)
     return (top == target.unsqueeze(1)).any(dim=1).float().mean()
+
+
+class r2(EpochMetric):  # lower case, like the metric functions: it is selected by this name
+    """Coefficient of determination over the epoch (one output; output and target of the same size)."""
+
+    def __init__(self) -> None:
+        super().__init__(regression.R2Score())
+
+    def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return output.reshape(-1), target.reshape(-1)
+
+
+class mae(EpochMetric):
+    """Mean absolute error over the epoch."""
+
+    def __init__(self) -> None:
+        super().__init__(regression.MeanAbsoluteError())
+
+    def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return output.reshape(-1), target.reshape(-1)
+
+
+class _Classification(EpochMetric):
+    """Binary (`num_classes` None: one logit per sample, targets 0/1) or multi-class (scores per class)."""
+
+    def __init__(self, binary: Metric, multiclass: Metric | None) -> None:
+        super().__init__(binary if multiclass is None else multiclass)
+        self.binary = multiclass is None
+
+    def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.binary:  # logits to probabilities here: torchmetrics guesses from the value range otherwise
+            return torch.sigmoid(output.reshape(-1)), target.reshape(-1).long()
+        return output.softmax(dim=1), target.long()
+
+
+class auroc(_Classification):
+    """Area under the ROC curve over the epoch; multi-class: one-vs-rest, macro-averaged."""
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        multiclass = None if num_classes is None else classification.MulticlassAUROC(num_classes, average="macro")
+        super().__init__(classification.BinaryAUROC(), multiclass)
+
+
+class f1(_Classification):
+    """F1 score over the epoch: binary (threshold 0.5 on the probability), or macro-averaged over classes."""
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        multiclass = None if num_classes is None else classification.MulticlassF1Score(num_classes, average="macro")
+        super().__init__(classification.BinaryF1Score(), multiclass)
+
+
+class confusion_matrix(_Classification):
+    """Counts of (true class, predicted class) over the epoch: rows are true classes. Logged as a picture."""
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        multiclass = None if num_classes is None else classification.MulticlassConfusionMatrix(num_classes)
+        super().__init__(classification.BinaryConfusionMatrix(), multiclass)
+
+    def compute(self) -> list[list[int]]:
+        return [[int(count) for count in row] for row in super().compute()]

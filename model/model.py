@@ -1,10 +1,16 @@
-"""Models selectable by name in config.json ("arch": {"type": <class name>, "args": {...}})."""
+"""Models selectable by name in config.json ("arch": {"type": <class name>, "args": {...}}).
+
+A model may live in its own file under model/: import it here and it is selectable by its name.
+"""
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from base.base_model import BaseModel
+from model.mlp import MLP
+
+__all__ = ["MLP", "DigitsModel", "MnistModel"]
 
 
 class DigitsModel(BaseModel):

@@ -70,6 +70,19 @@ def test_test_py_reproduces_the_trainers_numbers_on_the_same_data(tiny_config, t
     assert held_out["n_samples"] == 359 and held_out["accuracy"] > 0.85
 
 
+def test_test_py_takes_a_run_folders_best_checkpoint_and_never_overwrites_a_result(tiny_config, tmp_path):
+    tiny_config["trainer"]["monitor"] = "max val_accuracy"
+    _, run = train(tiny_config, tmp_path, "results")
+    first = evaluate(run.checkpoint_dir)  # a run folder: its model_best.pth
+    written = json.loads((run.checkpoint_dir / "model_best.test.json").read_text())
+    assert written["checkpoint"] == str(run.checkpoint_dir / BEST_NAME) and written["accuracy"] == first["accuracy"]
+    with pytest.raises(ConfigError, match=r"model_best\.test\.json: an earlier result of the same evaluation exists"):
+        evaluate(run.checkpoint_dir)
+    other = evaluate(run.checkpoint_dir, "data_loader.args.batch_size=7")  # named by a hash of the overrides
+    assert len(list(run.checkpoint_dir.glob("model_best.test.*.json"))) == 1
+    assert other == pytest.approx(first, abs=1e-6)  # per-sample averages do not depend on the batch size
+
+
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tiny_config, tmp_path):
     tiny_config["trainer"]["epochs"] = 4
     straight, straight_run = train(tiny_config, tmp_path, "straight")

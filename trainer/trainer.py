@@ -49,7 +49,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and metrics averaged per sample over a data set (used for validation and by test.py)."""
     model.eval()
-    tracker = MetricTracker("loss", *metric_fns, device=device)
+    tracker = MetricTracker(metric_fns, device=device)
     with torch.no_grad():
         for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
             data = data.to(device, non_blocking=True)
@@ -57,10 +57,7 @@ def evaluate(
             with autocast(device, amp_dtype):
                 output = model(data)
                 loss = criterion(output, target)
-            n = len(target)
-            tracker.update("loss", loss.float(), n)
-            for name, fn in metric_fns.items():
-                tracker.update(name, fn(output.float(), target), n)
+            tracker.update(loss, output, target)
     return tracker.result()
 
 
@@ -107,7 +104,7 @@ class Trainer(BaseTrainer):
         self.amp_dtype = resolve_amp(amp, self.device)
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_metrics = MetricTracker("loss", *metric_fns, device=self.device)
+        self.train_metrics = MetricTracker(metric_fns, device=self.device)
         self._log_decisions()
 
     def _log_decisions(self) -> None:
@@ -190,10 +187,7 @@ class Trainer(BaseTrainer):
             if not self.scaler.is_enabled():  # with fp16 the scaler skips non-finite steps itself
                 bad = ~torch.isfinite(detached) & (first_bad < 0)
                 first_bad = torch.where(bad, batch_idx, first_bad)
-            self.train_metrics.update("loss", detached.float(), n)
-            with torch.no_grad():
-                for name, fn in self.metric_fns.items():
-                    self.train_metrics.update(name, fn(output.float(), target), n)
+            self.train_metrics.update(detached, output, target)
             self.global_step += 1
 
             if batch_idx % self.log_step == 0 or batch_idx == n_batches - 1:

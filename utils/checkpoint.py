@@ -83,24 +83,29 @@ def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
             raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """The checkpoint file a user means: the file itself, or the `last.pth` of a run folder."""
+def resolve_checkpoint_path(path: str | Path, in_folder: tuple[str, ...] = (LAST_NAME,)) -> Path:
+    """The checkpoint file a user means: the file itself, or in a run folder the first of `in_folder` there."""
     path = Path(path)
     if path.is_dir():
-        if (path / LAST_NAME).is_file():
-            return path / LAST_NAME
+        for name in in_folder:
+            if (path / name).is_file():
+                return path / name
         found = sorted(p.name for p in path.glob("*.pth"))
         hint = f"; it has {', '.join(found)}" if found else ""
-        raise CheckpointError(f"{path}: folder has no {LAST_NAME}{hint}; pass a checkpoint file with --resume")
+        raise CheckpointError(
+            f"{path}: folder has no {' or '.join(in_folder)}{hint}; pass a checkpoint file with --resume"
+        )
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file; pass a checkpoint file with --resume")
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and check a checkpoint (or a run folder's last.pth) on the CPU; every failure is one
-    CheckpointError naming the file."""
-    path = resolve_checkpoint_path(path)
+def load_checkpoint(path: str | Path, in_folder: tuple[str, ...] = (LAST_NAME,)) -> Checkpoint:
+    """Load and check a checkpoint (or, for a run folder, the first of `in_folder` in it) on the CPU; every
+    failure is one CheckpointError naming the file."""
+    path = resolve_checkpoint_path(path, in_folder)
     # torch.save has written zip archives since PyTorch 1.6; anything else is not one of our checkpoints.
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or another format)")

@@ -1,45 +1,78 @@
-"""Per-sample averages over an epoch: a running sum and a sample count per key, nothing more."""
+"""The loss and the metrics of one epoch: per-batch functions averaged per sample, epoch-level metrics
+computed once from their state.
+
+A per-batch function's batch mean is kept as a running sum and a sample count on the device, so updating
+never waits for the GPU; `result()` reads them back once. Under DistributedDataParallel every rank's sums
+and counts are added, and epoch-level metrics reduce their states over the ranks, so the results equal one
+process's over the same samples.
+"""
+
+import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from base.base_metric import EpochMetric
 from utils.distributed import all_reduce_sum
 
 
 class MetricTracker:
-    """Sums stay on the device as tensors, so updating never waits for the GPU; `result()` reads them back
-    once per call. Under DistributedDataParallel, `result()` adds up every rank's sums and counts, so the
-    averages equal one process's over the same samples.
-    """
-
-    def __init__(self, *keys: str, device: torch.device | str = "cpu") -> None:
-        self._keys = keys
+    def __init__(self, metrics: dict[str, Callable | EpochMetric], device: torch.device | str = "cpu") -> None:
         self._device = torch.device(device)
+        self._names = ["loss", *metrics]  # the order of the results
+        self._batch_fns = {k: f for k, f in metrics.items() if not isinstance(f, EpochMetric)}
+        # Each tracker keeps its own copy: training and validation must not share one state.
+        self._epoch_metrics = {
+            k: copy.deepcopy(m).to(self._device) for k, m in metrics.items() if k not in self._batch_fns
+        }
+        self._sum_keys = ["loss", *self._batch_fns]
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
-        self._sums = {k: torch.zeros((), device=self._device) for k in self._keys}
-        self._counts = dict.fromkeys(self._keys, 0)
+        self._sums = {k: torch.zeros((), device=self._device) for k in self._sum_keys}
+        self._counts = dict.fromkeys(self._sum_keys, 0)
+        for metric in self._epoch_metrics.values():
+            metric.reset()
 
-    def update(self, key: str, value: torch.Tensor | float, n: int = 1) -> None:
-        """Add a batch mean `value` computed over `n` samples."""
-        value = value.detach() if isinstance(value, torch.Tensor) else value
-        self._sums[key] += value * n
+    def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch: its mean loss, and its (output, target) for every metric."""
+        n = len(target)
+        self._add("loss", loss.detach().float(), n)
+        with torch.no_grad():
+            output = output.detach().float()
+            for name, fn in self._batch_fns.items():
+                self._add(name, fn(output, target), n)
+            for metric in self._epoch_metrics.values():
+                metric.update(output, target)
+
+    def _add(self, key: str, batch_mean: torch.Tensor, n: int) -> None:
+        self._sums[key] += batch_mean.detach() * n
         self._counts[key] += n
 
-    def result(self) -> dict[str, float]:
-        sums = torch.stack([self._sums[k] for k in self._keys]).double()
-        counts = torch.tensor([self._counts[k] for k in self._keys], dtype=torch.float64, device=self._device)
+    def result(self) -> dict[str, Any]:
+        """Every value of the epoch, in config order: numbers, and nested lists for matrix-valued metrics."""
+        sums = torch.stack([self._sums[k] for k in self._sum_keys]).double()
+        counts = torch.tensor([self._counts[k] for k in self._sum_keys], dtype=torch.float64, device=self._device)
         totals = all_reduce_sum(torch.cat([sums, counts]))  # every rank's samples, under DDP
-        sums, counts = totals[: len(self._keys)], totals[len(self._keys) :]
-        sums, counts = sums.tolist(), counts.tolist()  # the one host sync
-        return {k: s / c for k, s, c in zip(self._keys, sums, counts, strict=True) if c}
+        sums, counts = totals[: len(self._sum_keys)].tolist(), totals[len(self._sum_keys) :].tolist()  # one sync
+        values: dict[str, Any] = {k: s / c for k, s, c in zip(self._sum_keys, sums, counts, strict=True) if c}
+        if counts[0]:
+            values.update({k: m.compute() for k, m in self._epoch_metrics.items()})
+        return {k: values[k] for k in self._names if k in values}
 
     def state_dict(self) -> dict:
-        """The partial sums of an interrupted epoch (tensors kept as they are, for a bitwise-equal resume)."""
-        return {"sums": {k: v.cpu() for k, v in self._sums.items()}, "counts": dict(self._counts)}
+        """The partial state of an interrupted epoch (tensors kept as they are, for a bitwise-equal resume)."""
+        return {
+            "sums": {k: v.cpu() for k, v in self._sums.items()},
+            "counts": dict(self._counts),
+            "epoch_metrics": {k: m.state_dict() for k, m in self._epoch_metrics.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self._sums = {k: state["sums"][k].to(self._device) for k in self._keys}
-        self._counts = {k: int(state["counts"][k]) for k in self._keys}
+        self._sums = {k: state["sums"][k].to(self._device) for k in self._sum_keys}
+        self._counts = {k: int(state["counts"][k]) for k in self._sum_keys}
+        for k, metric in self._epoch_metrics.items():
+            metric.load_state_dict(state["epoch_metrics"][k])

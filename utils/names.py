@@ -37,8 +37,8 @@ def loss(name: str, obj: Any) -> bool:
 
 
 def metric(name: str, obj: Any) -> bool:
-    """A per-batch metric function (output, target) -> batch mean, or an epoch-level torchmetrics.Metric class."""
-    return inspect.isfunction(obj) or subclass_of("torchmetrics:Metric")(name, obj)
+    """A per-batch metric function (output, target) -> batch mean, or an epoch-level EpochMetric class."""
+    return inspect.isfunction(obj) or subclass_of("base.base_metric:EpochMetric")(name, obj)
 
 
 TORCH_LOSS_FUNCTIONS = ("cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div")
