@@ -91,6 +91,15 @@ def test_a_failing_callback_ends_the_run_with_one_line_and_logs_the_traceback(ti
     assert "Traceback" in (tmp_path / "info.log").read_text()
 
 
+def test_a_callback_that_does_not_fit_the_task_is_refused_before_the_first_epoch(tmp_path):
+    config = ConfigParser.load(ROOT / "config_tabular.json").config
+    config.update(save_dir=str(tmp_path / "saved"), callbacks=[{"type": "ImagePredictionLogger"}])
+    with pytest.raises(CallbackError, match=r"ImagePredictionLogger\.on_train_start failed: .* outputs \(1,\)") as info:
+        train(config, tmp_path, "tabular")
+    assert "remove it from callbacks" in str(info.value)
+    assert not list((tmp_path / "saved" / "models" / "Diabetes_MLP" / "tabular").glob("*.pth"))
+
+
 def test_unknown_callbacks_list_the_valid_ones(tiny_config, tmp_path):
     tiny_config["callbacks"] = [{"type": "ImageLogger"}]
     with pytest.raises(

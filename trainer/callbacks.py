@@ -1,6 +1,7 @@
 """Callbacks selectable by name in config.json ("callbacks": [{"type": <class name>, "args": {...}}]).
 
-A callback is called at four fixed points of the loop, in the order they are listed:
+A callback is called at four fixed points of the loop, in the order they are listed (BaseTrainer calls
+every one of them, so a trainer that rewrites its epochs keeps them):
 
     on_train_start(trainer)                      before the first epoch of this process
     on_validation_end(trainer, epoch, result)    after validation, with the validation results (val_ keys)
@@ -46,6 +47,21 @@ class ImagePredictionLogger(Callback):
             raise ValueError("every and max_images must be at least 1")
         self.every = every
         self.max_images = max_images
+
+    def on_train_start(self, trainer: Any) -> None:
+        """Refuse, before the first epoch, a task whose batches are not images with class labels."""
+        if trainer.valid_data_loader is None:
+            return
+        trainer.valid_data_loader.set_epoch(1)
+        data, target = next(iter(trainer.valid_data_loader))
+        trainer.model.eval()
+        with torch.no_grad():
+            output = trainer.model(data[:2].to(trainer.device))
+        if data.ndim != 4 or output.ndim != 2 or output.shape[1] < 2 or target.is_floating_point():
+            raise ValueError(
+                f"it shows images with predicted classes, and this task's inputs are {tuple(data.shape)[1:]}, "
+                f"outputs {tuple(output.shape)[1:]}, targets {target.dtype}; remove it from callbacks"
+            )
 
     def on_validation_end(self, trainer: Any, epoch: int, result: dict[str, float]) -> None:
         if epoch % self.every or trainer.valid_data_loader is None or not trainer.is_main:

@@ -1,0 +1,137 @@
+"""Metrics: per-batch functions and epoch-level metrics equal scikit-learn's on the same predictions."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sklearn import metrics as sk
+
+from model.metric import auroc, confusion_matrix, f1, mae, r2
+from utils.metric_tracker import MetricTracker
+
+N = 67  # batches of 32, 32 and 3: the last one small
+
+
+def regression_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(N, 1, generator=g, dtype=torch.float64)
+    return target + 0.6 * torch.randn(N, 1, generator=g, dtype=torch.float64), target
+
+
+def binary_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    target = (torch.rand(N, 1, generator=g) > 0.4).double()
+    return 2 * target - 1 + 1.5 * torch.randn(N, 1, generator=g, dtype=torch.float64), target
+
+
+def multiclass_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 4, (N,), generator=g)
+    scores = torch.randn(N, 4, generator=g, dtype=torch.float64)
+    scores[torch.arange(N), target] += 1.0
+    return scores.log_softmax(dim=1), target
+
+
+def sigmoid(x: torch.Tensor) -> np.ndarray:
+    return torch.sigmoid(x).numpy().ravel()
+
+
+CASES = {
+    "r2": (r2, {}, regression_data, lambda o, t: sk.r2_score(t.numpy(), o.numpy())),
+    "mae": (mae, {}, regression_data, lambda o, t: sk.mean_absolute_error(t.numpy(), o.numpy())),
+    "auroc binary": (auroc, {}, binary_data, lambda o, t: sk.roc_auc_score(t.numpy().ravel(), sigmoid(o))),
+    "f1 binary": (f1, {}, binary_data, lambda o, t: sk.f1_score(t.numpy().ravel(), sigmoid(o) > 0.5)),
+    "auroc multiclass": (
+        auroc,
+        {"num_classes": 4},
+        multiclass_data,
+        lambda o, t: sk.roc_auc_score(t.numpy(), o.softmax(1).numpy(), multi_class="ovr", average="macro"),
+    ),
+    "f1 multiclass": (
+        f1,
+        {"num_classes": 4},
+        multiclass_data,
+        lambda o, t: sk.f1_score(t.numpy(), o.argmax(1).numpy(), average="macro"),
+    ),
+}
+
+
+def tracked(metric, output: torch.Tensor, target: torch.Tensor, batch: int = 32) -> dict:
+    tracker = MetricTracker({"m": metric})
+    for start in range(0, len(target), batch):
+        tracker.update(torch.zeros(()), output[start : start + batch], target[start : start + batch])
+    return tracker.result()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_epoch_metrics_equal_scikit_learn_over_an_epoch_with_a_small_last_batch(case):
+    metric_class, args, data, expected = CASES[case]
+    output, target = data()
+    value = tracked(metric_class(**args), output, target)["m"]
+    assert value == pytest.approx(expected(output, target), abs=1e-6)
+    # The per-batch average of the same metric is what used to be reported, and it is not the same number.
+    if case == "r2":
+        batches = [(output[s : s + 32], target[s : s + 32]) for s in (0, 32, 64)]
+        per_batch = sum(len(t) * sk.r2_score(t.numpy(), o.numpy()) for o, t in batches) / N
+        assert abs(per_batch - value) > 0.01
+
+
+@pytest.mark.parametrize(("data", "args"), [(binary_data, {}), (multiclass_data, {"num_classes": 4})])
+def test_confusion_matrix_equals_scikit_learn(data, args):
+    output, target = data()
+    predicted = (torch.sigmoid(output) > 0.5).long().ravel() if not args else output.argmax(1)
+    matrix = tracked(confusion_matrix(**args), output, target)["m"]
+    assert matrix == sk.confusion_matrix(target.long().numpy().ravel(), predicted.numpy()).tolist()
+
+
+def test_a_partial_epoch_saved_and_loaded_gives_the_same_result():
+    output, target = multiclass_data()
+    whole = tracked(auroc(num_classes=4), output, target)["m"]
+    first = MetricTracker({"m": auroc(num_classes=4)})
+    first.update(torch.zeros(()), output[:40], target[:40])
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)  # as a mid-epoch checkpoint holds it
+    buffer.seek(0)
+    second = MetricTracker({"m": auroc(num_classes=4)})
+    second.load_state_dict(torch.load(buffer, weights_only=True))
+    second.update(torch.zeros(()), output[40:], target[40:])
+    assert second.result()["m"] == whole
+
+
+def test_training_and_validation_trackers_do_not_share_a_state():
+    output, target = regression_data()
+    metric = r2()
+    a, b = MetricTracker({"r2": metric}), MetricTracker({"r2": metric})
+    a.update(torch.zeros(()), output, target)
+    b.update(torch.zeros(()), target, target)  # perfect predictions
+    assert b.result()["r2"] == 1.0 and a.result()["r2"] < 1.0
+
+
+def _ddp_worker(rank: int, port: int, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        values = {}
+        for case, (metric_class, args, data, _) in CASES.items():
+            output, target = data()
+            values[case] = tracked(metric_class(**args), output[rank::2], target[rank::2], batch=16)["m"]
+        results[rank] = values
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_epoch_metrics_are_exact_over_two_ddp_ranks():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, results), nprocs=2)
+    for case, (_, _, data, expected) in CASES.items():
+        output, target = data()
+        assert results[0][case] == results[1][case]  # every rank reports the same number
+        assert results[0][case] == pytest.approx(expected(output, target), abs=1e-6), case
