@@ -10,7 +10,6 @@ import argparse
 import copy
 import importlib.util
 import inspect
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +18,21 @@ import jsonschema
 
 from utils.errors import ConfigError, did_you_mean, dotted, key_text, quoted, shown
 from utils.names import check_names, metric_name, resolve
-from utils.util import read_json
+from utils.util import read_json, strict_json_loads
 
 if TYPE_CHECKING:  # torch is imported only once a config is validated, so that --help answers without it
     from utils.checkpoint import Checkpoint
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "utils" / "config_schema.json"
+
+
+# JSON Schema counts 2.0 as an integer; a config that says 2.0 epochs is refused instead of half-accepted.
+VALIDATOR = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -92,8 +100,8 @@ def move_victoresque_keys(config: dict) -> None:
 def parse_value(text: str) -> Any:
     """An override's value: JSON where it parses (3, 0.01, true, null, [1, 2], "x"), a plain string otherwise."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        return strict_json_loads(text)
+    except (ValueError, RecursionError):  # not JSON, or NaN / Infinity: a string, which the checks then refuse
         return text
 
 
@@ -187,6 +195,9 @@ def fill_defaults(config: dict, schema: dict) -> None:
             config["trainer"][key] = defaults[key]
 
 
+RESERVED_LABELS = ("loss", "epoch", "lr", "epoch_seconds", "samples_per_second")
+
+
 def validate(config: dict) -> None:
     """Check a whole config and fill in its defaults; raise one ConfigError listing every problem found."""
     from utils.monitor import Monitor
@@ -194,7 +205,7 @@ def validate(config: dict) -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a JSON object, found {shown(config)}")
     schema = read_json(SCHEMA_PATH)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = VALIDATOR(schema)
     errors = [
         message
         for e in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -209,6 +220,11 @@ def validate(config: dict) -> None:
     duplicates = sorted({n for n in labels if labels.count(n) > 1})
     if duplicates:
         errors.append(f'metrics: {quoted(duplicates[0])} appears twice; give one a distinct "name"')
+    for index, label in enumerate(labels):  # a metric must not merge with the loss or another's val_ column
+        if label in RESERVED_LABELS or label.startswith("val_"):
+            errors.append(
+                f'metrics.{index}: the label {quoted(label)} is the loss\'s or a validation column; give it a "name"'
+            )
     monitor = Monitor.parse(config["trainer"]["monitor"])
     if monitor.mode != "off":
         known = ["loss", *labels]

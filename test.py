@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from parse_config import ArgumentParser, ConfigParser
 from train import select_devices
 from utils.errors import ConfigError, UserError
+from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
     from utils.checkpoint import Checkpoint
@@ -29,7 +30,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) 
     from trainer.trainer import evaluate
     from utils.checkpoint import load_model_state
     from utils.distributed import place_model
-    from utils.util import write_json
+    from utils.util import write_output
 
     setup_logging(None, config["verbosity"])
     logger = logging.getLogger("test")
@@ -53,7 +54,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) 
         results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
     results = {"n_samples": data_loader.n_samples, **results}
 
-    write_json({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
+    write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
     logger.info("%s", json.dumps(results, indent=4))
     logger.info("Results written to %s", out)
     return results
@@ -105,6 +106,7 @@ def results_path(checkpoint: Path, split: str, config: str | None, overrides: li
     """`--out`, or beside the checkpoint a name that says what was evaluated: <checkpoint>.<split>.json, with a
     hash of -c and the overrides when there are any. An earlier result is never overwritten without --out."""
     if out is not None:
+        check_output_path(Path(out))
         return Path(out)
     name = f"{checkpoint.stem}.{split}"
     if config is not None or overrides:
@@ -112,6 +114,7 @@ def results_path(checkpoint: Path, split: str, config: str | None, overrides: li
     path = checkpoint.with_name(f"{name}.json")
     if path.exists():
         raise ConfigError(f"{path}: an earlier result of the same evaluation exists; pass --out FILE, or remove it")
+    check_output_path(path)
     return path
 
 
@@ -121,3 +124,6 @@ if __name__ == "__main__":
     except UserError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training began (during it, the trainer saves and says so)
+        print("interrupted: stopped before the evaluation finished; nothing was written", file=sys.stderr)
+        sys.exit(130)

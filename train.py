@@ -75,18 +75,18 @@ def main(
         optimizer = config.init_obj("optimizer", [p for p in model.parameters() if p.requires_grad])
         lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config["lr_scheduler"] else None
 
-        # everything is valid: only now make the run folder and start info.log and TensorBoard
-        run = None if dry_run else create_run_folder(config.config, run_id, resume.path if resume else None)
-        writer = start_run_logging(run, config.config)
-
+        # the trainer, and where a resumed run stopped: still nothing written
         trainer = Trainer(
             model, criterion, metrics, optimizer, lr_scheduler,
             data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
-            run=run, writer=writer, callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
+            callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
         )  # fmt: skip
         if resume:
             trainer.load_state_dict(resume.state)
-        result = trainer.train(dry_run=dry_run)
+
+        # everything is valid: only now make the run folder, start info.log and TensorBoard, and train
+        run = None if dry_run else create_run_folder(config.config, run_id, resume.path if resume else None)
+        result = trainer.train(run, start_run_logging(run, config.config), dry_run=dry_run)
     log_summary(result, config["trainer"]["monitor"], run.checkpoint_dir if run else None)
     return result
 
@@ -174,3 +174,6 @@ if __name__ == "__main__":
     except UserError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training began (during it, the trainer saves and says so)
+        print("interrupted: stopped before training started; nothing was saved", file=sys.stderr)
+        sys.exit(130)

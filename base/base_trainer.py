@@ -23,7 +23,7 @@ from torch import nn
 
 from base.base_data_loader import worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
-from logger.visualization import Writer, flatten_config, matrix_image
+from logger.visualization import NullWriter, Writer, flatten_config, matrix_image
 from utils.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
@@ -48,7 +48,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.distributed import agree_max, is_distributed, is_main_process, unwrap_model
-from utils.errors import CallbackError, ConfigError, TrainingInterrupted
+from utils.errors import CallbackError, CheckpointError, ConfigError, OutOfMemory, TrainingInterrupted
 from utils.monitor import Monitor
 from utils.run_folder import RunFolder
 
@@ -62,8 +62,6 @@ class BaseTrainer(abc.ABC):
         *,
         config: dict,
         device: torch.device,
-        run: RunFolder | None,
-        writer: Writer,
         callbacks: list | None = None,
         epochs: int,
         save_period: int = 1,
@@ -73,15 +71,15 @@ class BaseTrainer(abc.ABC):
         early_stop: int = 0,
         scheduler_interval: str = "epoch",
     ) -> None:
-        """`run` is where checkpoints and metrics.csv go; None writes nothing (a dry run)."""
+        """Builds the loop and writes nothing: where the run writes is given to `train`."""
         self.logger = logging.getLogger("trainer")
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.config = config
         self.device = device
-        self.run = run
-        self.writer = writer
+        self.run: RunFolder | None = None  # set by train()
+        self.writer: Writer = NullWriter()
         self.callbacks = callbacks or []
         self.epochs = epochs
         self.save_period = save_period
@@ -90,7 +88,7 @@ class BaseTrainer(abc.ABC):
         self.min_delta = min_delta
         self.early_stop = early_stop
         self.scheduler_interval = scheduler_interval
-        self.metrics_csv = MetricsCsv(run.log_dir / "metrics.csv") if run is not None and is_main_process() else None
+        self.metrics_csv: MetricsCsv | None = None
 
         self.monitor_best = self.monitor.worst
         self.not_improved_count = 0
@@ -110,19 +108,38 @@ class BaseTrainer(abc.ABC):
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         """Validate after epoch `epoch`; return its averages, unprefixed ({} when there is no validation data)."""
 
-    def train(self, dry_run: bool = False) -> dict[str, Any]:
+    def train(
+        self, run: RunFolder | None = None, writer: Writer | None = None, dry_run: bool = False
+    ) -> dict[str, Any]:
         """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}.
 
-        `dry_run`: one epoch of one training and one validation batch through the real step, every hook
-        included (pass `run=None` so that nothing is written).
+        Checkpoints go to `run.checkpoint_dir` and metrics.csv to `run.log_dir` (rank 0 only), scalars and
+        pictures to `writer`, which is closed at the end; with `run` None nothing is saved. `dry_run`: one
+        epoch of one training and one validation batch through the real step, every hook included.
         """
+        self.run, self.writer = run, writer or NullWriter()
+        if run is not None and self.is_main:
+            self.metrics_csv = MetricsCsv(run.log_dir / "metrics.csv")
         self.batch_limit = 1 if dry_run else None
         last_epoch = self.start_epoch if dry_run else self.epochs
         try:
             with self._stop_on_signals(), worker_failures_as_data_errors(self.logger):
                 return self._train(last_epoch)
+        except torch.OutOfMemoryError:
+            raise OutOfMemory(self._out_of_memory_advice()) from None
         finally:
             self.writer.close()
+
+    def _out_of_memory_advice(self) -> str:
+        batch_size = self.config["data_loader"].get("args", {}).get("batch_size", "?")
+        peak = ""
+        if self.device.type == "cuda":
+            peak = f", {torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB at the peak on {self.device}"
+        return (
+            f"out of memory in epoch {self.start_epoch} with data_loader.args.batch_size {batch_size}{peak}; try a "
+            "smaller batch_size with trainer.accumulate_steps to keep the batch per optimizer step, trainer.amp=true, "
+            "or a smaller model (checkpoints of finished epochs are kept)"
+        )
 
     def _train(self, last_epoch: int) -> dict[str, Any]:
         last: dict[str, float] = {}
@@ -296,9 +313,12 @@ class BaseTrainer(abc.ABC):
         optimizer, scheduler, monitor and RNG restored. The model weights are loaded before the optimizer
         is built. Optimizer arguments changed by an override since the checkpoint apply from here on, so
         that the run's config.json says what ran (`--resume RUN --lr 0.5` trains at 0.5)."""
-        self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.load_state_dict(state[KEY_SCHEDULER])
+        try:
+            self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.load_state_dict(state[KEY_SCHEDULER])
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer or scheduler state does not fit: {e}") from None
         saved_args, args = state[KEY_CONFIG]["optimizer"].get("args", {}), self.config["optimizer"].get("args", {})
         for change in apply_changed_optimizer_args(self.optimizer, self.lr_scheduler, saved_args, args):
             self.logger.info("%s", change)

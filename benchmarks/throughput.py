@@ -164,13 +164,13 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     trainer_dir.mkdir()
     trainer = Trainer(
         model, criterion, metric_fns, optimizer, config={}, device=torch.device("cpu"),
-        data_loader=train_loader, valid_data_loader=valid_loader, run=RunFolder("bench", trainer_dir, trainer_dir),
-        writer=TensorboardWriter(work / "tb_trainer"), epochs=0, monitor="min val_loss",
+        data_loader=train_loader, valid_data_loader=valid_loader, epochs=0, monitor="min val_loss",
     )  # fmt: skip
+    trainer_run, trainer_writer = RunFolder("bench", trainer_dir, trainer_dir), TensorboardWriter(work / "tb_trainer")
 
     def trainer_epoch() -> None:
         trainer.epochs += 1
-        trainer.train()
+        trainer.train(trainer_run, trainer_writer)
 
     # -- the data paths, with the bare train step ------------------------------------------------------------------
     def our_data() -> None:
@@ -213,13 +213,14 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
         compiled_trainer = Trainer(
             compiled_model, criterion, metric_fns, torch.optim.Adam(compiled_model.parameters(), lr=1e-3),
             config={}, device=torch.device("cpu"), data_loader=train_loader, valid_data_loader=valid_loader,
-            checkpoint_dir=compiled_dir, writer=TensorboardWriter(work / "tb_compiled"), epochs=0,
-            monitor="min val_loss", compile=True,
+            epochs=0, monitor="min val_loss", compile=True,
         )  # fmt: skip
+        compiled_run = RunFolder("compiled", compiled_dir, compiled_dir)
+        compiled_writer = TensorboardWriter(work / "tb_compiled")
 
         def compiled_epoch() -> None:
             compiled_trainer.epochs += 1
-            compiled_trainer.train()
+            compiled_trainer.train(compiled_run, compiled_writer)
 
         variants["compiled"] = compiled_epoch
     times = measure(variants, repeats)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, train, tree_snapshot
-from logger.visualization import NullWriter
 from parse_config import ConfigParser
 from trainer.callbacks import Callback
 from trainer.trainer import Trainer
@@ -58,7 +57,7 @@ def trainer_with(config: dict, callbacks: list, trainer_class: type = Trainer) -
         model, parser.init_ftn("loss"), parser.init_ftn("metrics"), parser.init_obj("optimizer", model.parameters()),
         data_loader=parser.init_obj("data_loader", split="train", seed=0),
         valid_data_loader=parser.init_obj("data_loader", split="valid", seed=0),
-        config=parser.config, device=torch.device("cpu"), run=None, writer=NullWriter(), callbacks=callbacks,
+        config=parser.config, device=torch.device("cpu"), callbacks=callbacks,
         **parser["trainer"],
     )  # fmt: skip
 

@@ -56,7 +56,11 @@ def test_each_required_key_missing(key, config, tmp_path):
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [("", "not valid JSON (Expecting value at line 1, column 1)"), ("[1, 2]", "expected a JSON object at the top"),
-     ('"config"', "expected a JSON object at the top"), ("{", "not valid JSON"), ("[" * 100_000, "nested too deeply")],
+     ('"config"', "expected a JSON object at the top"), ("{", "not valid JSON"), ("[" * 100_000, "nested too deeply"),
+     ('{"name": "a", "seed": 1, "seed": 2}', "key 'seed' appears twice in one object"),
+     ('{"name": "a", "seed": NaN}', "NaN is not a number a config can hold"),
+     ('{"name": "a", "trainer": {"min_delta": -Infinity}}', "-Infinity is not a number a config can hold"),
+     ('{"extends": "config.json"}', "extends config.json: a cycle")],
 )  # fmt: skip
 def test_config_files_that_are_not_configs(text, fragment, tmp_path):
     assert_one_error_line(cli_case(tmp_path, text, "-c", "CONFIG"), fragment)
@@ -86,7 +90,21 @@ def test_a_folder_given_as_config(tmp_path):
      ("lr_scheduler.type=Cosine", "lr_scheduler.type: unknown lr_scheduler 'Cosine'"),
      ("arch.args.depth=3", "arch.args.depth: DigitsModel has no argument 'depth'"),
      ("name=a/b", "name: expected a single folder name"),
-     ("name=..", "name: expected a single folder name")],
+     ("name=..", "name: expected a single folder name"),
+     ("name=ok\n", "name: expected a single folder name"),
+     # values that pass a loose schema and would break later, or change results quietly
+     ("optimizer.args.lr=fast", "optimizer.args.lr: expected a number (default 0.001), found 'fast'"),
+     ("optimizer.args.lr=NaN", "optimizer.args.lr: expected a number"),
+     ("optimizer.args.lr=Infinity", "optimizer.args.lr: expected a number"),
+     ('arch.args.num_classes="ten"', "arch.args.num_classes: expected a number (default 10), found 'ten'"),
+     ("trainer.epochs=2.0", "trainer.epochs: expected integer, found 2.0"),
+     ("trainer.keep_last=1.0", "trainer.keep_last: expected integer or null, found 1.0"),
+     ("seed=1.0", "seed: expected integer, found 1.0"),
+     ("seed=4294967296", "seed: expected a number <= 4294967295"),
+     ("trainer.epochs=1000001", "trainer.epochs: expected a number <= 1000000"),
+     ("trainer.min_delta=NaN", 'trainer.min_delta: expected number, found "NaN"'),
+     ('metrics.1.name=val_loss', "the label 'val_loss' is the loss's or a validation column"),
+     ('metrics.1.name=accuracy', "metrics: 'accuracy' appears twice")],
 )  # fmt: skip
 def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path):
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_help_lists_options_and_the_override_syntax():
         (["-c", "config.json", "trainer.epochs=many"], ['trainer.epochs: expected integer, found "many"']),
         (
             ["-c", "config.json", "arch.type=Resnet"],
-            ["arch.type: unknown arch 'Resnet'", "valid: DigitsModel, MnistModel"],
+            ["arch.type: unknown arch 'Resnet'", "(valid: ", "DigitsModel", "from model.model)"],
         ),
         (["-c", "config.json", "data_loader.args.validation_split=5000"], ["validation_split: 5000 samples asked for"]),
         (["-c", "config.json", "-d", "7"], ["--device 7: asks for 1 GPU(s) but"]),
@@ -107,6 +108,24 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     state["state_dict"] = {**state["state_dict"], "fc2.weight": torch.zeros(5, 128)}
     torch.save(state, files["other_model"])
     files["no_folder_checkpoint"] = folder
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = os.urandom(4096)  # damaged on disk or in a copy
+    files["corrupted"] = folder / "corrupted.pth"
+    files["corrupted"].write_bytes(bytes(data))
+    files["fifo"] = folder / "fifo.pth"
+    os.mkfifo(files["fifo"])  # would block a reader forever
+    good_state = torch.load(good, weights_only=True)
+    for case, change in {
+        "version_text": {"format_version": "1"},
+        "version_negative": {"format_version": -5},
+        "weights_list": {"state_dict": [1, 2]},
+        "weights_not_tensors": {"state_dict": {"fc1.weight": [1.0, 2.0]}},
+        "config_list": {"config": [1]},
+        "epoch_text": {"epoch": "3"},
+    }.items():
+        files[case] = folder / f"{case}.pth"
+        torch.save({**good_state, **change}, files[case])
     return files
 
 
@@ -130,7 +149,15 @@ def test_bad_checkpoints_are_refused_with_one_line(script, trained_run, tmp_path
         "foreign": "not a checkpoint of this project",
         "newer": "format version 99 is newer than this code understands",
         "other_model": "weights do not fit the configured model (fc2.weight has shape (5, 128) there, (10, 128) here",
-        "no_folder_checkpoint": "folder has no last.pth",
+        "no_folder_checkpoint": "folder has no",
+        "corrupted": "checkpoint is corrupted",
+        "fifo": "not a regular file",
+        "version_text": "field 'format_version' should be a format version >= 1, found '1'",
+        "version_negative": "field 'format_version' should be a format version >= 1, found -5",
+        "weights_list": "field 'state_dict' should be a dict of parameter names to tensors, found list",
+        "weights_not_tensors": "field 'state_dict' should be a dict of parameter names to tensors",
+        "config_list": "field 'config' should be a config object, found list",
+        "epoch_text": "field 'epoch' should be a whole number >= 0, found '3'",
     }
     before = tree_snapshot(trained_run.parent.parent.parent)
     for case, path in bad.items():
@@ -146,6 +173,62 @@ def test_bad_checkpoints_are_refused_with_one_line(script, trained_run, tmp_path
         result = run_script(str(ROOT / script), "--resume", str(evil), cwd=tmp_path)
         assert_one_error_line(result, f"refused, {reason}", "a checkpoint must hold only tensors and plain values")
         assert not marker.exists()
+
+
+def test_resume_checks_every_field_and_writes_only_in_the_checkpoints_own_run_folder(trained_run, tmp_path):
+    state = torch.load(trained_run / LAST_NAME, weights_only=True)
+    saved = tmp_path / "saved"
+    cases = {
+        "monitor_text": ({"monitor_best": "low"}, "field 'monitor_best' should be a number"),
+        "batch_negative": ({"batch_in_epoch": -1}, "field 'batch_in_epoch' should be a whole number >= 0"),
+        "no_rng": ({"rng": {}}, "field 'rng' should be the random states"),
+        "mid_epoch_without_partial": (
+            {"batch_in_epoch": 3},
+            "cannot resume, the checkpoint lacks partial_epoch_metrics",
+        ),
+        "optimizer_of_another_model": (
+            {"optimizer": {"state": {}, "param_groups": [{**state["optimizer"]["param_groups"][0], "params": [0]}]}},
+            "the checkpoint's optimizer or scheduler state does not fit",
+        ),
+    }
+    for case, (change, _) in cases.items():
+        folder = saved / "models" / "Digits_CNN" / case
+        folder.mkdir(parents=True)
+        torch.save({**state, **change}, folder / LAST_NAME)
+    before = tree_snapshot(tmp_path)
+    for case, (_, fragment) in cases.items():
+        result = run_script("train.py", "--resume", str(saved / "models" / "Digits_CNN" / case), "trainer.epochs=5")
+        assert_one_error_line(result, fragment)
+    assert tree_snapshot(tmp_path) == before
+
+    # A crafted run_id and save_dir inside the checkpoint choose nothing: the run stays in its own folder.
+    crafted = saved / "models" / "Digits_CNN" / "crafted"
+    crafted.mkdir()
+    config = {**state["config"], "save_dir": str(tmp_path / "elsewhere")}
+    torch.save({**state, "run_id": "../../../../elsewhere", "config": config}, crafted / LAST_NAME)
+    result = run_script("train.py", "--resume", str(crafted), "trainer.epochs=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    assert (saved / "log" / "Digits_CNN" / "crafted" / "info.log").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
+
+
+def test_test_py_writes_to_devices_through_and_refuses_outputs_it_would_damage(trained_run, tmp_path):
+    result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", "/dev/null")
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device, not a file put in its place
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    (tmp_path / "folder").mkdir()
+    before = tree_snapshot(tmp_path)
+    for out, fragment in (
+        ("link.json", "is a symbolic link"),
+        ("folder", "is a folder"),
+        ("missing/results.json", "does not exist; create it first"),
+    ):
+        result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", str(tmp_path / out))
+        assert_one_error_line(result, fragment)
+    assert tree_snapshot(tmp_path) == before and (tmp_path / "target.json").read_text() == "{}"
 
 
 def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path, trained_run):

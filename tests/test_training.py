@@ -217,7 +217,6 @@ def test_a_diverging_loss_stops_with_the_epoch_and_batch(tiny_config, tmp_path):
 def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config):
     from torch import nn
 
-    from logger.visualization import NullWriter
     from model.model import DigitsModel
     from trainer.trainer import Trainer
     from utils.distributed import unwrap_model
@@ -228,7 +227,7 @@ def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config):
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1)
     trainer = Trainer(
         wrapped, None, {}, optimizer, data_loader=data_loader, config=tiny_config, device=torch.device("cpu"),
-        run=None, writer=NullWriter(), epochs=1,
+        epochs=1,
     )  # fmt: skip
     state = trainer.state_dict(epoch=1)
     assert set(state[KEY_STATE_DICT]) == set(DigitsModel().state_dict())

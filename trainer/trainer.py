@@ -16,7 +16,7 @@ from base.base_model import summary
 from base.base_trainer import BaseTrainer
 from utils.checkpoint import KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from utils.distributed import agree_max, describe_placement, unwrap_model
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 from utils.metric_tracker import MetricTracker
 
 
@@ -91,6 +91,11 @@ class Trainer(BaseTrainer):
         self.metric_fns = metric_fns
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader if valid_data_loader is not None and len(valid_data_loader) else None
+        if self.valid_data_loader is None and self.monitor.metric.startswith("val_"):
+            raise ConfigError(
+                f"trainer.monitor: {self.monitor.metric} needs validation data and the validation split is empty; "
+                'set data_loader.args.validation_split, or monitor a training metric ("min loss")'
+            )
         self.len_epoch = len_epoch
         self.log_step = log_step
         self.accumulate_steps = accumulate_steps

@@ -109,6 +109,7 @@ def load_checkpoint(path: str | Path, in_folder: tuple[str, ...] = (LAST_NAME,))
     # torch.save has written zip archives since PyTorch 1.6; anything else is not one of our checkpoints.
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or another format)")
+    _verify_checksums(path)
     try:
         with warnings.catch_warnings():  # a crafted file's pickle protocol warning is not the user's concern
             warnings.simplefilter("ignore")
@@ -131,12 +132,64 @@ def load_checkpoint(path: str | Path, in_folder: tuple[str, ...] = (LAST_NAME,))
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not a checkpoint of this project (keys {', '.join(REQUIRED_KEYS)} expected)")
     version = state[KEY_FORMAT]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this code understands ({FORMAT_VERSION}); "
             "update the code"
         )
+    _check_fields(path, state, REQUIRED_KEYS)
     return Checkpoint(path, state)
+
+
+def _verify_checksums(path: Path) -> None:
+    """Every record of the archive against the CRC-32 the zip format stores beside it: a checkpoint damaged
+    on disk or in a copy is refused here, instead of training on garbage weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path}: checkpoint is corrupted ({damaged} fails its checksum); use another checkpoint of the run"
+        )
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+# What each field must be; a checkpoint is input like any other, and a wrong field is one line, not a traceback.
+FIELD_CHECKS: dict[str, tuple[Any, str]] = {
+    KEY_FORMAT: (lambda v: _is_int(v, 1), "a format version >= 1"),
+    KEY_ARCH: (lambda v: isinstance(v, str), "a class name"),
+    KEY_EPOCH: (_is_int, "a whole number >= 0"),
+    KEY_STATE_DICT: (_is_tensor_dict, "a dict of parameter names to tensors"),
+    KEY_CONFIG: (lambda v: isinstance(v, dict), "a config object"),
+    KEY_OPTIMIZER_TYPE: (lambda v: isinstance(v, str), "a class name"),
+    KEY_STEP: (_is_int, "a whole number >= 0"),
+    KEY_BATCH: (_is_int, "a whole number >= 0"),
+    KEY_OPTIMIZER: (lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v), "an optimizer state"),
+    KEY_SCHEDULER: (lambda v: v is None or isinstance(v, dict), "a scheduler state or null"),
+    KEY_SCALER: (lambda v: isinstance(v, dict), "a loss scaler state"),
+    KEY_MONITOR_BEST: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    KEY_NOT_IMPROVED: (_is_int, "a whole number >= 0"),
+    KEY_BEST_RESULT: (lambda v: v is None or isinstance(v, dict), "the best epoch's results or null"),
+    KEY_RNG: (lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v), "the random states"),
+    KEY_PARTIAL: (lambda v: isinstance(v, dict) and {"sums", "counts"} <= set(v), "partial epoch metrics"),
+}
+
+
+def _check_fields(path: Path, state: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        check, expected = FIELD_CHECKS[key]
+        if not check(state[key]):
+            shown = repr(state[key]) if not isinstance(state[key], (dict, list)) else type(state[key]).__name__
+            raise CheckpointError(f"{path}: field {key!r} should be {expected}, found {shown[:60]}")
 
 
 def check_resume(checkpoint: Checkpoint, config: dict) -> None:
@@ -148,12 +201,16 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     """
     state, path = checkpoint.state, checkpoint.path
     RunFolder.of_checkpoint(path)  # the run goes on in the folder the checkpoint lies in
-    missing = [key for key in RESUME_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path}: cannot resume, the checkpoint lacks {', '.join(missing)}; "
-            "add -c CONFIG to start a new run from its weights instead"
-        )
+    for needed in (RESUME_KEYS, (KEY_PARTIAL,)):
+        missing = [key for key in needed if key not in state]
+        if missing:
+            raise CheckpointError(
+                f"{path}: cannot resume, the checkpoint lacks {', '.join(missing)}; "
+                "add -c CONFIG to start a new run from its weights instead"
+            )
+        _check_fields(path, state, needed)
+        if not state[KEY_BATCH]:  # the partial epoch's metrics only when it stopped in the middle of one
+            break
     saved = state[KEY_CONFIG]
     for key, then, now in (
         ("arch.type", state[KEY_ARCH], config["arch"]["type"]),

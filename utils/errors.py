@@ -34,6 +34,10 @@ class CallbackError(UserError):
     """A configured callback raised; its traceback goes to info.log."""
 
 
+class OutOfMemory(UserError):
+    """The device ran out of memory; the message says what to try."""
+
+
 class TrainingInterrupted(UserError):
     """SIGINT or SIGTERM stopped training after a step; the exact state was saved."""
 

@@ -7,6 +7,7 @@ a private name or an object of the wrong kind is refused with the list of valid 
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -161,7 +162,8 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
     passed_by_code = {p.name for p in named[:positional]} | set(role.keywords)
     accepted = [p.name for p in named if p.name not in passed_by_code]
     errors = []
-    for key in args:
+    by_name = {p.name: p for p in named}
+    for key, value in args.items():
         if key in passed_by_code:
             errors.append(f"{where}.args.{key}: set by the code, not the config; remove it")
         elif key not in accepted and not takes_any:
@@ -169,6 +171,8 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
                 f"{where}.args.{key_text(key)}: {label} has no argument {quoted(key)}{did_you_mean(key, accepted)} "
                 f"(accepted: {', '.join(accepted) or 'none'})"
             )
+        elif key in by_name and _wants_number(by_name[key]) and not _is_number(value):
+            errors.append(f"{where}.args.{key}: expected a number (default {by_name[key].default!r}), found {value!r}")
     for p in named:
         if p.name not in passed_by_code and p.default is p.empty and p.name not in args:
             errors.append(f"{where}.args.{p.name}: {label} needs this argument (accepted: {', '.join(accepted)})")
@@ -177,6 +181,17 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
 
 def _homes(role: Role) -> str:
     return ", ".join([*([role.module] if role.module else []), *(library for library, _ in role.libraries)])
+
+
+def _wants_number(parameter: inspect.Parameter) -> bool:
+    """A parameter typed, or defaulting to, a plain int or float."""
+    default = parameter.default
+    typed = parameter.annotation in (int, float, "int", "float")
+    return typed or (isinstance(default, (int, float)) and not isinstance(default, bool))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resolve(role_name: str, entry: str | dict) -> Callable:

@@ -100,7 +100,11 @@ def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFold
                 continue
             except OSError as e:
                 raise ConfigError(f"save_dir: cannot create {run.checkpoint_dir} ({e.strerror or e})") from None
-            _mkdir(run.log_dir, exist_ok=False)
+            try:
+                _mkdir(run.log_dir, exist_ok=False)
+            except ConfigError:
+                run.checkpoint_dir.rmdir()  # leave nothing behind: the folder was empty and ours
+                raise
             break
     write_json(config, run.checkpoint_dir / "config.json")
     return run

@@ -28,23 +28,67 @@ def read_json(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it ({e})") from None
     try:
-        return json.loads(text)
+        return strict_json_loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:
         raise ConfigError(f"{path}: JSON nested too deeply to be a config") from None
+    except ValueError as e:  # a duplicate key or NaN / Infinity, from the hooks below
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def strict_json_loads(text: str) -> Any:
+    """json.loads, refusing what Python's json accepts and a config must not hold: a key twice in one object
+    (JSON keeps the last silently) and NaN / Infinity (not JSON; NaN compares false with everything)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(f"key {repeated[0]!r} appears twice in one object; keep one")
+        return dict(pairs)
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a number a config can hold")
+
+    return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
 
 
 def write_json(content: Any, path: str | Path) -> None:
-    """Write JSON atomically: a reader never sees a half-written file."""
+    """Write JSON atomically: a reader never sees a half-written file, and a failure leaves no temporary."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=4)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=4)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work, an output the user named that cannot be written as they mean it."""
+    if path.is_symlink():
+        raise ConfigError(f"{path}: is a symbolic link; pass the path of the file itself")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; pass a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: folder {path.parent} does not exist; create it first")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ConfigError(f"{path}: cannot be written (no permission); pass --out with a writable path")
+
+
+def write_output(content: Any, path: Path) -> None:
+    """JSON to a file the user named: atomically for a regular file; written straight through for what is not
+    one (a device, a FIFO), which an atomic replace would destroy."""
+    if path.exists() and not path.is_file():
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(content, indent=4) + "\n")
+        return
+    write_json(content, path)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
