@@ -12,7 +12,7 @@ from conftest import ROOT, run_script, train, tree_snapshot
 from parse_config import ConfigParser
 from trainer.callbacks import Callback
 from trainer.trainer import Trainer
-from utils.errors import CallbackError, ConfigError
+from utils.errors import CallbackError, ConfigError, OutOfMemory
 
 
 class Recorder(Callback):
@@ -50,9 +50,9 @@ class OwnEpoch(Trainer):
         return {"loss": 0.0}
 
 
-def trainer_with(config: dict, callbacks: list, trainer_class: type = Trainer) -> Trainer:
+def trainer_with(config: dict, callbacks: list, trainer_class: type = Trainer, model=None) -> Trainer:
     parser = ConfigParser(config)
-    model = parser.init_obj("arch")
+    model = model or parser.init_obj("arch")
     return trainer_class(
         model, parser.init_ftn("loss"), parser.init_ftn("metrics"), parser.init_obj("optimizer", model.parameters()),
         data_loader=parser.init_obj("data_loader", split="train", seed=0),
@@ -97,6 +97,29 @@ def test_a_callback_that_does_not_fit_the_task_is_refused_before_the_first_epoch
         train(config, tmp_path, "tabular")
     assert "remove it from callbacks" in str(info.value)
     assert not list((tmp_path / "saved" / "models" / "Diabetes_MLP" / "tabular").glob("*.pth"))
+
+
+class Greedy(torch.nn.Module):
+    """Runs out of memory on batches larger than 16, as a too large model or batch does on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.linear(x.flatten(1)).log_softmax(dim=1)
+
+
+def test_out_of_memory_is_one_line_with_the_batch_size_and_what_to_try(tiny_config):
+    trainer = trainer_with(tiny_config, [], model=Greedy())
+    with pytest.raises(OutOfMemory) as info:
+        trainer.train()
+    assert str(info.value).startswith("out of memory in epoch 1 with data_loader.args.batch_size 64")
+    assert "trainer.accumulate_steps" in str(info.value) and "\n" not in str(info.value)
+    tiny_config["data_loader"]["args"]["batch_size"] = 16
+    assert trainer_with(tiny_config, [], model=Greedy()).train()["last"]["epoch"] == 2
 
 
 def test_unknown_callbacks_list_the_valid_ones(tiny_config, tmp_path):

@@ -278,3 +278,41 @@ def test_a_failing_worker_in_test_py_is_one_line_too(tiny_config, tmp_path, monk
     monkeypatch.setattr(InMemoryImages, "__getitem__", getitem)
     with pytest.raises(DataError, match=r"^ValueError in DataLoader worker process \d: ValueError: unreadable image$"):
         evaluate(run.checkpoint_dir, "data_loader.args.num_workers=2")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_state() -> dict:
+    """A real checkpoint's state, from a trainer that has not trained (cheap)."""
+    from trainer.trainer import Trainer
+
+    config = ConfigParser(json.loads((ROOT / "config.json").read_text())).config
+    parser = ConfigParser(config)
+    model = parser.init_obj("arch")
+    trainer = Trainer(
+        model, parser.init_ftn("loss"), parser.init_ftn("metrics"), parser.init_obj("optimizer", model.parameters()),
+        data_loader=parser.init_obj("data_loader", split="train", seed=0), config=config,
+        device=torch.device("cpu"), **{**config["trainer"], "monitor": "off"},
+    )  # fmt: skip
+    return trainer.state_dict(epoch=1)
+
+
+field_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=12)
+field_values = field_values | st.lists(st.integers(), max_size=3) | st.dictionaries(st.text(max_size=5), st.integers())
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_checkpoint_fields_are_loaded_or_refused_in_one_line(data, checkpoint_state, tmp_path):
+    from utils.checkpoint import check_resume
+
+    key = data.draw(st.sampled_from(sorted(checkpoint_state)))
+    value = data.draw(field_values)
+    folder = tmp_path / "saved" / "models" / "Digits_CNN" / "run"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({**checkpoint_state, key: value}, folder / LAST_NAME)
+    try:
+        checkpoint = load_checkpoint(folder / LAST_NAME)
+        config = ConfigParser.load(resume=checkpoint, overrides=["trainer.epochs=5"]).config
+        check_resume(checkpoint, config)
+    except (CheckpointError, ConfigError) as e:
+        assert str(e) and "\n" not in str(e)
