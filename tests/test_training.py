@@ -107,7 +107,8 @@ def test_resume_refuses_a_finished_run_and_a_changed_architecture(tiny_config, t
     ):
         train(None, tmp_path, resume=run.checkpoint_dir / LAST_NAME)
     with pytest.raises(
-        ConfigError, match=r"arch\.type: the checkpoint was trained with DigitsModel, the config asks for MnistModel"
+        ConfigError,
+        match=r'arch\.type: the checkpoint was trained with "DigitsModel", the config asks for "MnistModel"',
     ):
         train(None, tmp_path, overrides=["arch.type=MnistModel", "arch.args={}"], resume=run.checkpoint_dir)
 

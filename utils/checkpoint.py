@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError, shown
 from utils.run_folder import RunFolder
 
 FORMAT_VERSION = 1
@@ -219,8 +219,8 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     ):
         if then != now:
             raise ConfigError(
-                f"{key}: the checkpoint was trained with {then}, the config asks for {now}; a resumed run keeps "
-                "what its state was saved with; add -c CONFIG to fine-tune from its weights instead"
+                f"{key}: the checkpoint was trained with {shown(then)}, the config asks for {shown(now)}; a resumed "
+                "run keeps what its state was saved with; add -c CONFIG to fine-tune from its weights instead"
             )
     done, epochs = state[KEY_EPOCH], config["trainer"]["epochs"]
     if done >= epochs and not state[KEY_BATCH]:
