@@ -5,11 +5,10 @@ cd ../myproj && python train.py -c config.json
 """
 
 import shutil
-import sys
 from pathlib import Path
 
 from parse_config import ArgumentParser
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, one_line_errors
 
 TEMPLATE = Path(__file__).resolve().parent
 # Never copied: version control, runs, downloaded data, caches and virtual environments.
@@ -61,11 +60,9 @@ def build_parser() -> ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        created = main(build_parser().parse_args().target)
-    except UserError as e:
-        print(f"{e.label}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except OSError as e:
-        sys.exit(f"error: could not create the project: {e}")
+    with one_line_errors(interrupted="stopped while copying; remove the target folder and try again"):
+        try:
+            created = main(build_parser().parse_args().target)
+        except OSError as e:
+            raise ConfigError(f"could not create the project: {e}") from None
     print(f"New project in {created}\nNext: cd {created} && python train.py -c config.json")

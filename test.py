@@ -7,13 +7,12 @@ python test.py --resume saved/models/<name>/<run_id>/model_best.pth --split vali
 import hashlib
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from parse_config import ArgumentParser, ConfigParser
 from train import select_devices
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -119,11 +118,5 @@ def results_path(checkpoint: Path, split: str, config: str | None, overrides: li
 
 
 if __name__ == "__main__":
-    try:
+    with one_line_errors(interrupted="stopped before the evaluation finished; nothing was written"):
         main(*parse_args())
-    except UserError as e:
-        print(f"{e.label}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before training began (during it, the trainer saves and says so)
-        print("interrupted: stopped before the evaluation finished; nothing was written", file=sys.stderr)
-        sys.exit(130)

@@ -9,12 +9,11 @@ python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.j
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from parse_config import ArgumentParser, ConfigParser
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, one_line_errors
 from utils.run_folder import check_run_id
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -165,15 +164,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
 
 
 if __name__ == "__main__":
-    try:
+    with one_line_errors(interrupted="stopped before training started; nothing was saved"):
         config, options, args = parse_args()
         if args.print_config:
             print(json.dumps(config.config, indent=4))
         else:
             main(config, **options)
-    except UserError as e:
-        print(f"{e.label}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before training began (during it, the trainer saves and says so)
-        print("interrupted: stopped before training started; nothing was saved", file=sys.stderr)
-        sys.exit(130)

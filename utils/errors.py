@@ -1,10 +1,12 @@
 """The one exception family that entry points turn into a single error line (no traceback), and the
 helpers that name keys, values and close matches in those lines."""
 
+import contextlib
 import difflib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 
@@ -16,6 +18,20 @@ class UserError(Exception):
 
     label = "error"
     exit_code = 1
+
+
+@contextlib.contextmanager
+def one_line_errors(interrupted: str) -> Iterator[None]:
+    """How an entry script ends on bad input: a UserError prints its one line and exits with its code, and
+    Ctrl-C before the trainer takes over signals prints `interrupted: <interrupted>` and exits with 130."""
+    try:
+        yield
+    except UserError as e:
+        print(f"{e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        sys.exit(130)
 
 
 class ConfigError(UserError):
