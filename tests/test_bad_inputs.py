@@ -103,8 +103,8 @@ def test_a_folder_given_as_config(tmp_path):
      ("seed=4294967296", "seed: expected a number <= 4294967295"),
      ("trainer.epochs=1000001", "trainer.epochs: expected a number <= 1000000"),
      ("trainer.min_delta=NaN", 'trainer.min_delta: expected number, found "NaN"'),
-     ('metrics.1.name=val_loss', "the label 'val_loss' is the loss's or a validation column"),
-     ('metrics.1.name=accuracy', "metrics: 'accuracy' appears twice")],
+     ('metrics=["accuracy", {"type": "top_k_acc", "name": "val_loss"}]', "the label 'val_loss' is the loss's"),
+     ('metrics=["accuracy", {"type": "top_k_acc", "name": "accuracy"}]', "metrics: 'accuracy' appears twice")],
 )  # fmt: skip
 def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path):
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)

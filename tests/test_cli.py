@@ -206,7 +206,7 @@ def test_resume_checks_every_field_and_writes_only_in_the_checkpoints_own_run_fo
     crafted.mkdir()
     config = {**state["config"], "save_dir": str(tmp_path / "elsewhere")}
     torch.save({**state, "run_id": "../../../../elsewhere", "config": config}, crafted / LAST_NAME)
-    result = run_script("train.py", "--resume", str(crafted), "trainer.epochs=3", cwd=tmp_path)
+    result = run_script(str(ROOT / "train.py"), "--resume", str(crafted), "trainer.epochs=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "elsewhere").exists()
     assert (saved / "log" / "Digits_CNN" / "crafted" / "info.log").exists()
