@@ -85,6 +85,8 @@ def worker_failure(error: BaseException) -> str | None:
         return f"{lines[0].removeprefix('Caught ').rstrip('.')}: {lines[-1]}"
     if isinstance(error, RuntimeError) and text.startswith("DataLoader worker"):
         return text.strip().splitlines()[0]
+    if isinstance(error, ConnectionResetError):  # a worker killed (SIGSEGV) while the main process read from it
+        return f"a DataLoader worker died ({text or 'connection reset'})"
     return None
 
 

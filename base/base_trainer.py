@@ -114,7 +114,8 @@ class BaseTrainer(abc.ABC):
         """Run the remaining epochs; return {"last": last epoch's results, "best": best epoch's or None}.
 
         Checkpoints go to `run.checkpoint_dir` and metrics.csv to `run.log_dir` (rank 0 only), scalars and
-        pictures to `writer`, which is closed at the end; with `run` None nothing is saved. `dry_run`: one
+        pictures to `writer`; both are let go at the end (the writer closed, the run folder released). With
+        `run` None nothing is saved. `dry_run`: one
         epoch of one training and one validation batch through the real step, every hook included.
         """
         self.run, self.writer = run, writer or NullWriter()
@@ -129,6 +130,8 @@ class BaseTrainer(abc.ABC):
             raise OutOfMemory(self._out_of_memory_advice()) from None
         finally:
             self.writer.close()
+            if run is not None:
+                run.release()
 
     def _out_of_memory_advice(self) -> str:
         batch_size = self.config["data_loader"].get("args", {}).get("batch_size", "?")

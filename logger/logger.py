@@ -38,6 +38,9 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
                 handler["filename"] = str(log_dir / handler["filename"])
     config["root"]["level"] = LOG_LEVELS[verbosity]
     logging.config.dictConfig(config)
+    # A log line that cannot be written (a full disk) must not print a traceback of its own, once per line:
+    # the save that fails on the same disk ends the run with one line.
+    logging.raiseExceptions = False
     if log_dir is None:
         early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
         early.setLevel(logging.INFO)

@@ -91,9 +91,10 @@ def test_ddp_early_stopping_and_resume_keep_all_ranks_together(ddp_config, tmp_p
     assert load_checkpoint(run / LAST_NAME).state[KEY_EPOCH] == 4
 
 
-def _start_training(config_path: Path, *args: str) -> subprocess.Popen:
+def _start_training(config_path: Path | None, *args: str) -> subprocess.Popen:
+    config = ["-c", str(config_path)] if config_path is not None else []
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "-c", str(config_path), *args],
+        [sys.executable, str(ROOT / "train.py"), *config, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -135,6 +136,24 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
     # The epoch-2 numbers, half of them summed before the signal, equal the uninterrupted run's exactly.
     best = load_checkpoint(run / LAST_NAME).state["best_result"]
     assert best == load_checkpoint(straight_run / LAST_NAME).state["best_result"]
+
+
+def test_a_run_in_use_is_refused_to_a_second_command(tiny_config, tmp_path):
+    tiny_config["trainer"]["epochs"] = 1
+    path = write(tiny_config, tmp_path / "config.json")
+    assert run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "busy").returncode == 0
+    run = Path(tiny_config["save_dir"]) / "models" / "Digits_CNN" / "busy"
+    first = _start_training(None, "--resume", str(run), "trainer.epochs=400")
+    for line in first.stdout:  # the first command holds the run once it trains
+        if line.startswith("    epoch          : 2"):
+            break
+    second = run_script(str(ROOT / "train.py"), "--resume", str(run), "trainer.epochs=400")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 1 and len(lines) == 1, second.stderr
+    assert "the run is in use by train.py, pid" in lines[0] and "wait for it to finish" in lines[0]
+    assert not (Path(tiny_config["save_dir"]) / "log" / "Digits_CNN" / "busy" / ".lock").exists()  # released
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

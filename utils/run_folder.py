@@ -7,10 +7,15 @@ A new run never reuses a folder. A resumed run continues in the folder its check
 location of the file decides, never a field inside it.
 """
 
+import dataclasses
+import fcntl
+import os
 import re
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from utils.errors import ConfigError
 from utils.util import write_json
@@ -23,6 +28,14 @@ class RunFolder:
     run_id: str
     checkpoint_dir: Path
     log_dir: Path
+    # Rank 0's hold on <log_dir>/.lock while it trains: a second command on the same run is refused.
+    lock: IO | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Let another command use the run folder (at the end of training; process exit does it too)."""
+        if self.lock is not None and not self.lock.closed:
+            (self.log_dir / ".lock").unlink(missing_ok=True)  # while still held: nobody else holds this file
+            self.lock.close()
 
     @classmethod
     def for_new_run(cls, save_dir: str | Path, name: str, run_id: str) -> "RunFolder":
@@ -69,21 +82,26 @@ def create_run_folder(config: dict, run_id: str | None = None, resume_from: Path
     from utils.distributed import broadcast_object, is_main_process
 
     outcome: tuple[RunFolder | None, str] = (None, "")
+    own = None
     if is_main_process():
         try:
-            outcome = (_make(config, run_id, resume_from), "")
+            own = _make(config, run_id, resume_from)
+            outcome = (dataclasses.replace(own, lock=None), "")
         except ConfigError as e:
             outcome = (None, str(e))
     run, error = broadcast_object(outcome)
     if error:
         raise ConfigError(error)
-    return run
+    return own or run
 
 
 def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFolder:
     if resume_from is not None:
         run = RunFolder.of_checkpoint(resume_from)
         _mkdir(run.log_dir, exist_ok=True)
+        run = dataclasses.replace(run, lock=_lock(run))
+        for orphan in run.checkpoint_dir.glob(".*.tmp"):  # left by a save that was killed
+            orphan.unlink()
     else:
         check_run_id(config, run_id)
         # Two runs started in the same second get <time> and <time>_1.
@@ -105,9 +123,32 @@ def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFold
             except ConfigError:
                 run.checkpoint_dir.rmdir()  # leave nothing behind: the folder was empty and ours
                 raise
+            run = dataclasses.replace(run, lock=_lock(run))
             break
     write_json(config, run.checkpoint_dir / "config.json")
     return run
+
+
+def _lock(run: RunFolder) -> IO:
+    """Hold <log_dir>/.lock (released when the process ends, however it ends), or say who holds it."""
+    try:
+        handle = (run.log_dir / ".lock").open("a+")
+    except OSError as e:
+        raise ConfigError(f"save_dir: cannot write in {run.log_dir} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"{run.checkpoint_dir}: the run is in use by {holder}; wait for it to finish, or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"train.py, pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle
 
 
 def _mkdir(folder: Path, exist_ok: bool) -> None:
