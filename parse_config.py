@@ -16,14 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from utils.errors import ConfigError, did_you_mean, dotted, key_text, quoted, shown
-from utils.names import check_names, metric_name, resolve
+from utils.errors import ConfigError, UserError, describe_exception, did_you_mean, dotted, key_text, quoted, shown
+from utils.names import check_names, metric_name, resolve, type_name
 from utils.util import read_json, strict_json_loads
 
 if TYPE_CHECKING:  # torch is imported only once a config is validated, so that --help answers without it
     from utils.checkpoint import Checkpoint
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "utils" / "config_schema.json"
+PROJECT = Path(__file__).resolve().parent
+SCHEMA_PATH = PROJECT / "utils" / "config_schema.json"
+
+# Classes of torch a config can name but this trainer cannot drive, with the reason.
+UNSUPPORTED = {
+    "LBFGS": "its step() needs a closure that re-evaluates the model, and the trainer's step passes none",
+    "SparseAdam": "it takes sparse gradients only (nn.Embedding(sparse=True)); use Adam or AdamW",
+    "SequentialLR": "it takes other schedulers as objects, which a config cannot build; use one scheduler",
+    "ChainedScheduler": "it takes other schedulers as objects, which a config cannot build; use one scheduler",
+    "LambdaLR": "its lr_lambda is a Python function, which a config cannot hold; use StepLR, MultiStepLR, ...",
+    "MultiplicativeLR": "its lr_lambda is a Python function, which a config cannot hold; use ExponentialLR",
+}
 
 
 # JSON Schema counts 2.0 as an integer; a config that says 2.0 epochs is refused instead of half-accepted.
@@ -60,8 +71,14 @@ def read_config(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     base_path = path.parent / base_name
     if base_path.resolve() in chain:
         cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
-        raise ConfigError(f"{path}: extends {base_name}: a cycle ({cycle}); a config cannot extend itself")
-    return merge(read_config(base_path, chain), config)
+        raise ConfigError(
+            f"{path}: extends {base_name}: a cycle ({cycle}); a config cannot extend itself, directly or through others"
+        )
+    try:
+        base = read_config(base_path, chain)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: extends {base_name}: {e}") from None
+    return merge(base, config)
 
 
 def merge(base: dict, changes: dict) -> dict:
@@ -215,6 +232,10 @@ def validate(config: dict) -> None:
         raise ConfigError("; ".join(errors))
     fill_defaults(config, schema)
     errors = check_names(config)
+    for role in ("optimizer", "lr_scheduler"):
+        chosen = config[role]["type"] if config[role] else None
+        if chosen in UNSUPPORTED:
+            errors.append(f"{role}.type: {chosen} is not supported: {UNSUPPORTED[chosen]}")
 
     labels = [metric_name(m) for m in config["metrics"]]
     duplicates = sorted({n for n in labels if labels.count(n) > 1})
@@ -272,7 +293,11 @@ class ConfigParser:
         from utils.checkpoint import KEY_CONFIG
 
         if config_path is None and resume is None:
-            raise ConfigError("no config given: pass -c config.json for a new run, or -r CHECKPOINT to resume one")
+            named = [o for o in overrides if o.endswith(".json") and "=" not in o]
+            hint = f"; did you mean -c {named[0]}?" if named else ""
+            raise ConfigError(
+                f"no config given: pass -c config.json for a new run, or -r CHECKPOINT to resume one{hint}"
+            )
         if config_path is not None:
             config = read_config(Path(config_path))
         else:
@@ -293,12 +318,25 @@ class ConfigParser:
         For a list of class entries (callbacks) return the list of objects.
         """
         if isinstance(self.config[name], list):
-            return [resolve(name, entry)(*args, **kwargs) for entry in self.config[name]]
-        return resolve(name, self.config[name])(*args, **kwargs)
+            return [self._build(f"{name}.{i}", name, e, args, kwargs) for i, e in enumerate(self.config[name])]
+        return self._build(name, name, self.config[name], args, kwargs)
 
     def init_ftn(self, name: str) -> Callable | dict[str, Callable]:
         """A function entry with its config args bound (the loss); for a list of function entries (the
         metrics) a dict of label -> function, in config order."""
         if isinstance(self.config[name], list):
-            return {metric_name(entry): resolve(name, entry) for entry in self.config[name]}
-        return resolve(name, self.config[name])
+            return {metric_name(e): self._build(f"{name}.{i}", name, e) for i, e in enumerate(self.config[name])}
+        return self._build(name, name, self.config[name])
+
+    @staticmethod
+    def _build(where: str, role: str, entry: str | dict, args: tuple = (), kwargs: dict | None = None) -> Any:
+        """resolve() and, for a class entry, the call; what the constructor raises becomes one line naming the
+        entry, the error and the line of code it came from (the user's own model or data code, often)."""
+        called = kwargs is not None
+        try:
+            built = resolve(role, entry)
+            return built(*args, **kwargs) if called else built
+        except UserError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"{where}: {type_name(entry)} could not be built: {describe_exception(e)}") from None

@@ -87,9 +87,9 @@ def build_parser() -> ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path]:
     """main's arguments: the validated config, the checkpoint, the split and the results file."""
-    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
-
     args = build_parser().parse_args(argv)
+    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint  # torch: only once --help is out of the way
+
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
     config = ConfigParser.load(args.config, checkpoint, args.overrides)
@@ -97,20 +97,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         config,
         checkpoint,
         args.split,
-        results_path(checkpoint.path, args.split, args.config, args.overrides, args.out),
+        results_path(checkpoint, args.split, args.config, args.overrides, args.out),
     )
 
 
-def results_path(checkpoint: Path, split: str, config: str | None, overrides: list[str], out: str | None) -> Path:
-    """`--out`, or beside the checkpoint a name that says what was evaluated: <checkpoint>.<split>.json, with a
-    hash of -c and the overrides when there are any. An earlier result is never overwritten without --out."""
+def results_path(
+    checkpoint: "Checkpoint", split: str, config: str | None, overrides: list[str], out: str | None
+) -> Path:
+    """`--out`, or beside the checkpoint a name that says what was evaluated: the checkpoint's name and epoch
+    (model_best.pth is rewritten as training goes on), the split, and a hash of -c and the overrides when
+    there are any: model_best.epoch17.test.json. An earlier result is never overwritten without --out."""
+    from utils.checkpoint import KEY_EPOCH
+
     if out is not None:
         check_output_path(Path(out))
         return Path(out)
-    name = f"{checkpoint.stem}.{split}"
+    name = f"{checkpoint.path.stem}.epoch{checkpoint.state[KEY_EPOCH]}.{split}"
     if config is not None or overrides:
         name += "." + hashlib.sha256(json.dumps([config, overrides]).encode()).hexdigest()[:8]
-    path = checkpoint.with_name(f"{name}.json")
+    path = checkpoint.path.with_name(f"{name}.json")
     if path.exists():
         raise ConfigError(f"{path}: an earlier result of the same evaluation exists; pass --out FILE, or remove it")
     check_output_path(path)

@@ -74,7 +74,7 @@ def main(
         optimizer = config.init_obj("optimizer", [p for p in model.parameters() if p.requires_grad])
         lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config["lr_scheduler"] else None
 
-        # the trainer, and where a resumed run stopped: still nothing written
+        # the trainer, and where a resumed run stopped
         trainer = Trainer(
             model, criterion, metrics, optimizer, lr_scheduler,
             data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
@@ -83,9 +83,14 @@ def main(
         if resume:
             trainer.load_state_dict(resume.state)
 
-        # everything is valid: only now make the run folder, start info.log and TensorBoard, and train
-        run = None if dry_run else create_run_folder(config.config, run_id, resume.path if resume else None)
-        result = trainer.train(run, start_run_logging(run, config.config), dry_run=dry_run)
+        # one training and one validation batch through the real step, on a copy of the state: what a config
+        # breaks only when it runs fails here, before anything is written (a dry run is this and no more)
+        result = trainer.rehearse()
+        run = None
+        if not dry_run:
+            # everything is valid: only now make the run folder, start info.log and TensorBoard, and train
+            run = create_run_folder(config.config, run_id, resume.path if resume else None)
+            result = trainer.train(run, start_run_logging(run, config.config))
     log_summary(result, config["trainer"]["monitor"], run.checkpoint_dir if run else None)
     return result
 
@@ -136,9 +141,9 @@ def select_devices(devices: str | None) -> None:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, Any], argparse.Namespace]:
     """The validated config, main's other arguments and the parsed flags; raise a UserError on bad input."""
-    from utils.checkpoint import check_resume, load_checkpoint
-
     args = build_parser().parse_args(argv)
+    from utils.checkpoint import check_resume, load_checkpoint  # torch: only once --help is out of the way
+
     overrides = [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None

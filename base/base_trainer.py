@@ -11,6 +11,7 @@ every callback hook, so a subclass that rewrites an epoch never loses one:
 
 import abc
 import contextlib
+import copy
 import logging
 import signal
 import threading
@@ -48,7 +49,15 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.distributed import agree_max, is_distributed, is_main_process, unwrap_model
-from utils.errors import CallbackError, CheckpointError, ConfigError, OutOfMemory, TrainingInterrupted
+from utils.errors import (
+    CallbackError,
+    CheckpointError,
+    ConfigError,
+    OutOfMemory,
+    TrainingInterrupted,
+    UserError,
+    describe_exception,
+)
 from utils.monitor import Monitor
 from utils.run_folder import RunFolder
 
@@ -316,6 +325,10 @@ class BaseTrainer(abc.ABC):
         optimizer, scheduler, monitor and RNG restored. The model weights are loaded before the optimizer
         is built. Optimizer arguments changed by an override since the checkpoint apply from here on, so
         that the run's config.json says what ran (`--resume RUN --lr 0.5` trains at 0.5)."""
+        self._restore(state)
+        self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
+
+    def _restore(self, state: dict[str, Any]) -> None:
         try:
             self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
             if self.lr_scheduler is not None:
@@ -331,7 +344,32 @@ class BaseTrainer(abc.ABC):
         self.not_improved_count = state[KEY_NOT_IMPROVED]
         self.best_result = state[KEY_BEST_RESULT]
         restore_rng_state(state[KEY_RNG])
-        self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
+
+    def rehearse(self) -> dict[str, Any]:
+        """Send one training and one validation batch through the real step, hooks included, on a throw-away
+        copy of the state, and restore the state exactly (weights, optimizer, scheduler, counters, RNG).
+
+        What a config breaks only when it runs -- a model's forward, the loss, a metric, the optimizer's or
+        scheduler's step -- then fails here, in one line, before the run folder is made. Callbacks see this
+        batch too, with a NullWriter. Returns the batch's results: a dry run is this and nothing more.
+        """
+        epoch = self.start_epoch - (0 if self.start_batch else 1)
+        snapshot = copy.deepcopy(self.state_dict(epoch, self.start_batch))
+        self.logger.disabled = True  # the rehearsal's epoch lines are not the run's
+        try:
+            result = self.train(dry_run=True)
+        except UserError:
+            raise
+        except Exception as e:
+            raise ConfigError(
+                f"the first training batch failed, before anything was written: {describe_exception(e)}; "
+                "check arch, loss, metrics, optimizer and lr_scheduler"
+            ) from None
+        finally:
+            self.logger.disabled = False
+        unwrap_model(self.model).load_state_dict(snapshot[KEY_STATE_DICT])
+        self._restore(snapshot)
+        return result
 
     def _save(self, path: Any, epoch: int, batch: int = 0) -> None:
         """Write a checkpoint (rank 0 only: every rank holds the same state)."""

@@ -41,6 +41,9 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
     # A log line that cannot be written (a full disk) must not print a traceback of its own, once per line:
     # the save that fails on the same disk ends the run with one line.
     logging.raiseExceptions = False
+    # Library warnings (a zero-size layer, a deprecated argument) become log lines: on the console and in
+    # info.log like everything else, never extra lines on stderr, which holds only the one error line.
+    logging.captureWarnings(True)
     if log_dir is None:
         early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
         early.setLevel(logging.INFO)

@@ -8,9 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from base.base_model import BaseModel
-from model.mlp import MLP
-
-__all__ = ["MLP", "DigitsModel", "MnistModel"]
+from model.mlp import MLP  # selectable by its name: an import here is how a model in its own file is found
 
 
 class DigitsModel(BaseModel):

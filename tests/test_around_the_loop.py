@@ -122,6 +122,21 @@ def test_out_of_memory_is_one_line_with_the_batch_size_and_what_to_try(tiny_conf
     assert trainer_with(tiny_config, [], model=Greedy()).train()["last"]["epoch"] == 2
 
 
+def test_the_rehearsal_before_training_leaves_no_trace(tiny_config):
+    tiny_config["data_loader"]["args"]["augment"] = True  # dropout and augmentation draw random numbers
+
+    def trained(rehearse: bool) -> tuple[dict, dict]:
+        torch.manual_seed(0)
+        trainer = trainer_with(tiny_config, [])
+        if rehearse:
+            assert set(trainer.rehearse()["last"]) >= {"loss", "val_loss"} and trainer.start_epoch == 1
+        return trainer.train(), trainer.model.state_dict()
+
+    (plain, plain_weights), (rehearsed, rehearsed_weights) = trained(False), trained(True)
+    assert plain == rehearsed
+    assert all(torch.equal(plain_weights[k], rehearsed_weights[k]) for k in plain_weights)
+
+
 def test_unknown_callbacks_list_the_valid_ones(tiny_config, tmp_path):
     tiny_config["callbacks"] = [{"type": "ImageLogger"}]
     with pytest.raises(

@@ -93,10 +93,10 @@ def test_a_folder_given_as_config(tmp_path):
      ("name=..", "name: expected a single folder name"),
      ("name=ok\n", "name: expected a single folder name"),
      # values that pass a loose schema and would break later, or change results quietly
-     ("optimizer.args.lr=fast", "optimizer.args.lr: expected a number (default 0.001), found 'fast'"),
+     ("optimizer.args.lr=fast", "optimizer.args.lr: expected a number; Adam's default is 0.001; found 'fast'"),
      ("optimizer.args.lr=NaN", "optimizer.args.lr: expected a number"),
      ("optimizer.args.lr=Infinity", "optimizer.args.lr: expected a number"),
-     ('arch.args.num_classes="ten"', "arch.args.num_classes: expected a number (default 10), found 'ten'"),
+     ('arch.args.num_classes="ten"', "arch.args.num_classes: expected a number; DigitsModel's default is 10"),
      ("trainer.epochs=2.0", "trainer.epochs: expected integer, found 2.0"),
      ("trainer.keep_last=1.0", "trainer.keep_last: expected integer or null, found 1.0"),
      ("seed=1.0", "seed: expected integer, found 1.0"),
@@ -104,7 +104,19 @@ def test_a_folder_given_as_config(tmp_path):
      ("trainer.epochs=1000001", "trainer.epochs: expected a number <= 1000000"),
      ("trainer.min_delta=NaN", 'trainer.min_delta: expected number, found "NaN"'),
      ('metrics=["accuracy", {"type": "top_k_acc", "name": "val_loss"}]', "the label 'val_loss' is the loss's"),
-     ('metrics=["accuracy", {"type": "top_k_acc", "name": "accuracy"}]', "metrics: 'accuracy' appears twice")],
+     ('metrics=["accuracy", {"type": "top_k_acc", "name": "accuracy"}]', "metrics: 'accuracy' appears twice"),
+     # values that only break when they run: built, then one batch through the real step, before any folder
+     ("optimizer.args.lr=-1", "optimizer: Adam could not be built: ValueError: Invalid learning rate: -1"),
+     ("data_loader.args.num_workers=-1", "data_loader: DigitsDataLoader could not be built: ValueError"),
+     ('callbacks=[{"type": "ParameterHistograms", "args": {"every": 0}}]', "callbacks.0: ParameterHistograms could"),
+     ("metrics.1.args.k=100", "the first training batch failed, before anything was written: RuntimeError: selected"),
+     ("arch.args.channels=0", "the first training batch failed, before anything was written: RuntimeError"),
+     ('loss={"type": "cross_entropy", "args": {"label_smoothing": 5}}', "the first training batch failed"),
+     ('lr_scheduler={"type": "StepLR", "args": {"step_size": 0}}', "ZeroDivisionError"),
+     ("optimizer.type=LBFGS", "optimizer.type: LBFGS is not supported: its step() needs a closure"),
+     ("optimizer.type=SparseAdam", "optimizer.type: SparseAdam is not supported"),
+     ('lr_scheduler={"type": "SequentialLR", "args": {"schedulers": [], "milestones": []}}', "is not supported"),
+     ('lr_scheduler={"type": "LambdaLR", "args": {"lr_lambda": "x"}}', "LambdaLR is not supported")],
 )  # fmt: skip
 def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path):
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)

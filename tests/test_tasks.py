@@ -77,4 +77,6 @@ def test_victoresques_own_config_trains_unchanged_on_mnist_files(tmp_path):
     assert len(runs) == 1 and (runs[0] / "model_best.pth").exists()
     assert (tmp_path / "saved" / "log" / "Mnist_LeNet" / runs[0].name / "info.log").exists()
     result = run_script(str(ROOT / "test.py"), "-r", str(runs[0]), cwd=tmp_path)
-    assert result.returncode == 0 and json.loads((runs[0] / "model_best.test.json").read_text())["n_samples"] == 50
+    assert result.returncode == 0, result.stderr
+    (result_file,) = runs[0].glob("model_best.epoch*.test.json")
+    assert json.loads(result_file.read_text())["n_samples"] == 50

@@ -65,7 +65,8 @@ def test_test_py_reproduces_the_trainers_numbers_on_the_same_data(tiny_config, t
     assert evaluated["accuracy"] == pytest.approx(result["best"]["val_accuracy"], abs=1e-6)
     assert evaluated["loss"] == pytest.approx(result["best"]["val_loss"], abs=1e-6)
     assert evaluated["top_k_acc"] == pytest.approx(result["best"]["val_top_k_acc"], abs=1e-6)
-    assert (run.checkpoint_dir / "model_best.valid.json").exists()
+    best_epoch = result["best"]["epoch"]
+    assert (run.checkpoint_dir / f"model_best.epoch{best_epoch}.valid.json").exists()
     held_out = evaluate(run.checkpoint_dir / BEST_NAME, "--out", str(tmp_path / "test.json"))
     assert held_out["n_samples"] == 359 and held_out["accuracy"] > 0.85
 
@@ -74,12 +75,15 @@ def test_test_py_takes_a_run_folders_best_checkpoint_and_never_overwrites_a_resu
     tiny_config["trainer"]["monitor"] = "max val_accuracy"
     _, run = train(tiny_config, tmp_path, "results")
     first = evaluate(run.checkpoint_dir)  # a run folder: its model_best.pth
-    written = json.loads((run.checkpoint_dir / "model_best.test.json").read_text())
+    best_epoch = load_checkpoint(run.checkpoint_dir / BEST_NAME).state[KEY_EPOCH]
+    written = json.loads((run.checkpoint_dir / f"model_best.epoch{best_epoch}.test.json").read_text())
     assert written["checkpoint"] == str(run.checkpoint_dir / BEST_NAME) and written["accuracy"] == first["accuracy"]
-    with pytest.raises(ConfigError, match=r"model_best\.test\.json: an earlier result of the same evaluation exists"):
+    with pytest.raises(
+        ConfigError, match=r"model_best\.epoch\d+\.test\.json: an earlier result of the same evaluation"
+    ):
         evaluate(run.checkpoint_dir)
     other = evaluate(run.checkpoint_dir, "data_loader.args.batch_size=7")  # named by a hash of the overrides
-    assert len(list(run.checkpoint_dir.glob("model_best.test.*.json"))) == 1
+    assert len(list(run.checkpoint_dir.glob(f"model_best.epoch{best_epoch}.test.*.json"))) == 1
     assert other == pytest.approx(first, abs=1e-6)  # per-sample averages do not depend on the batch size
 
 
@@ -103,7 +107,7 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tiny_confi
 def test_resume_refuses_a_finished_run_and_a_changed_architecture(tiny_config, tmp_path):
     _, run = train(tiny_config, tmp_path, "done")
     with pytest.raises(
-        ConfigError, match=r"the checkpoint has finished epoch 2 of 2; pass trainer\.epochs=N with N > 2"
+        ConfigError, match=r"has finished epoch 2 and trainer\.epochs is 2; pass trainer\.epochs=N with N > 2"
     ):
         train(None, tmp_path, resume=run.checkpoint_dir / LAST_NAME)
     with pytest.raises(

@@ -91,7 +91,9 @@ def resolve_checkpoint_path(path: str | Path, in_folder: tuple[str, ...] = (LAST
             if (path / name).is_file():
                 return path / name
         found = sorted(p.name for p in path.glob("*.pth"))
+        runs = sorted(p.name for p in path.iterdir() if p.is_dir() and any(p.glob("*.pth")))
         hint = f"; it has {', '.join(found)}" if found else ""
+        hint += f"; it holds the run folders {', '.join(runs[-5:])}: pass one of them" if runs else ""
         raise CheckpointError(
             f"{path}: folder has no {' or '.join(in_folder)}{hint}; pass a checkpoint file with --resume"
         )
@@ -225,7 +227,7 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     done, epochs = state[KEY_EPOCH], config["trainer"]["epochs"]
     if done >= epochs and not state[KEY_BATCH]:
         raise ConfigError(
-            f"trainer.epochs: the checkpoint has finished epoch {done} of {epochs}; "
+            f"trainer.epochs: the checkpoint has finished epoch {done} and trainer.epochs is {epochs}; "
             f"pass trainer.epochs=N with N > {done} to train further"
         )
 

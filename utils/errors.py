@@ -4,10 +4,15 @@ helpers that name keys, values and close matches in those lines."""
 import contextlib
 import difflib
 import json
+import os
 import re
 import sys
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 class UserError(Exception):
@@ -32,6 +37,9 @@ def one_line_errors(interrupted: str) -> Iterator[None]:
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `... --print-config | head`: the reader left; Python's own advice for this case
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 class ConfigError(UserError):
@@ -67,6 +75,18 @@ class TrainingInterrupted(UserError):
 # How a one-line message names things.
 
 PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def describe_exception(error: BaseException) -> str:
+    """ "TypeName: first line of the message (file.py, line N)", the line being the innermost one of the
+    project's own code where there is one (a user's model or data code), else the innermost of all."""
+    everything = traceback.extract_tb(error.__traceback__)
+    frames = everything[1:] or everything  # [0] is where it was caught
+    own = [f for f in frames if Path(f.filename).resolve().is_relative_to(PROJECT) and f.filename != __file__]
+    where = (own or frames)[-1] if frames else None
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    located = f" ({Path(where.filename).name}, line {where.lineno})" if where else ""
+    return f"{type(error).__name__}: {text}{located}"
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -131,6 +131,11 @@ def entries(config: dict, role_name: str) -> list[tuple[str, str, dict]]:
     return found
 
 
+def type_name(entry: str | dict) -> str:
+    """The `type` an entry names (a plain string is a function's name)."""
+    return entry if isinstance(entry, str) else entry["type"]
+
+
 def metric_name(entry: str | dict) -> str:
     """The label a metric is logged under: its "name", or its function name."""
     return entry if isinstance(entry, str) else entry.get("name", entry["type"])
@@ -143,13 +148,20 @@ def check_names(config: dict) -> list[str]:
         names = valid_names(role)
         for where, type_name, args in entries(config, role_name):
             if type_name not in names:
+                at = where if isinstance(_entry_at(config, where), str) else f"{where}.type"
                 errors.append(
-                    f"{where}.type: unknown {role_name} {quoted(type_name)}{did_you_mean(type_name, names)} "
+                    f"{at}: unknown {role_name} {quoted(type_name)}{did_you_mean(type_name, names)} "
                     f"(valid: {', '.join(sorted(names)) or 'none'}; from {_homes(role)})"
                 )
             else:
                 errors.extend(_check_arguments(where, names[type_name], role, args))
     return errors
+
+
+def _entry_at(config: dict, where: str) -> Any:
+    """The config entry at "metrics.1" or "loss"."""
+    role, _, index = where.partition(".")
+    return config[role][int(index)] if index else config[role]
 
 
 def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> list[str]:
@@ -172,7 +184,9 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
                 f"(accepted: {', '.join(accepted) or 'none'})"
             )
         elif key in by_name and _wants_number(by_name[key]) and not _is_number(value):
-            errors.append(f"{where}.args.{key}: expected a number (default {by_name[key].default!r}), found {value!r}")
+            default = by_name[key].default
+            known = f"; {label}'s default is {default!r}" if default is not inspect.Parameter.empty else ""
+            errors.append(f"{where}.args.{key}: expected a number{known}; found {value!r}")
     for p in named:
         if p.name not in passed_by_code and p.default is p.empty and p.name not in args:
             errors.append(f"{where}.args.{p.name}: {label} needs this argument (accepted: {', '.join(accepted)})")
