@@ -31,7 +31,8 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) 
     from utils.distributed import place_model
     from utils.util import write_output
 
-    setup_logging(None, config["verbosity"])
+    to_stdout = str(out) == "-"
+    setup_logging(None, 0 if to_stdout else config["verbosity"])  # with --out -, stdout holds the JSON alone
     logger = logging.getLogger("test")
     logger.info("Evaluating %s on the %s split", checkpoint.path, split)
     if config["num_threads"] is not None:
@@ -55,7 +56,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) 
 
     write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
     logger.info("%s", json.dumps(results, indent=4))
-    logger.info("Results written to %s", out)
+    logger.info("Results written to %s", "standard output" if to_stdout else out)
     return results
 
 
@@ -79,7 +80,9 @@ def build_parser() -> ArgumentParser:
         "--split", choices=("test", "valid", "train"), default="test", help="split to evaluate (default: test)"
     )
     parser.add_argument(
-        "--out", help="JSON file for the results (default: <checkpoint>.<split>[.<hash of overrides>].json beside it)"
+        "--out",
+        help="JSON file for the results, or - for standard output "
+        "(default: <checkpoint>.epoch<N>.<split>[.<hash of overrides>].json beside it)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser

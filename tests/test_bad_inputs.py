@@ -116,7 +116,8 @@ def test_a_folder_given_as_config(tmp_path):
      ("optimizer.type=LBFGS", "optimizer.type: LBFGS is not supported: its step() needs a closure"),
      ("optimizer.type=SparseAdam", "optimizer.type: SparseAdam is not supported"),
      ('lr_scheduler={"type": "SequentialLR", "args": {"schedulers": [], "milestones": []}}', "is not supported"),
-     ('lr_scheduler={"type": "LambdaLR", "args": {"lr_lambda": "x"}}', "LambdaLR is not supported")],
+     ('lr_scheduler={"type": "LambdaLR", "args": {"lr_lambda": "x"}}', "LambdaLR is not supported"),
+     ("data_loader.args.validation_split=0", "trainer.monitor: val_loss needs validation data")],
 )  # fmt: skip
 def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path):
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)
@@ -328,3 +329,31 @@ def test_random_checkpoint_fields_are_loaded_or_refused_in_one_line(data, checkp
         check_resume(checkpoint, config)
     except (CheckpointError, ConfigError) as e:
         assert str(e) and "\n" not in str(e)
+
+
+@pytest.mark.e2e
+def test_a_log_folder_that_is_a_file_is_one_line_and_leaves_nothing_behind(config, tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "log").write_text("not a folder")
+    result = cli_case(tmp_path, config, "-c", "CONFIG", "trainer.epochs=1")
+    assert_one_error_line(result, "save_dir: cannot create", "saved/log/Digits_CNN")
+    assert not (tmp_path / "saved" / "models" / "Digits_CNN").exists()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_during_start_up_is_one_line(config, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-c", "config.json"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)  # parsing is done; torch is loading or the data is being read
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == ["interrupted: stopped before training started; nothing was saved"]
+    assert not (tmp_path / "saved").exists()

@@ -218,6 +218,8 @@ def test_test_py_writes_to_devices_through_and_refuses_outputs_it_would_damage(t
     result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", "/dev/null")
     assert result.returncode == 0, result.stderr
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device, not a file put in its place
+    result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", "-")
+    assert result.returncode == 0 and json.loads(result.stdout)["n_samples"] == 359  # stdout: the JSON alone
     (tmp_path / "target.json").write_text("{}")
     (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
     (tmp_path / "folder").mkdir()

@@ -7,6 +7,7 @@ A new run never reuses a folder. A resumed run continues in the folder its check
 location of the file decides, never a field inside it.
 """
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -112,21 +113,40 @@ def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFold
             )
             if run.exists():
                 continue
+            made = _missing_folders(run.checkpoint_dir) + _missing_folders(run.log_dir)
             try:
                 run.checkpoint_dir.mkdir(parents=True, exist_ok=False)
             except FileExistsError:  # another run took it a moment ago
                 continue
             except OSError as e:
+                _remove(made)
                 raise ConfigError(f"save_dir: cannot create {run.checkpoint_dir} ({e.strerror or e})") from None
             try:
                 _mkdir(run.log_dir, exist_ok=False)
+                run = dataclasses.replace(run, lock=_lock(run))
             except ConfigError:
-                run.checkpoint_dir.rmdir()  # leave nothing behind: the folder was empty and ours
+                _remove(made)  # leave nothing behind: these folders are empty and ours
                 raise
-            run = dataclasses.replace(run, lock=_lock(run))
             break
     write_json(config, run.checkpoint_dir / "config.json")
     return run
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove(folders: list[Path]) -> None:
+    """Remove the folders a failed start made (deepest first; a folder something else wrote into stays)."""
+    for folder in sorted(set(folders), key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            (folder / ".lock").unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def _lock(run: RunFolder) -> IO:

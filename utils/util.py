@@ -71,6 +71,8 @@ def write_json(content: Any, path: str | Path) -> None:
 
 def check_output_path(path: Path) -> None:
     """Refuse, before any work, an output the user named that cannot be written as they mean it."""
+    if str(path) == "-":  # standard output
+        return
     if path.is_symlink():
         raise ConfigError(f"{path}: is a symbolic link; pass the path of the file itself")
     if path.is_dir():
@@ -83,7 +85,10 @@ def check_output_path(path: Path) -> None:
 
 def write_output(content: Any, path: Path) -> None:
     """JSON to a file the user named: atomically for a regular file; written straight through for what is not
-    one (a device, a FIFO), which an atomic replace would destroy."""
+    one (a device, a FIFO), which an atomic replace would destroy; `-` is standard output."""
+    if str(path) == "-":
+        print(json.dumps(content, indent=4))
+        return
     if path.exists() and not path.is_file():
         with path.open("w", encoding="utf-8") as handle:
             handle.write(json.dumps(content, indent=4) + "\n")
