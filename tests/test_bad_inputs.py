@@ -4,6 +4,7 @@ import copy
 import errno
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,7 @@ def test_a_failing_disk_stops_with_the_file_and_cause_and_keeps_earlier_checkpoi
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("failure", ["raises", "dies"])
+@pytest.mark.parametrize("failure", ["raises", "dies", "segfaults"])
 def test_a_failing_data_loader_worker_ends_the_run_with_one_line(failure, tiny_config, tmp_path, monkeypatch):
     real_getitem = InMemoryImages.__getitem__
     parent = os.getpid()
@@ -226,6 +227,8 @@ def test_a_failing_data_loader_worker_ends_the_run_with_one_line(failure, tiny_c
         if os.getpid() != parent and self.augment is None and len(self) > 0 and request[0][0] % 7 == 3:
             if failure == "dies":
                 os._exit(3)
+            if failure == "segfaults":  # a crash in native decoding code
+                os.kill(os.getpid(), signal.SIGSEGV)
             raise ValueError("corrupt image at index 3")
         return real_getitem(self, request)
 
@@ -357,3 +360,20 @@ def test_ctrl_c_during_start_up_is_one_line(config, tmp_path):
     assert process.returncode == 130
     assert stderr.strip().splitlines() == ["interrupted: stopped before training started; nothing was saved"]
     assert not (tmp_path / "saved").exists()
+
+
+def test_a_full_disk_under_the_log_prints_no_traceback_per_line(tmp_path, capsys):
+    import logging
+
+    from logger.logger import setup_logging
+
+    setup_logging(tmp_path, 1)
+    handler = next(h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler))
+
+    def full(text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    handler.stream.write = full
+    for epoch in range(6):
+        logging.getLogger("trainer").info("    epoch          : %d", epoch)
+    assert "Logging error" not in capsys.readouterr().err
