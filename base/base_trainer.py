@@ -24,7 +24,7 @@ from torch import nn
 
 from base.base_data_loader import worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
-from logger.visualization import NullWriter, Writer, flatten_config, matrix_image
+from logger.visualization import NullWriter, Writer, write_epoch, write_hparams
 from utils.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
@@ -136,22 +136,12 @@ class BaseTrainer(abc.ABC):
             with self._stop_on_signals(), worker_failures_as_data_errors(self.logger):
                 return self._train(last_epoch)
         except torch.OutOfMemoryError:
-            raise OutOfMemory(self._out_of_memory_advice()) from None
+            batch_size = self.config["data_loader"].get("args", {}).get("batch_size", "?")
+            raise OutOfMemory.advice(self.start_epoch, batch_size, self.device) from None
         finally:
             self.writer.close()
             if run is not None:
                 run.release()
-
-    def _out_of_memory_advice(self) -> str:
-        batch_size = self.config["data_loader"].get("args", {}).get("batch_size", "?")
-        peak = ""
-        if self.device.type == "cuda":
-            peak = f", {torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB at the peak on {self.device}"
-        return (
-            f"out of memory in epoch {self.start_epoch} with data_loader.args.batch_size {batch_size}{peak}; try a "
-            "smaller batch_size with trainer.accumulate_steps to keep the batch per optimizer step, trainer.amp=true, "
-            "or a smaller model (checkpoints of finished epochs are kept)"
-        )
 
     def _train(self, last_epoch: int) -> dict[str, Any]:
         last: dict[str, float] = {}
@@ -171,7 +161,7 @@ class BaseTrainer(abc.ABC):
             if epoch < last_epoch and self._stop_agreed(share=True):
                 self._interrupt(epoch, 0)
         outcome = {"last": last, "best": self.best_result}
-        self._write_hparams(outcome)
+        write_hparams(self.writer, self.config, outcome)
         self._call_hooks([c.on_train_end for c in self.callbacks], outcome)
         self.writer.flush()
         return outcome
@@ -198,15 +188,7 @@ class BaseTrainer(abc.ABC):
         }
         for key, value in result.items():
             self.logger.info("    %-15s: %s", key, value)
-            if key != "epoch":
-                name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
-                if isinstance(value, list):  # a matrix (confusion_matrix): a picture in TensorBoard
-                    self.writer.add_image(f"{name}/{mode}", matrix_image(value), epoch)
-                else:
-                    self.writer.add_scalar(f"{name}/{mode}", value, epoch)
-        self.writer.add_scalar("lr", extras["lr"], epoch)
-        self.writer.add_scalar("time/epoch_seconds", seconds, epoch)
-        self.writer.add_scalar("time/samples_per_second", extras["samples_per_second"], epoch)
+        write_epoch(self.writer, epoch, result, extras)
         self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, result)
         if self.metrics_csv is not None:
             self.metrics_csv.append({k: v for k, v in {**result, **extras}.items() if not isinstance(v, list)})
@@ -287,19 +269,6 @@ class BaseTrainer(abc.ABC):
             return True
         self.not_improved_count += 1
         return False
-
-    def _write_hparams(self, outcome: dict[str, Any]) -> None:
-        """The flattened config beside the final and best results, for TensorBoard's HPARAMS tab."""
-        if not outcome["last"]:
-            return
-        numbers = {"last": outcome["last"], "best": outcome["best"] or {}}
-        results = {
-            f"hparam/{which}_{k}": v
-            for which, values in numbers.items()
-            for k, v in values.items()
-            if k != "epoch" and not isinstance(v, list)
-        }
-        self.writer.add_hparams(flatten_config(self.config), results)
 
     def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
         """The complete training state after `batch` batches of `epoch` (0: the whole epoch), as a plain dict."""

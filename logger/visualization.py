@@ -155,6 +155,35 @@ def matrix_image(matrix: list[list[float]], cell: int = 16) -> "torch.Tensor":
     return image.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2).float()
 
 
+def write_epoch(writer: Writer, epoch: int, result: dict[str, Any], extras: dict[str, float]) -> None:
+    """An epoch's results as `<metric>/train` and `<metric>/valid` (a matrix as a picture), and its extras
+    (learning rate, time, samples per second) as `lr` and `time/...`."""
+    for key, value in result.items():
+        if key == "epoch":
+            continue
+        name, mode = (key[4:], "valid") if key.startswith("val_") else (key, "train")
+        if isinstance(value, list):  # a matrix (confusion_matrix)
+            writer.add_image(f"{name}/{mode}", matrix_image(value), epoch)
+        else:
+            writer.add_scalar(f"{name}/{mode}", value, epoch)
+    for key, value in extras.items():
+        writer.add_scalar(key if key == "lr" else f"time/{key}", value, epoch)
+
+
+def write_hparams(writer: Writer, config: dict, outcome: dict[str, Any]) -> None:
+    """The flattened config beside the final and best results, for TensorBoard's HPARAMS tab."""
+    if not outcome["last"]:
+        return
+    numbers = {"last": outcome["last"], "best": outcome["best"] or {}}
+    results = {
+        f"hparam/{which}_{k}": v
+        for which, values in numbers.items()
+        for k, v in values.items()
+        if k != "epoch" and not isinstance(v, list)
+    }
+    writer.add_hparams(flatten_config(config), results)
+
+
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
     """{"trainer": {"epochs": 3}} -> {"trainer.epochs": 3}; lists and nulls become text (TensorBoard's hparams
     take numbers, strings and booleans only)."""
