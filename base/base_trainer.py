@@ -298,6 +298,7 @@ class BaseTrainer(abc.ABC):
         self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Everything `state_dict` saved but the weights; a subclass that saves more restores it here too."""
         try:
             self.optimizer.load_state_dict(state[KEY_OPTIMIZER])
             if self.lr_scheduler is not None:

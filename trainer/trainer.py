@@ -246,8 +246,9 @@ class Trainer(BaseTrainer):
             state[KEY_PARTIAL] = self.train_metrics.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def _restore(self, state: dict[str, Any]) -> None:
+        super()._restore(state)
+        self.optimizer_steps = 0
         if state[KEY_SCALER]:  # empty when the run trained without loss scaling
             self.scaler.load_state_dict(state[KEY_SCALER])
         self.global_step = state[KEY_STEP]
