@@ -105,6 +105,7 @@ class BaseTrainer(abc.ABC):
         self.start_epoch = 1
         self.start_batch = 0  # > 0 when resuming in the middle of start_epoch
         self.batch_limit: int | None = None  # 1 during a dry run: one training and one validation batch
+        self.rehearsing = False  # true during rehearse(): callbacks may skip what must happen once per real epoch
         self.epoch_samples = 0  # training samples of the epoch, set by `_train_epoch` for the samples/s figure
         self.is_main = is_main_process()
         self.stop_signal: int | None = None  # set by SIGINT / SIGTERM; training stops after the current step
@@ -321,11 +322,13 @@ class BaseTrainer(abc.ABC):
 
         What a config breaks only when it runs -- a model's forward, the loss, a metric, the optimizer's or
         scheduler's step -- then fails here, in one line, before the run folder is made. Callbacks see this
-        batch too, with a NullWriter. Returns the batch's results: a dry run is this and nothing more.
+        batch too, with a NullWriter and `trainer.rehearsing` true (as Lightning's sanity check does).
+        Returns the batch's results: a dry run is this and nothing more.
         """
         epoch = self.start_epoch - (0 if self.start_batch else 1)
         snapshot = copy.deepcopy(self.state_dict(epoch, self.start_batch))
         self.logger.disabled = True  # the rehearsal's epoch lines are not the run's
+        self.rehearsing = True
         try:
             result = self.train(dry_run=True)
         except UserError:
@@ -337,6 +340,7 @@ class BaseTrainer(abc.ABC):
             ) from None
         finally:
             self.logger.disabled = False
+            self.rehearsing = False
         unwrap_model(self.model).load_state_dict(snapshot[KEY_STATE_DICT])
         self._restore(snapshot)
         return result

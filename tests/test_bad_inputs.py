@@ -250,6 +250,8 @@ class ResourceProbe(Callback):
         self.samples: list[tuple[int, int, int]] = []
 
     def on_epoch_end(self, trainer, epoch, result):
+        if trainer.rehearsing:  # the one-batch rehearsal before the run is not one of its epochs
+            return
         resident = int(Path("/proc/self/statm").read_text().split()[1])
         self.samples.append((epoch, len(os.listdir("/proc/self/fd")), resident))
 
