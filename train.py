@@ -90,7 +90,12 @@ def main(
         if not dry_run:
             # everything is valid: only now make the run folder, start info.log and TensorBoard, and train
             run = create_run_folder(config.config, run_id, resume.path if resume else None)
-            result = trainer.train(run, start_run_logging(run, config.config))
+            try:
+                result = trainer.train(run, start_run_logging(run, config.config))
+            except KeyboardInterrupt:  # before the trainer took over Ctrl-C: a new run leaves no empty folder
+                if resume is None:
+                    run.remove_unused()
+                raise
     log_summary(result, config["trainer"]["monitor"], run.checkpoint_dir if run else None)
     return result
 

@@ -295,7 +295,10 @@ class BaseTrainer(abc.ABC):
         optimizer, scheduler, monitor and RNG restored. The model weights are loaded before the optimizer
         is built. Optimizer arguments changed by an override since the checkpoint apply from here on, so
         that the run's config.json says what ran (`--resume RUN --lr 0.5` trains at 0.5)."""
-        self._restore(state)
+        try:
+            self._restore(state)
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"the checkpoint's training state does not fit: {describe_exception(e)}") from None
         self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
 
     def _restore(self, state: dict[str, Any]) -> None:

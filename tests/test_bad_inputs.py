@@ -68,6 +68,12 @@ def test_config_files_that_are_not_configs(text, fragment, tmp_path):
 
 
 @pytest.mark.e2e
+def test_a_config_that_is_not_a_regular_file(tmp_path):
+    result = run_script(str(ROOT / "train.py"), "-c", "/dev/zero", cwd=tmp_path)
+    assert_one_error_line(result, "/dev/zero: not a regular file")
+
+
+@pytest.mark.e2e
 def test_a_folder_given_as_config(tmp_path):
     (tmp_path / "folder.json").mkdir()
     result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "folder.json"), cwd=tmp_path)
@@ -118,7 +124,9 @@ def test_a_folder_given_as_config(tmp_path):
      ("optimizer.type=SparseAdam", "optimizer.type: SparseAdam is not supported"),
      ('lr_scheduler={"type": "SequentialLR", "args": {"schedulers": [], "milestones": []}}', "is not supported"),
      ('lr_scheduler={"type": "LambdaLR", "args": {"lr_lambda": "x"}}', "LambdaLR is not supported"),
-     ("data_loader.args.validation_split=0", "trainer.monitor: val_loss needs validation data")],
+     ("data_loader.args.validation_split=0", "trainer.monitor: val_loss needs validation data"),
+     ("arch.args.channels=1" + "0" * 400, "arch: DigitsModel could not be built"),
+     ("optimizer.args.lr=1" + "0" * 400, "optimizer: Adam could not be built")],
 )  # fmt: skip
 def test_wrong_values_from_the_command_line(override, fragment, config, tmp_path):
     assert_one_error_line(cli_case(tmp_path, config, "-c", "CONFIG", override), fragment)

@@ -187,6 +187,15 @@ def test_resume_checks_every_field_and_writes_only_in_the_checkpoints_own_run_fo
             {"batch_in_epoch": 3},
             "cannot resume, the checkpoint lacks partial_epoch_metrics",
         ),
+        "rng_of_another_size": (
+            {"rng": {**state["rng"], "torch": torch.zeros(5, dtype=torch.uint8)}},
+            "state does not fit",
+        ),
+        "partial_of_another_run": (
+            {"batch_in_epoch": 3, "partial_epoch_metrics": {"sums": {"x": torch.zeros(())}, "counts": {}}},
+            "the checkpoint's training state does not fit",
+        ),
+        "monitor_nan": ({"monitor_best": float("nan")}, "field 'monitor_best' should be a number"),
         "optimizer_of_another_model": (
             {"optimizer": {"state": {}, "param_groups": [{**state["optimizer"]["param_groups"][0], "params": [0]}]}},
             "the checkpoint's optimizer or scheduler state does not fit",
@@ -228,6 +237,10 @@ def test_test_py_writes_to_devices_through_and_refuses_outputs_it_would_damage(t
         ("link.json", "is a symbolic link"),
         ("folder", "is a folder"),
         ("missing/results.json", "does not exist; create it first"),
+        ("target.json", "exists; choose a new file name"),
+        ("a" * 300 + ".json", "File name too long"),
+        ("new\nline.json", "control characters"),
+        ("/proc/results.json", "/proc/results.json: cannot be written"),
     ):
         result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", str(tmp_path / out))
         assert_one_error_line(result, fragment)

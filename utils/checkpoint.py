@@ -178,9 +178,12 @@ FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     KEY_OPTIMIZER: (lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v), "an optimizer state"),
     KEY_SCHEDULER: (lambda v: v is None or isinstance(v, dict), "a scheduler state or null"),
     KEY_SCALER: (lambda v: isinstance(v, dict), "a loss scaler state"),
-    KEY_MONITOR_BEST: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    KEY_MONITOR_BEST: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v, "a number"),
     KEY_NOT_IMPROVED: (_is_int, "a whole number >= 0"),
-    KEY_BEST_RESULT: (lambda v: v is None or isinstance(v, dict), "the best epoch's results or null"),
+    KEY_BEST_RESULT: (
+        lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, (int, float, list)) for x in v.values())),
+        "the best epoch's results (numbers) or null",
+    ),
     KEY_RNG: (lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v), "the random states"),
     KEY_PARTIAL: (lambda v: isinstance(v, dict) and {"sums", "counts"} <= set(v), "partial epoch metrics"),
 }

@@ -205,7 +205,9 @@ def _wants_number(parameter: inspect.Parameter) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def resolve(role_name: str, entry: str | dict) -> Callable:

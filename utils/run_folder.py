@@ -12,6 +12,7 @@ import dataclasses
 import fcntl
 import os
 import re
+import shutil
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,15 @@ class RunFolder:
     log_dir: Path
     # Rank 0's hold on <log_dir>/.lock while it trains: a second command on the same run is refused.
     lock: IO | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def remove_unused(self) -> None:
+        """Remove the folders of a new run stopped before its first checkpoint: there is nothing to resume,
+        and its run id stays free. Only the process that made them (the lock holder) does."""
+        if self.lock is None or any(self.checkpoint_dir.glob("*.pth")):
+            return
+        self.release()
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def release(self) -> None:
         """Let another command use the run folder (at the end of training; process exit does it too)."""

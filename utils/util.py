@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 def read_json(path: str | Path) -> Any:
     """Read a JSON file; every failure is a ConfigError naming the file."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never ends
+        raise ConfigError(f"{path}: not a regular file; pass a JSON file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -73,8 +75,19 @@ def check_output_path(path: Path) -> None:
     """Refuse, before any work, an output the user named that cannot be written as they mean it."""
     if str(path) == "-":  # standard output
         return
+    if not str(path).isprintable():
+        raise ConfigError(f"{str(path)!r}: a file name with control characters (a newline?); choose another")
+    try:
+        _check_output_path(path)
+    except OSError as e:  # a name too long, a path the system refuses to look at
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
+
+
+def _check_output_path(path: Path) -> None:
     if path.is_symlink():
         raise ConfigError(f"{path}: is a symbolic link; pass the path of the file itself")
+    if path.is_file():
+        raise ConfigError(f"{path}: exists; choose a new file name (an existing file is never overwritten)")
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; pass a file name")
     if not path.parent.is_dir():
@@ -89,11 +102,14 @@ def write_output(content: Any, path: Path) -> None:
     if str(path) == "-":
         print(json.dumps(content, indent=4))
         return
-    if path.exists() and not path.is_file():
-        with path.open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps(content, indent=4) + "\n")
-        return
-    write_json(content, path)
+    try:
+        if path.exists() and not path.is_file():
+            with path.open("w", encoding="utf-8") as handle:
+                handle.write(json.dumps(content, indent=4) + "\n")
+            return
+        write_json(content, path)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
