@@ -199,8 +199,9 @@ def fill_defaults(config: dict, schema: dict) -> None:
     """Write every default into the config, so the saved config.json says what ran.
 
     Each default has one home: top-level keys in the schema, trainer keys in the signatures of Trainer
-    and BaseTrainer.
+    and BaseTrainer, finetune keys in the signature of Finetuning.
     """
+    from trainer.finetuning import Finetuning
     from trainer.trainer import trainer_defaults
 
     for key, spec in schema["properties"].items():
@@ -210,6 +211,9 @@ def fill_defaults(config: dict, schema: dict) -> None:
     for key in schema["properties"]["trainer"]["properties"]:
         if key not in config["trainer"] and key in defaults:
             config["trainer"][key] = defaults[key]
+    if config["finetune"] is not None:
+        for key, parameter in inspect.signature(Finetuning).parameters.items():
+            config["finetune"].setdefault(key, parameter.default)
 
 
 RESERVED_LABELS = ("loss", "epoch", "lr", "epoch_seconds", "samples_per_second")
@@ -255,6 +259,10 @@ def validate(config: dict) -> None:
                 f"trainer.monitor: no metric '{monitor.metric}'{did_you_mean(monitor.metric, known)} "
                 f"(logged metrics: {', '.join(known)})"
             )
+    if config["finetune"] is not None:
+        from trainer.finetuning import Finetuning
+
+        errors.extend(Finetuning(**config["finetune"]).check())
     if config["wandb"] is not None and importlib.util.find_spec("wandb") is None:
         errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
     scheduler = config["lr_scheduler"]

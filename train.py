@@ -46,6 +46,7 @@ def main(
     import torch
 
     from logger.logger import log_summary, setup_logging, start_run_logging
+    from trainer.finetuning import Finetuning
     from trainer.trainer import Trainer
     from utils.checkpoint import load_model_state
     from utils.distributed import distributed_session, is_main_process, place_model
@@ -62,10 +63,13 @@ def main(
         data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
         valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
 
-        # model, with the checkpoint's weights when resuming or fine-tuning, placed on its device(s)
+        # model, with the checkpoint's weights when resuming or fine-tuning (only those that fit, unless
+        # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
         model = config.init_obj("arch")
+        finetuning = Finetuning(**(config["finetune"] or {}))
         if resume or weights:
-            load_model_state(model, resume or weights)
+            load_model_state(model, resume or weights, strict=resume is not None or finetuning.strict_load)
+        finetuning.freeze(model)
         model, device = place_model(model, config["n_gpu"])
 
         # loss, metrics, optimizer and learning rate scheduler
@@ -78,7 +82,7 @@ def main(
         trainer = Trainer(
             model, criterion, metrics, optimizer, lr_scheduler,
             data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
-            callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
+            finetuning=finetuning, callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
         )  # fmt: skip
         if resume:
             trainer.load_state_dict(resume.state)

@@ -9,7 +9,7 @@ the middle of an epoch -- replays exactly the batches an uninterrupted run would
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
 
 import numpy as np
@@ -206,8 +206,8 @@ class InMemoryImages(Dataset):
         images: torch.Tensor,
         targets: torch.Tensor,
         scale: float,
-        mean: float,
-        std: float,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
         augment: BatchTransform | None = None,
     ) -> None:
         if images.ndim != 4 or len(images) != len(targets):
@@ -216,9 +216,11 @@ class InMemoryImages(Dataset):
             )
         self.images = images
         self.targets = targets.long()
-        # (x * scale - mean) / std folded into one multiply-add per pixel.
-        self.multiplier = scale / std
-        self.offset = -mean / std
+        # (x * scale - mean) / std folded into one multiply-add per pixel; a mean and std per channel
+        # broadcast as (C, 1, 1).
+        mean_, std_ = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in (mean, std))
+        self.multiplier = scale / std_
+        self.offset = -mean_ / std_
         self.augment = augment
 
     def without_augmentation(self) -> "InMemoryImages":
@@ -229,9 +231,13 @@ class InMemoryImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def pixels(self, indices: list[int]) -> torch.Tensor:
+        """The batch's images as stored: uint8 (B, C, H, W)."""
+        return self.images[indices]
+
     def __getitem__(self, request: tuple[list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
         indices, seed = request
-        images = self.images[indices].float().mul_(self.multiplier).add_(self.offset)
+        images = self.pixels(indices).float().mul_(self.multiplier).add_(self.offset)
         if self.augment is not None:
             images = self.augment(images, torch.Generator().manual_seed(seed))
         return images, self.targets[indices]
@@ -243,7 +249,22 @@ class BaseDataLoader(DataLoader):
     Subclasses load their data and call this with the indices of the split they were asked for.
     An `InMemoryImages` or `InMemoryTensors` data set is read a whole batch at a time; any other map-style
     Dataset is read a sample at a time and collated, in the same order.
+
+    What predictions need besides the batches (predict.py, test.py --predictions), set by a subclass:
+    - `task`: how an output reads: "classification" (a score per class, (B, C)), "binary" (one logit per
+      sample) or "regression" (the value itself);
+    - `classes`: the class names, in the order of the outputs (None: the class numbers);
+    - `preprocessing`: what the loader learned from the training split and needs again to read new inputs
+      (class names, standardization statistics), as plain values; saved in every checkpoint and given back
+      as the `preprocessing` argument of a loader that takes one (test.py, predict.py);
+    - `sample_id(index)`: the name of a sample in the rows of a predictions file (a file name, a row number).
+    A loader that can read new, unlabelled inputs (predict.py) takes `inputs` (a path) and serves them as the
+    split "predict", with -1 as every target.
     """
+
+    task = "classification"
+    classes: list[str] | None = None
+    preprocessing: dict = {}  # noqa: RUF012 -- replaced, never mutated, by subclasses
 
     def __init__(
         self,
@@ -289,3 +310,8 @@ class BaseDataLoader(DataLoader):
     @property
     def batches_per_epoch(self) -> int:
         return self.epoch_sampler.num_batches()
+
+    def sample_id(self, index: int) -> str:
+        """The name of sample `index` of the data set in a predictions file (its index, unless a subclass
+        has better: a file name, a row number of a CSV file)."""
+        return str(index)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from base.base_model import BaseModel
 from model.mlp import MLP  # selectable by its name: an import here is how a model in its own file is found
+from model.torchvision_model import TorchvisionModel
 
 
 class DigitsModel(BaseModel):

@@ -153,7 +153,7 @@ def test_a_config_that_is_not_an_object_is_refused(write_config, tmp_path):
     ("role", "value", "valid"),
     [
         ("arch", "MnistNet", "did you mean 'MnistModel'? (valid: "),
-        ("data_loader", "DigitLoader", "DigitsDataLoader, MnistDataLoader"),
+        ("data_loader", "DigitLoader", "did you mean 'DigitsDataLoader'? (valid: "),
         ("optimizer", "Adamw", "did you mean 'AdamW'?"),
         ("lr_scheduler", "Steplr", "did you mean 'StepLR'?"),
     ],
@@ -306,7 +306,7 @@ def test_reduce_lr_on_plateau_needs_a_matching_monitor(base_config):
 def test_schema_trainer_keys_are_exactly_the_trainer_arguments_and_defaults_come_from_them(base_config):
     schema = read_json(ROOT / "utils" / "config_schema.json")
     keys = schema["properties"]["trainer"]["properties"]
-    structural = {"config", "device", "data_loader", "valid_data_loader", "run", "writer", "callbacks"}
+    structural = {"config", "device", "data_loader", "valid_data_loader", "run", "writer", "callbacks", "finetuning"}
     parameters = {**inspect.signature(BaseTrainer).parameters, **inspect.signature(Trainer).parameters}
     from_code = {name: p for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and name not in structural}
     assert set(keys) == set(from_code)

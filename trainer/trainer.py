@@ -14,7 +14,8 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from base.base_model import summary
 from base.base_trainer import BaseTrainer
-from utils.checkpoint import KEY_PARTIAL, KEY_SCALER, KEY_STEP
+from trainer.finetuning import Finetuning
+from utils.checkpoint import KEY_DATA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from utils.distributed import agree_max, describe_placement, unwrap_model
 from utils.errors import ConfigError, UserError
 from utils.metric_tracker import MetricTracker
@@ -84,9 +85,13 @@ class Trainer(BaseTrainer):
         accumulate_steps: int = 1,
         clip_grad_norm: float | None = None,
         compile: bool = False,
+        finetuning: Finetuning | None = None,
         **loop: Any,
     ) -> None:
         super().__init__(model, optimizer, lr_scheduler, **loop)
+        # The freezing strategy, with the model already frozen as it starts (Finetuning.freeze).
+        self.finetuning = finetuning or Finetuning()
+        self.finetuning.attach(optimizer)
         self.criterion = criterion
         self.metric_fns = metric_fns
         self.data_loader = data_loader
@@ -160,7 +165,9 @@ class Trainer(BaseTrainer):
                     return
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
+        for line in self.finetuning.set_epoch(epoch, self.optimizer, self.lr_scheduler):
+            self.logger.info("%s", line)
+        self.finetuning.train_mode(self.model)
         start = self.start_batch  # > 0 only in the first epoch of a run resumed mid-epoch
         if not start:
             self.train_metrics.reset()
@@ -242,11 +249,14 @@ class Trainer(BaseTrainer):
         state = super().state_dict(epoch, batch)
         state[KEY_SCALER] = self.scaler.state_dict()
         state[KEY_STEP] = self.global_step
+        state[KEY_DATA] = self.data_loader.preprocessing
         if batch:
             state[KEY_PARTIAL] = self.train_metrics.state_dict()
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
+        # The optimizer's parameter groups of that epoch (stages unfrozen by then), before its state is loaded.
+        self.finetuning.set_epoch(state[KEY_EPOCH], self.optimizer, self.lr_scheduler)
         super()._restore(state)
         self.optimizer_steps = 0
         if state[KEY_SCALER]:  # empty when the run trained without loss scaling

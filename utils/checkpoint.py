@@ -41,6 +41,7 @@ KEY_NOT_IMPROVED = "not_improved_count"
 KEY_BEST_RESULT = "best_result"
 KEY_RNG = "rng"
 KEY_CONFIG = "config"
+KEY_DATA = "data_preprocessing"  # the training loader's `preprocessing` (class names, statistics), for predictions
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ARCH, KEY_EPOCH, KEY_STATE_DICT, KEY_CONFIG)  # to evaluate or fine-tune
 RESUME_KEYS = (
     *REQUIRED_KEYS,
@@ -186,6 +187,7 @@ FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     ),
     KEY_RNG: (lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v), "the random states"),
     KEY_PARTIAL: (lambda v: isinstance(v, dict) and {"sums", "counts"} <= set(v), "partial epoch metrics"),
+    KEY_DATA: (lambda v: isinstance(v, dict), "the data loader's preprocessing (a dict)"),
 }
 
 
@@ -240,16 +242,21 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
-    """Load the checkpoint's weights strictly; another model's weights are one clear error, not a wall of keys."""
+def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint, strict: bool = True) -> None:
+    """Load the checkpoint's weights into `model`.
+
+    Strict (evaluating, resuming): every tensor must fit; another model's weights are one clear error, not a
+    wall of keys. Not strict (fine-tuning into a model with another head): every tensor whose name and shape
+    match is loaded and one line lists the others; nothing matching at all is still an error.
+    """
     state_dict, path = checkpoint.state[KEY_STATE_DICT], checkpoint.path
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        own = model.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    fits = [k for k in own if k in state_dict and k not in mismatched]
+    logger = logging.getLogger("train")
+    if (strict and (missing or unexpected or mismatched)) or not fits:
         parts = []
         if mismatched:
             k = mismatched[0]
@@ -258,9 +265,20 @@ def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
             parts.append(f"{len(missing)} missing key(s) such as {missing[0]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}")
-        detail = "; ".join(parts) or _first_line(e)
-        raise CheckpointError(f"{path}: weights do not fit the configured model ({detail})") from None
-    logging.getLogger("train").info("Weights from %s, %d tensors", path, len(state_dict))
+        hint = "" if not fits else "; without finetune.strict_load the tensors that fit are loaded"
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({'; '.join(parts)}){hint}")
+    try:
+        model.load_state_dict({k: state_dict[k] for k in fits}, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({_first_line(e)})") from None
+    skipped = [f"{k}: {tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched]
+    skipped += [f"{k}: not there" for k in missing] + [f"{k}: not here" for k in unexpected]
+    if skipped:
+        logger.warning(
+            "Weights from %s: %d tensors loaded, %d skipped (%s)", path, len(fits), len(skipped), "; ".join(skipped)
+        )
+    else:
+        logger.info("Weights from %s, %d tensors", path, len(fits))
 
 
 def remove_oldest_periodic(folder: Path, keep: int) -> None:
