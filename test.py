@@ -19,16 +19,21 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
     from utils.checkpoint import Checkpoint
 
 
-def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) -> dict:
-    """Evaluate the checkpoint's model on `split`; write the per-sample averages to `out` and return them."""
+def main(
+    config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path, predictions: Path | None = None
+) -> dict:
+    """Evaluate the checkpoint's model on `split`; write the per-sample averages to `out` and return them.
+    With `predictions`, also write one CSV row per sample there (id, target, prediction, probabilities)."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
     from trainer.trainer import evaluate
-    from utils.checkpoint import load_model_state
+    from utils.checkpoint import KEY_DATA, load_model_state
     from utils.distributed import place_model
+    from utils.names import ROLES, valid_names
+    from utils.predictions import loader_arguments, predict, prediction_rows, write_csv
     from utils.util import write_output
 
     to_stdout = str(out) == "-"
@@ -38,8 +43,10 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) 
     if config["num_threads"] is not None:
         torch.set_num_threads(config["num_threads"])
 
-    # data: the split to evaluate, never augmented
-    data_loader = config.init_obj("data_loader", split=split, seed=config["seed"])
+    # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
+    loader_class = valid_names(ROLES["data_loader"])[config["data_loader"]["type"]]
+    arguments = loader_arguments(loader_class, checkpoint.state.get(KEY_DATA), split=split, seed=config["seed"])
+    data_loader = config.init_obj("data_loader", **arguments)
     if data_loader.n_samples == 0:
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
 
@@ -53,6 +60,11 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path) 
     with worker_failures_as_data_errors():
         results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
     results = {"n_samples": data_loader.n_samples, **results}
+    if predictions is not None:  # a second pass, in the same order, keeping every output
+        with worker_failures_as_data_errors():
+            ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
+        write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions)
+        logger.info("Per-sample predictions written to %s", predictions)
 
     write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
     logger.info("%s", json.dumps(results, indent=4))
@@ -84,13 +96,22 @@ def build_parser() -> ArgumentParser:
         help="JSON file for the results, or - for standard output "
         "(default: <checkpoint>.epoch<N>.<split>[.<hash of overrides>].json beside it)",
     )
+    parser.add_argument(
+        "--predictions", help="also write one CSV row per sample here: id, target, prediction, probabilities"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path]:
-    """main's arguments: the validated config, the checkpoint, the split and the results file."""
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, Path | None]:
+    """main's arguments: the validated config, the checkpoint, the split, the results file and the
+    predictions file (or None)."""
     args = build_parser().parse_args(argv)
+    predictions = None if args.predictions is None else Path(args.predictions)
+    if predictions is not None:
+        check_output_path(predictions)
+        if str(predictions) == "-":
+            raise ConfigError("--predictions: a file name is needed (predictions are a CSV file)")
     from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint  # torch: only once --help is out of the way
 
     select_devices(args.device)
@@ -101,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         checkpoint,
         args.split,
         results_path(checkpoint, args.split, args.config, args.overrides, args.out),
+        predictions,
     )
 
 

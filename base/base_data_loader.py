@@ -281,8 +281,9 @@ class BaseDataLoader(DataLoader):
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise DataError(f"data_loader.args.batch_size: expected a whole number >= 1, found {batch_size!r}")
         rank, world_size = rank_and_world_size()
+        # Only the training split is shuffled: the others are read in index order (predictions files follow it).
         self.epoch_sampler = EpochBatchSampler(
-            indices, batch_size, shuffle, seed, rank, world_size, equal_shards=training and world_size > 1
+            indices, batch_size, shuffle and training, seed, rank, world_size, equal_shards=training and world_size > 1
         )
         self.n_samples = len(indices)
         # The loader's own generator: creating an iterator draws the workers' base seed from it, never from

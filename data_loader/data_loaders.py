@@ -148,7 +148,12 @@ class TabularDataLoader(BaseDataLoader):
         splits = split_indices(len(features), validation_split, test_split, split_seed)
         features = _standardize(features, splits["train"])
         if dataset == "diabetes":
-            targets = _standardize(targets, splits["train"])
+            self.task = "regression"
+            mean, std = targets[splits["train"]].mean().item(), targets[splits["train"]].std().item()
+            self.preprocessing = {"target_mean": mean, "target_std": std}  # predictions in the target's units
+            targets = (targets - mean) / std
+        else:
+            self.task, self.classes = "binary", ["malignant", "benign"]  # scikit-learn's target_names
         super().__init__(
             InMemoryTensors(features, targets), splits[split], batch_size, shuffle, num_workers, seed, split == "train"
         )

@@ -1,0 +1,98 @@
+"""Predict new inputs with a trained checkpoint and write one CSV row per input.
+
+python predict.py --resume saved/models/<name>/<run_id>/model_best.pth --input new_images/ --out predictions.csv
+python predict.py --resume saved/models/<name>/<run_id> --input rows.csv --out predictions.csv
+"""
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from parse_config import ArgumentParser, ConfigParser
+from train import select_devices
+from utils.errors import ConfigError, one_line_errors
+from utils.util import check_output_path
+
+if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
+    from utils.checkpoint import Checkpoint
+
+
+def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path) -> int:
+    """Predict every input with the checkpoint's model; write the rows to `out`; return how many."""
+    # Heavy imports live here so that --help and config errors answer without loading torch.
+    import torch
+
+    from logger.logger import setup_logging
+    from trainer.trainer import resolve_amp
+    from utils.checkpoint import KEY_DATA, load_model_state
+    from utils.distributed import place_model
+    from utils.names import ROLES, valid_names
+    from utils.predictions import loader_arguments, predict, prediction_rows, write_csv
+
+    setup_logging(None, config["verbosity"])
+    logger = logging.getLogger("predict")
+    if config["num_threads"] is not None:
+        torch.set_num_threads(config["num_threads"])
+
+    # data: the new inputs, read with the preprocessing of the training data (class names, statistics)
+    loader_class = valid_names(ROLES["data_loader"])[config["data_loader"]["type"]]
+    preprocessing = checkpoint.state.get(KEY_DATA)
+    if preprocessing is None:
+        raise ConfigError(f"{checkpoint.path}: has no data preprocessing (saved by an older version); retrain it")
+    arguments = loader_arguments(loader_class, preprocessing, split="predict", seed=config["seed"], inputs=inputs)
+    data_loader = config.init_obj("data_loader", **arguments)
+
+    # model with the checkpoint's weights, on the available device(s), in the run's precision
+    model = config.init_obj("arch")
+    load_model_state(model, checkpoint)
+    model, device = place_model(model, config["n_gpu"])
+    amp_dtype = resolve_amp(config["trainer"]["amp"], device)
+
+    ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
+    header, rows = prediction_rows(ids, outputs, None, data_loader)
+    write_csv(header, rows, out)
+    logger.info("Wrote %d predictions of %s to %s", len(rows), checkpoint.path, out)
+    return len(rows)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Predict new inputs with a checkpoint: one CSV row per input (id, prediction, probabilities).",
+        epilog=(
+            "inputs: an image file or a folder of images (ImageFolderDataLoader), or a CSV file without the\n"
+            "target column (CsvDataLoader, TextCsvDataLoader).\n"
+            "overrides: dotted.key=value after the options, e.g. data_loader.args.batch_size=256"
+        ),
+    )
+    parser.add_argument(
+        "-r", "--resume", required=True, help="checkpoint (or a run folder: its model_best.pth, else last.pth)"
+    )
+    parser.add_argument(
+        "-i", "--input", required=True, help="what to predict: an image, a folder of images, a CSV file"
+    )
+    parser.add_argument("-o", "--out", required=True, help="the CSV file to write (never overwritten)")
+    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path]:
+    """main's arguments: the validated config, the checkpoint, the inputs and the output file."""
+    args = build_parser().parse_args(argv)
+    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint  # torch: only once --help is out of the way
+
+    out = Path(args.out)
+    check_output_path(out)
+    if str(out) == "-":
+        raise ConfigError("--out: a file name is needed (predictions are a CSV file)")
+    if not Path(args.input).exists():
+        raise ConfigError(f"--input {args.input}: not found")
+    select_devices(args.device)
+    checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
+    config = ConfigParser.load(None, checkpoint, args.overrides)
+    return config, checkpoint, args.input, out
+
+
+if __name__ == "__main__":
+    with one_line_errors(interrupted="stopped before the predictions were written; nothing was written"):
+        main(*parse_args())

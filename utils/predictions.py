@@ -1,0 +1,115 @@
+"""Per-sample predictions as CSV rows: predict.py (new inputs) and test.py --predictions (a labelled split).
+
+One row per sample: its id (a file name, a row number), the target where there is one, the prediction (a
+class name, or a value for regression) and, for classification, a probability per class. How an output is
+read is the data loader's `task`; class names and a regression target's statistics are its `preprocessing`.
+"""
+
+import csv
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from base.base_data_loader import BaseDataLoader
+from trainer.trainer import autocast
+from utils.errors import ConfigError
+
+
+def loader_arguments(data_loader_class: type, preprocessing: dict | None, **script_arguments: Any) -> dict:
+    """The arguments a script passes to a data loader besides the config's: `preprocessing` (from the
+    checkpoint) where the loader takes it, and the script's own (`split`, `seed`, `inputs`)."""
+    takes = inspect.signature(data_loader_class).parameters
+    if "inputs" in script_arguments and "inputs" not in takes:
+        raise ConfigError(
+            f"data_loader.type: {data_loader_class.__name__} cannot read new inputs for predictions (it has no "
+            "`inputs` argument); ImageFolderDataLoader, CsvDataLoader and TextCsvDataLoader can"
+        )
+    if "preprocessing" in takes and preprocessing is not None:
+        script_arguments["preprocessing"] = preprocessing
+    return script_arguments
+
+
+def predict(
+    model: nn.Module,
+    data_loader: BaseDataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    desc: str = "Predict",
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(sample ids, outputs (N, ...) float32, targets (N, ...)) over the loader, in its order, on the CPU."""
+    model.eval()
+    data_loader.set_epoch(1)
+    ids = [data_loader.sample_id(i) for _, batch in data_loader.epoch_sampler.iter_batches() for i in batch]
+    outputs, targets = [], []
+    with torch.no_grad():
+        for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
+            with autocast(device, amp_dtype):
+                output = model(data.to(device, non_blocking=True))
+            outputs.append(output.float().cpu())
+            targets.append(target)
+    if not outputs:
+        return ids, torch.empty(0), torch.empty(0)
+    return ids, torch.cat(outputs), torch.cat(targets)
+
+
+def prediction_rows(
+    ids: list[str], outputs: torch.Tensor, targets: torch.Tensor | None, data_loader: BaseDataLoader
+) -> tuple[list[str], list[list[Any]]]:
+    """The header and the rows of a predictions file; `targets` None leaves out the target column."""
+    task, preprocessing = data_loader.task, data_loader.preprocessing
+    if task == "regression":
+        mean, std = preprocessing.get("target_mean", 0.0), preprocessing.get("target_std", 1.0)
+        predicted = (outputs.reshape(len(ids), -1)[:, 0] * std + mean).tolist()
+        truth = None if targets is None else (targets.reshape(len(ids), -1)[:, 0] * std + mean).tolist()
+        header = ["id", *(["target"] if truth is not None else []), "prediction"]
+        return header, [[i, *([t] if truth is not None else []), p] for i, t, p in _zip(ids, truth, predicted)]
+    if task == "binary":
+        positive = torch.sigmoid(outputs.reshape(len(ids), -1)[:, 0])
+        probabilities = torch.stack([1 - positive, positive], dim=1)
+        classes = data_loader.classes or ["0", "1"]
+    elif task == "classification":
+        probabilities = outputs.softmax(dim=1)  # of logits or of log-probabilities alike
+        classes = data_loader.classes or [str(c) for c in range(outputs.shape[1])]
+    else:
+        raise ConfigError(
+            f"{type(data_loader).__name__}.task: unknown task {task!r} (classification, binary, regression)"
+        )
+    if len(classes) != probabilities.shape[1]:
+        raise ConfigError(
+            f"the model gives {probabilities.shape[1]} scores per sample, the data has {len(classes)} classes"
+        )
+    predicted = probabilities.argmax(dim=1).tolist()
+    truth = None if targets is None else targets.reshape(len(ids), -1)[:, 0].long().tolist()
+    header = ["id", *(["target"] if truth is not None else []), "prediction", *(f"prob_{c}" for c in classes)]
+    rows = []
+    for i, t, p, probs in _zip(ids, truth, predicted, probabilities.tolist()):
+        target = [classes[t]] if t is not None else []
+        rows.append([i, *target, classes[p], *(f"{q:.6g}" for q in probs)])
+    return header, rows
+
+
+def _zip(ids: list, truth: list | None, *columns: list) -> Any:
+    return zip(ids, truth if truth is not None else [None] * len(ids), *columns, strict=True)
+
+
+def write_csv(header: list[str], rows: list[list[Any]], path: Path) -> None:
+    """The rows as CSV, atomically (a temporary file renamed over the target)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows([[_cell(v) for v in row] for row in rows])
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
+
+
+def _cell(value: Any) -> Any:
+    return repr(value) if isinstance(value, float) and math.isfinite(value) else value
