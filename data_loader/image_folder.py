@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from base.base_data_loader import BaseDataLoader, BatchTransform, InMemoryImages, split_indices
@@ -61,23 +62,23 @@ def scan_classes(data_dir: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def decode(path: Path, image_size: int, channels: int) -> torch.Tensor:
-    """One image file as uint8 (channels, image_size, image_size)."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    """One image file as uint8 (channels, image_size, image_size), decoded and resized by Pillow."""
+    from PIL import Image, UnidentifiedImageError
 
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     try:
-        image = decode_image(str(path), mode=mode)
-    except (RuntimeError, OSError, ValueError) as e:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if channels == 3 else "L")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)  # antialiased
+            pixels = np.array(image)  # (H, W, C) or (H, W), a copy torch may own
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: unreadable image ({reason})") from None
-    if image.shape[-2:] != (image_size, image_size):
-        image = resize(image, [image_size, image_size], antialias=True)
-    return image
+    return torch.from_numpy(pixels).reshape(image_size, image_size, channels).permute(2, 0, 1)
 
 
 def decode_all(files: Sequence[Path], image_size: int, channels: int) -> torch.Tensor:
-    """Every file, decoded in a few threads (the decoders release the GIL): uint8 (N, C, H, W)."""
+    """Every file, decoded in a few threads (Pillow's decoders release the GIL): uint8 (N, C, H, W)."""
     images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
 
     def into(i: int) -> None:

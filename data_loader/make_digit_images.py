@@ -24,8 +24,8 @@ def write_digit_images(
     `flat`: all files in `folder` itself, named by their index, with no class sub-folders.
     `offset`: the shift of the first copy (a folder of "new" images differs from the training folder).
     """
+    from PIL import Image
     from sklearn.datasets import load_digits
-    from torchvision.io import write_png
 
     digits = load_digits()
     keep = torch.from_numpy(digits.target) < classes
@@ -42,7 +42,7 @@ def write_digit_images(
             name = f"{copy:02d}_{index:04d}.png"
             path = folder / name if flat else folder / str(target) / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_png(image, str(path))
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
             written += 1
     return written
 

@@ -36,14 +36,14 @@ class Finetuning:
     def __init__(
         self,
         strategy: str = "no_freeze",
-        backbone: str | None = None,
+        backbone: str | list[str] | None = None,
         unfreeze_epoch: int | None = None,
         milestones: list[dict] | None = None,
         backbone_lr_scale: float = 0.1,
         train_bn: bool = False,
         strict_load: bool = False,
     ) -> None:
-        """`backbone`: the parameter-name prefix of the pretrained body; None takes the model's
+        """`backbone`: the parameter-name prefix (or prefixes) of the pretrained body; None takes the model's
         `backbone_prefix` (HuggingFaceModel), else "backbone" (TorchvisionModel). `strict_load`: fine-tuning
         from a checkpoint (`--resume CKPT -c CONFIG`) refuses weights that do not all fit, instead of
         loading those that do and listing the others."""
@@ -80,9 +80,10 @@ class Finetuning:
         if self.strategy == "no_freeze":
             return
         backbone = self.backbone if self.backbone is not None else getattr(model, "backbone_prefix", "backbone")
-        self.frozen = self._matching(model, "finetune.backbone", [backbone])
+        prefixes = (backbone,) if isinstance(backbone, str) else tuple(backbone)
+        self.frozen = self._matching(model, "finetune.backbone", prefixes)
         if self.strategy == "freeze_unfreeze":
-            self.stages = [Stage(self.unfreeze_epoch, (backbone,))]
+            self.stages = [Stage(self.unfreeze_epoch, prefixes)]
         elif self.strategy == "unfreeze_milestones":
             self.stages = [Stage(m["epoch"], tuple(m["modules"])) for m in self.milestones]
             for i, stage in enumerate(self.stages):
@@ -92,7 +93,7 @@ class Finetuning:
                 if outside:
                     raise ConfigError(
                         f"finetune.milestones.{i}.modules: {sorted(outside)[0]} is not in the frozen backbone "
-                        f"{backbone!r}; name modules inside it"
+                        f"({', '.join(prefixes)}); name modules inside it"
                     )
         if self.stages and is_distributed():
             # DDP registers the parameters that need gradients once, when it wraps the model: a parameter

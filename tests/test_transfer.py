@@ -1,0 +1,386 @@
+"""Bring your data and a pretrained model: image folders, torchvision backbones, freezing strategies,
+partial loading, predictions (issue 12). The e2e tests run the shipped config_transfer.json."""
+
+import copy
+import csv
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from base.base_model import BaseModel
+from conftest import ROOT, evaluate, run_script, shrink, train
+from data_loader.image_folder import CACHE_FOLDER, ImageFolderDataLoader
+from data_loader.make_digit_images import write_digit_images
+from model.torchvision_model import TorchvisionModel
+from trainer.finetuning import Finetuning
+from utils.checkpoint import (
+    BEST_NAME,
+    KEY_DATA,
+    KEY_OPTIMIZER,
+    KEY_STATE_DICT,
+    LAST_NAME,
+    Checkpoint,
+    load_checkpoint,
+    load_model_state,
+)
+from utils.errors import CheckpointError, ConfigError, DataError
+from utils.predictions import prediction_rows
+from utils.util import read_json
+
+
+def write_image_folder(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog", "owl")) -> Path:
+    """A tiny folder of 8x8 PNGs, one sub-folder per class; class c's images have brightness ~ 80 c."""
+
+    generator = torch.Generator().manual_seed(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = (torch.rand(3, 8, 8, generator=generator) * 40 + 80 * c).to(torch.uint8)
+            write_png(image, root / name / f"{i:02d}.png")
+    return root
+
+
+def write_png(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
+def batches(loader: ImageFolderDataLoader, epoch: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+# --- ImageFolderDataLoader -------------------------------------------------------------------------------------
+
+
+def test_image_folder_splits_every_image_once_with_its_class(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    loaders = {s: ImageFolderDataLoader(str(root), image_size=8, split=s, validation_split=3, test_split=3) for s in
+               ("train", "valid", "test")}  # fmt: skip
+    assert loaders["train"].classes == ["cat", "dog", "owl"]
+    assert {s: loader.n_samples for s, loader in loaders.items()} == {"train": 12, "valid": 3, "test": 3}
+    seen = [
+        loader.sample_id(i) for loader in loaders.values() for _, b in loader.epoch_sampler.iter_batches() for i in b
+    ]
+    assert sorted(seen) == sorted(f"{c}/{i:02d}.png" for c in ("cat", "dog", "owl") for i in range(6))
+    images, targets = batches(loaders["train"])[0]
+    assert images.shape == (12, 3, 8, 8)
+    # Class c is brightest where c is largest: the labels belong to their images.
+    brightness = images.mean(dim=(1, 2, 3))
+    assert all(brightness[targets == 0].max() < brightness[targets == 1].min() for _ in [0])
+    assert brightness[targets == 1].max() < brightness[targets == 2].min()
+
+
+def test_image_folder_resizes_normalizes_and_keeps_grey_images_grey(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    loader = ImageFolderDataLoader(str(root), image_size=4, channels=1, mean=[0.5], std=[0.25], split="test")
+    images, _ = batches(loader)[0]
+    assert images.shape[1:] == (1, 4, 4)
+    raw = ImageFolderDataLoader(str(root), image_size=4, channels=1, mean=[0.0], std=[1.0], split="test")
+    assert torch.allclose(images, (batches(raw)[0][0] - 0.5) / 0.25, atol=1e-6)
+
+
+def test_the_decoded_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "images")
+    caplog.set_level("INFO", logger="data")
+    first = batches(ImageFolderDataLoader(str(root), image_size=8, split="test"))
+    assert "Decoded 18 images" in caplog.text
+    [cache] = (root / CACHE_FOLDER).glob("images-*.pt")
+    caplog.clear()
+    again = batches(ImageFolderDataLoader(str(root), image_size=8, split="test"))
+    assert "Read 18 decoded images from" in caplog.text and "Decoded" not in caplog.text
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    # A file rewritten with other pixels (and a later time stamp): the stale cache is replaced.
+    write_png(torch.full((3, 8, 8), 255, dtype=torch.uint8), root / "cat" / "00.png")
+    os.utime(root / "cat" / "00.png", ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    caplog.clear()
+    ImageFolderDataLoader(str(root), image_size=8, split="test")
+    assert "Decoded 18 images" in caplog.text
+    assert not cache.exists() and len(list((root / CACHE_FOLDER).glob("images-*.pt"))) == 1
+
+
+def test_decoding_per_batch_gives_the_in_memory_batches_augmentation_included(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    common = dict(image_size=8, batch_size=5, augment=True, seed=3, split="train")
+    in_memory = batches(ImageFolderDataLoader(str(root), **common), epoch=2)
+    from_files = batches(ImageFolderDataLoader(str(root), in_memory=False, num_workers=1, **common), epoch=2)
+    assert len(in_memory) == len(from_files) == 3
+    for (a, ta), (b, tb) in zip(in_memory, from_files, strict=True):
+        assert torch.equal(ta, tb) and torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: (root / "dog" / "03.png").write_bytes(b"not a png"), r"dog/03\.png: unreadable image"),
+        (lambda root: (root / "empty").mkdir(), r"empty: class folder with no images"),
+        (lambda root: [p.unlink() for p in root.rglob("*.png")] and None, r"class folder with no images"),
+    ],
+)
+def test_bad_image_data_is_one_line_naming_the_file(tmp_path, damage, message):
+    root = write_image_folder(tmp_path / "images")
+    damage(root)
+    with pytest.raises(DataError, match=message):
+        ImageFolderDataLoader(str(root), image_size=8)
+    with pytest.raises(DataError, match=r"nowhere: image folder not found"):
+        ImageFolderDataLoader(str(tmp_path / "nowhere"))
+
+
+# --- TorchvisionModel and weights ------------------------------------------------------------------------------
+
+
+def test_torchvision_model_loads_local_weights_and_gets_a_new_head(tmp_path):
+    import torchvision
+
+    source = torchvision.models.get_model("mobilenet_v3_small")
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    model = TorchvisionModel("mobilenet_v3_small", num_classes=4, weights=str(tmp_path / "weights.pth"))
+    loaded = model.backbone.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in source.state_dict().items() if k in loaded)
+    assert not any(k.startswith("classifier.3") for k in loaded)  # the old head is gone
+    assert model.head.out_features == 4 and model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_torchvision_weights_that_are_not_here_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ConfigError, match=r"not on this machine; download https://\S+ to .*torch/hub/checkpoints/"):
+        TorchvisionModel("resnet18", 10, weights="ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(
+        ConfigError, match=r"'nope' is neither a file nor weights of resnet18 \(valid names: IMAGENET1K"
+    ):
+        TorchvisionModel("resnet18", 10, weights="nope")
+    with pytest.raises(ConfigError, match=r"unknown torchvision model 'resnet81'; did you mean 'resnet18'"):
+        TorchvisionModel("resnet81", 10)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"junk\.pth is not a readable state dict"):
+        TorchvisionModel("resnet18", 10, weights=str(tmp_path / "junk.pth"))
+
+
+class Small(BaseModel):
+    """A backbone with a BatchNorm layer and a head, named as TorchvisionModel names them."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def test_fine_tuning_loads_what_fits_and_lists_what_it_skipped(tmp_path, caplog):
+    source = Small(num_classes=5)
+    checkpoint = Checkpoint(tmp_path / "source.pth", {KEY_STATE_DICT: source.state_dict()})
+    target = Small(num_classes=3)
+    caplog.set_level("WARNING", logger="train")
+    load_model_state(target, checkpoint, strict=False)
+    assert torch.equal(target.backbone[0].weight, source.backbone[0].weight)
+    assert "9 tensors loaded, 2 skipped (head.weight: (5, 8) there, (3, 8) here; head.bias: (5,) there, (3,) here)" in (
+        caplog.text
+    )
+    with pytest.raises(CheckpointError, match=r"head\.weight has shape \(5, 8\) there, \(3, 8\) here.*strict_load"):
+        load_model_state(Small(num_classes=3), checkpoint, strict=True)
+    foreign = Checkpoint(tmp_path / "foreign.pth", {KEY_STATE_DICT: {"other.weight": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match=r"weights do not fit the configured model"):
+        load_model_state(Small(), foreign, strict=False)  # nothing at all fits: surely the wrong file
+
+
+# --- Finetuning ------------------------------------------------------------------------------------------------
+
+
+def test_freeze_unfreeze_adds_the_backbone_as_a_group_at_its_epoch_and_can_go_back():
+    model = Small()
+    finetuning = Finetuning("freeze_unfreeze", unfreeze_epoch=3, backbone_lr_scale=0.1)
+    finetuning.freeze(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    finetuning.attach(optimizer)
+    assert [p.requires_grad for p in model.backbone.parameters()] == [False] * 6
+    assert finetuning.set_epoch(2, optimizer, scheduler) == [] and len(optimizer.param_groups) == 1
+    [line] = finetuning.set_epoch(3, optimizer, scheduler)
+    assert line == "Unfreezing backbone at epoch 3: 128 parameters at lr 0.05"
+    assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["lr"] == pytest.approx(0.05)
+    assert scheduler.base_lrs == pytest.approx([0.5, 0.05])
+    assert all(p.requires_grad for p in model.parameters())
+    finetuning.set_epoch(2, optimizer, scheduler)  # a rehearsal's restore goes back to the epoch before
+    assert len(optimizer.param_groups) == 1 and scheduler.base_lrs == [0.5]
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_unless_train_bn():
+    for train_bn in (False, True):
+        model, finetuning = Small(), Finetuning("freeze", train_bn=train_bn)
+        finetuning.freeze(model)
+        finetuning.train_mode(model)
+        assert model.backbone[1].training is train_bn and model.head.training
+
+
+def test_milestones_unfreeze_in_stages_and_bad_sections_are_one_line():
+    model = Small()
+    finetuning = Finetuning(
+        "unfreeze_milestones",
+        milestones=[{"epoch": 2, "modules": ["backbone.3"]}, {"epoch": 4, "modules": ["backbone"]}],
+    )
+    finetuning.freeze(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    finetuning.attach(optimizer)
+    finetuning.set_epoch(3, optimizer, None)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]  # the head; backbone.3
+    finetuning.set_epoch(4, optimizer, None)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2, 4]  # then the rest of the backbone
+    with pytest.raises(ConfigError, match=r"finetune\.backbone: no parameters under 'trunk' \(the model's modules: "):
+        Finetuning("freeze", backbone="trunk").freeze(Small())
+    assert Finetuning("freeze_unfreeze").check() == [
+        "finetune.unfreeze_epoch: the freeze_unfreeze strategy needs the epoch to unfreeze at"
+    ]
+
+
+def test_the_finetune_section_is_validated_with_the_config(base_config):
+    base_config["finetune"] = {"strategy": "freeze_all", "backbone_lr_scale": 0}
+    with pytest.raises(ConfigError) as error:
+        from parse_config import ConfigParser
+
+        ConfigParser(base_config)
+    assert "finetune.strategy" in str(error.value) and "finetune.backbone_lr_scale" in str(error.value)
+
+
+# --- Predictions -----------------------------------------------------------------------------------------------
+
+
+class Task:
+    """What prediction_rows reads of a data loader."""
+
+    def __init__(self, task: str, classes: list[str] | None = None, preprocessing: dict | None = None) -> None:
+        self.task, self.classes, self.preprocessing = task, classes, preprocessing or {}
+
+
+def test_prediction_rows_read_each_task():
+    header, rows = prediction_rows(["a", "b"], torch.tensor([[0.0, 2.0], [1.0, 0.0]]), torch.tensor([1, 1]),
+                                   Task("classification", ["no", "yes"]))  # fmt: skip
+    assert header == ["id", "target", "prediction", "prob_no", "prob_yes"]
+    assert rows[0][:3] == ["a", "yes", "yes"] and rows[1][:3] == ["b", "yes", "no"]
+    assert float(rows[0][4]) == pytest.approx(torch.tensor([0.0, 2.0]).softmax(0)[1].item(), rel=1e-5)
+    _, rows = prediction_rows(
+        ["r"], torch.tensor([[0.5]]), None, Task("regression", None, {"target_mean": 10.0, "target_std": 2.0})
+    )
+    assert rows == [["r", 11.0]]
+    _, rows = prediction_rows(["x"], torch.tensor([[-1.0]]), None, Task("binary", ["malignant", "benign"]))
+    assert rows[0][1] == "malignant" and float(rows[0][3]) == pytest.approx(
+        torch.sigmoid(torch.tensor(-1.0)).item(), rel=1e-5
+    )
+
+
+# --- End to end: the shipped config_transfer.json --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory) -> dict[str, Path]:
+    """The digits as a folder of 32x32 RGB PNGs (all ten classes), new unlabelled images, and a "pretrained"
+    resnet18 weights file (random: the digits are learnt from scratch, in a few epochs)."""
+    import torchvision
+
+    root = tmp_path_factory.mktemp("transfer")
+    write_digit_images(root / "digits", size=32)
+    write_digit_images(root / "new", size=32, flat=True, offset=1)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), root / "resnet18.pth")
+    return {"digits": root / "digits", "new": root / "new", "weights": root / "resnet18.pth", "root": root}
+
+
+def transfer_config(folders: dict[str, Path], save_dir: Path) -> dict:
+    from parse_config import read_config
+
+    config = shrink(read_config(ROOT / "config_transfer.json"), save_dir, epochs=5)
+    config["arch"]["args"]["weights"] = str(folders["weights"])
+    config["data_loader"]["args"]["data_dir"] = str(folders["digits"])
+    config["finetune"]["unfreeze_epoch"] = 3
+    config["trainer"]["save_period"] = 1
+    config["trainer"]["keep_last"] = None
+    return config
+
+
+@pytest.mark.e2e
+def test_transfer_example_freezes_then_unfreezes_reaches_090_and_predicts(digit_folders, tmp_path):
+    config = transfer_config(digit_folders, tmp_path / "saved")
+    result, run = train(config, tmp_path, "transfer")
+    pretrained = torch.load(digit_folders["weights"], weights_only=True)
+    start = {f"backbone.{k}": v for k, v in pretrained.items() if not k.startswith("fc.")}
+    epoch = {e: load_checkpoint(run.checkpoint_dir / f"checkpoint-epoch{e}.pth").state for e in (1, 2, 3)}
+    # Frozen for epochs 1-2: every backbone tensor, BatchNorm running statistics included, bitwise unchanged.
+    for e in (1, 2):
+        assert all(torch.equal(epoch[e][KEY_STATE_DICT][k], v) for k, v in start.items())
+        assert len(epoch[e][KEY_OPTIMIZER]["param_groups"]) == 1
+    assert any("running_mean" in k for k in start)
+    # Epoch 3: the backbone trains, in a second group at lr * 0.1.
+    changed = [k for k, v in start.items() if not torch.equal(epoch[3][KEY_STATE_DICT][k], v)]
+    assert len(changed) > 0.9 * len(start)
+    groups = epoch[3][KEY_OPTIMIZER]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+    assert epoch[3][KEY_DATA] == {"classes": [str(d) for d in range(10)]}
+
+    # test.py: accuracy >= 0.9, and the per-sample file agrees with it.
+    predictions = tmp_path / "test_predictions.csv"
+    tested = evaluate(run.checkpoint_dir / BEST_NAME, "--predictions", str(predictions))
+    assert tested["accuracy"] >= 0.9
+    rows = list(csv.DictReader(predictions.open()))
+    assert len(rows) == tested["n_samples"] == 359
+    assert sum(r["target"] == r["prediction"] for r in rows) / len(rows) == pytest.approx(tested["accuracy"], abs=1e-9)
+
+    # predict.py on a folder of new images: one row per image, named by file, mostly right.
+    from sklearn.datasets import load_digits
+
+    out = tmp_path / "predictions.csv"
+    done = run_script("predict.py", "--resume", str(run.checkpoint_dir), "--input", str(digit_folders["new"]),
+                      "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(out.open()))
+    truth = load_digits().target
+    assert len(rows) == len(truth) and list(rows[0])[:2] == ["id", "prediction"]
+    assert sum(int(r["prediction"]) == truth[int(r["id"][3:7])] for r in rows) / len(rows) >= 0.9
+    assert all(abs(sum(float(r[f"prob_{d}"]) for d in range(10)) - 1) < 1e-4 for r in rows)
+    assert result["best"]["val_accuracy"] >= 0.9
+
+
+@pytest.mark.e2e
+def test_resume_across_the_unfreeze_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    tiny_config["trainer"]["epochs"] = 4
+    tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2", "fc1"],
+                               "unfreeze_epoch": 3}  # fmt: skip
+    straight, straight_run = train(tiny_config, tmp_path, "straight")
+    half = copy.deepcopy(tiny_config)
+    half["trainer"]["epochs"] = 2  # stops before the unfreeze; resumed after it
+    _, run = train(half, tmp_path, "interrupted")
+    resumed, _ = train(None, tmp_path, overrides=["trainer.epochs=4"], resume=run.checkpoint_dir)
+    assert resumed["last"] == straight["last"]
+    a = load_checkpoint(straight_run.checkpoint_dir / LAST_NAME).state
+    b = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
+    assert all(torch.equal(a[KEY_STATE_DICT][k], b[KEY_STATE_DICT][k]) for k in a[KEY_STATE_DICT])
+    assert len(b[KEY_OPTIMIZER]["param_groups"]) == 2
+    assert b[KEY_OPTIMIZER]["param_groups"] == a[KEY_OPTIMIZER]["param_groups"]
+
+
+@pytest.mark.e2e
+def test_fine_tuning_a_checkpoint_into_another_head_and_strict_load(tiny_config, tmp_path):
+    _, source = train(tiny_config, tmp_path, "ten_classes")
+    five = copy.deepcopy(tiny_config)
+    five["arch"]["args"]["num_classes"] = 11  # another head: fc2 does not fit
+    five["trainer"]["epochs"] = 1
+    _, tuned = train(five, tmp_path, "eleven", resume=source.checkpoint_dir / LAST_NAME)
+    log = (tuned.log_dir / "info.log").read_text()
+    assert "6 tensors loaded, 2 skipped (fc2.weight: (10, 128) there, (11, 128) here; fc2.bias: (10,) there" in log
+    five["finetune"] = {"strict_load": True}
+    with pytest.raises(CheckpointError, match=r"fc2\.weight has shape \(10, 128\) there, \(11, 128\) here"):
+        train(five, tmp_path, "strict", resume=source.checkpoint_dir / LAST_NAME)
+
+
+def test_shipped_transfer_config_is_valid_and_names_a_real_folder_layout():
+    from parse_config import ConfigParser, read_config
+
+    config = ConfigParser(read_config(ROOT / "config_transfer.json")).config
+    assert config["finetune"]["strategy"] == "freeze_unfreeze" and config["arch"]["type"] == "TorchvisionModel"
+    assert read_json(ROOT / "config_transfer.json")["extends"] == "config.json"
