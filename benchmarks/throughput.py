@@ -3,6 +3,7 @@
     python benchmarks/throughput.py            # the reference workload, a few minutes on 2 CPU cores
     python benchmarks/throughput.py --tiny     # seconds; what the tests run (the numbers mean nothing)
     python benchmarks/throughput.py --compile  # also the Trainer with trainer.compile (torch.compile)
+    python benchmarks/throughput.py --images   # the image-folder data path instead (benchmarks/image_folder.py)
 
 Workload: MNIST-format 28x28 images (11,520 training + 1,280 validation, written as idx files and read
 through torchvision), LeNet (MnistModel), Adam, batch 128, accuracy and top-3 metrics. Every variant is
@@ -267,5 +268,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a few seconds, to check the benchmark runs")
     parser.add_argument("--compile", action="store_true", help="also time the Trainer with trainer.compile")
+    parser.add_argument("--images", action="store_true", help="measure the image-folder data path instead")
     args = parser.parse_args()
-    main(args.tiny, args.compile)
+    if args.images:
+        sys.path.insert(0, str(ROOT))
+        from benchmarks import image_folder
+
+        image_folder.main(args.tiny)
+    else:
+        main(args.tiny, args.compile)

@@ -4,14 +4,16 @@
     data_dir/dog/xyz.jpg
 
 The images are decoded once (PNG or JPEG, resized to `image_size`), kept as one uint8 tensor and normalized
-and augmented a batch at a time, like MNIST; the decoded tensor is cached on disk beside the data, so later
-runs skip the decoding, and the cache is rebuilt when a file is added, removed or changed. With
+and augmented a batch at a time, like MNIST; the decoded tensor is cached on disk (in `cache_dir`, by
+default ~/.cache/pytorch_template), so later runs skip the decoding, and the cache is rebuilt when a file
+is added, removed or changed. With
 `in_memory` false, each batch is decoded from the files instead (in the DataLoader's workers), for data
 that does not fit in memory; the batch order and the augmentation are the same.
 """
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +29,6 @@ from utils.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's pretrained weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_FOLDER = ".decoded"  # inside data_dir; hidden, so never taken for a class
 CACHE_VERSION = 1
 
 logger = logging.getLogger("data")
@@ -98,11 +99,21 @@ def cache_key(data_dir: Path, files: Sequence[Path], image_size: int, channels: 
     return digest.hexdigest()[:16]
 
 
-def load_decoded(data_dir: Path, files: Sequence[Path], image_size: int, channels: int, cache: bool) -> torch.Tensor:
-    """The decoded images, from the cache in `data_dir/.decoded/` when it matches the files, else decoded now
-    (and cached, where the folder is writable)."""
+def default_cache_dir() -> Path:
+    """Where decoded images are cached unless `cache_dir` says otherwise: the user's cache folder."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytorch_template"
+
+
+def load_decoded(
+    data_dir: Path, files: Sequence[Path], image_size: int, channels: int, cache_dir: Path | None
+) -> torch.Tensor:
+    """The decoded images, from the cache when it matches the files, else decoded now (and cached, where
+    `cache_dir` is writable; None: no cache). A folder's cache file is named after the folder's path."""
     started = time.perf_counter()
-    path = data_dir / CACHE_FOLDER / f"images-{cache_key(data_dir, files, image_size, channels)}.pt"
+    folder_id = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    key = cache_key(data_dir, files, image_size, channels)
+    path = (cache_dir or Path()) / f"{data_dir.name}-{folder_id}-{key}.pt"
+    cache = cache_dir is not None
     if cache and path.is_file():
         try:
             images = torch.load(path, map_location="cpu", weights_only=True)
@@ -115,8 +126,8 @@ def load_decoded(data_dir: Path, files: Sequence[Path], image_size: int, channel
     logger.info("Decoded %d images from %s in %.2f s", len(files), data_dir, time.perf_counter() - started)
     if cache:
         try:
-            path.parent.mkdir(exist_ok=True)
-            for old in path.parent.glob("images-*.pt"):  # the files changed: an older cache is stale
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.glob(f"{data_dir.name}-{folder_id}-*.pt"):  # the files changed: it is stale
                 old.unlink()
             tmp = path.with_name(f".{path.name}.tmp")
             torch.save(images, tmp)
@@ -155,8 +166,9 @@ class ImageFolderDataLoader(BaseDataLoader):
 
     `image_size`: every image is resized to image_size x image_size. `channels`: 3 (RGB) or 1 (grey).
     `mean`/`std` per channel: ImageNet's by default, what torchvision's pretrained weights expect.
-    `augment`: a random flip, rotation and shift per image, on whole batches. For predictions, `inputs` is
-    an image file or a folder of images (any layout), served as the split "predict".
+    `augment`: a random flip, rotation and shift per image, on whole batches. `cache`: keep the decoded
+    images in `cache_dir` (null: ~/.cache/pytorch_template) for the next run. For predictions, `inputs` is an
+    image file or a folder of images (any layout), served as the split "predict".
     """
 
     def __init__(
@@ -174,6 +186,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         augment: bool = False,
         in_memory: bool = True,
         cache: bool = True,
+        cache_dir: str | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -206,7 +219,8 @@ class ImageFolderDataLoader(BaseDataLoader):
             indices = split_indices(len(files), validation_split, test_split, split_seed)[split]
         transform = flip_and_affine if augment else None
         if in_memory:
-            images = load_decoded(self.root, files, image_size, channels, cache and split != "predict")
+            where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None
+            images = load_decoded(self.root, files, image_size, channels, where)
             dataset = InMemoryImages(images, torch.tensor(targets), 1 / 255, mean, std, transform)
         else:
             dataset = ImageFiles(files, torch.tensor(targets), image_size, channels, mean, std, transform)

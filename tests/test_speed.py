@@ -19,6 +19,13 @@ def test_the_benchmark_runs_and_prints_every_ratio():
     assert "machine: " in result.stdout and "median s/epoch" in result.stdout
 
 
+def test_the_image_folder_benchmark_runs_and_prints_every_ratio():
+    result = run_script(str(ROOT / "benchmarks" / "throughput.py"), "--images", "--tiny", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("our folder / floor", "per batch / floor", "torchvision / our folder", "first start (decode"):
+        assert line in result.stdout
+
+
 def test_compile_keeps_plain_parameter_names(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=1, len_epoch=3, compile=True)
     result, run = train(tiny_config, tmp_path, "compiled")

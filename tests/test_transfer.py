@@ -13,7 +13,7 @@ from torch import nn
 
 from base.base_model import BaseModel
 from conftest import ROOT, evaluate, run_script, shrink, train
-from data_loader.image_folder import CACHE_FOLDER, ImageFolderDataLoader
+from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.make_digit_images import write_digit_images
 from model.torchvision_model import TorchvisionModel
 from trainer.finetuning import Finetuning
@@ -30,6 +30,13 @@ from utils.checkpoint import (
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.predictions import prediction_rows
 from utils.util import read_json
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch) -> Path:
+    """The decoded-image cache of these tests, away from the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "pytorch_template"
 
 
 def write_image_folder(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog", "owl")) -> Path:
@@ -85,12 +92,12 @@ def test_image_folder_resizes_normalizes_and_keeps_grey_images_grey(tmp_path):
     assert torch.allclose(images, (batches(raw)[0][0] - 0.5) / 0.25, atol=1e-6)
 
 
-def test_the_decoded_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, caplog):
+def test_the_decoded_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, caplog, cache_home):
     root = write_image_folder(tmp_path / "images")
     caplog.set_level("INFO", logger="data")
     first = batches(ImageFolderDataLoader(str(root), image_size=8, split="test"))
     assert "Decoded 18 images" in caplog.text
-    [cache] = (root / CACHE_FOLDER).glob("images-*.pt")
+    [cache] = cache_home.glob("*.pt")
     caplog.clear()
     again = batches(ImageFolderDataLoader(str(root), image_size=8, split="test"))
     assert "Read 18 decoded images from" in caplog.text and "Decoded" not in caplog.text
@@ -101,7 +108,10 @@ def test_the_decoded_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, c
     caplog.clear()
     ImageFolderDataLoader(str(root), image_size=8, split="test")
     assert "Decoded 18 images" in caplog.text
-    assert not cache.exists() and len(list((root / CACHE_FOLDER).glob("images-*.pt"))) == 1
+    assert not cache.exists() and len(list(cache_home.glob("*.pt"))) == 1
+    # Not cached at all where asked not to.
+    ImageFolderDataLoader(str(root), image_size=8, split="test", cache=False)
+    assert len(list(cache_home.glob("*.pt"))) == 1
 
 
 def test_decoding_per_batch_gives_the_in_memory_batches_augmentation_included(tmp_path):
