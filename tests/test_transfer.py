@@ -394,3 +394,27 @@ def test_shipped_transfer_config_is_valid_and_names_a_real_folder_layout():
     config = ConfigParser(read_config(ROOT / "config_transfer.json")).config
     assert config["finetune"]["strategy"] == "freeze_unfreeze" and config["arch"]["type"] == "TorchvisionModel"
     assert read_json(ROOT / "config_transfer.json")["extends"] == "config.json"
+
+
+@pytest.mark.e2e
+def test_predict_py_refuses_bad_requests_with_one_line(tiny_config, tmp_path):
+    tiny_config["trainer"].update(epochs=1, len_epoch=2)
+    _, run = train(tiny_config, tmp_path, "digits")
+    (tmp_path / "taken.csv").write_text("keep me")
+    for args, message in (
+        (["--input", str(tmp_path), "--out", str(tmp_path / "p.csv")], "DigitsDataLoader cannot read new inputs"),
+        (["--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.csv")], "nothing: not found"),
+        (["--input", str(tmp_path), "--out", str(tmp_path / "taken.csv")], "taken.csv: exists; choose a new file"),
+    ):
+        done = run_script("predict.py", "--resume", str(run.checkpoint_dir), *args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+            lines
+        )
+    assert (tmp_path / "taken.csv").read_text() == "keep me" and not (tmp_path / "p.csv").exists()
+    # test.py --predictions on the digits: every test image once, agreeing with the reported accuracy.
+    rows_path = tmp_path / "rows.csv"
+    tested = evaluate(run.checkpoint_dir / LAST_NAME, "--predictions", str(rows_path))
+    rows = list(csv.DictReader(rows_path.open()))
+    assert len({r["id"] for r in rows}) == len(rows) == tested["n_samples"]
+    assert sum(r["target"] == r["prediction"] for r in rows) / len(rows) == pytest.approx(tested["accuracy"], abs=1e-9)
