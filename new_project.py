@@ -32,6 +32,8 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
 
 def check_target(target: Path) -> None:
     """Refuse a target that would overwrite or nest anything; nothing is written before this passes."""
+    if not str(target).isprintable():
+        raise ConfigError(f"{str(target)!r}: a folder name with control characters (a newline?); choose another")
     if target == TEMPLATE or TEMPLATE in target.parents:
         raise ConfigError(f"{target}: is inside the template itself; choose a folder outside {TEMPLATE}")
     if target.is_file():

@@ -196,6 +196,10 @@ def test_resume_checks_every_field_and_writes_only_in_the_checkpoints_own_run_fo
             "the checkpoint's training state does not fit",
         ),
         "monitor_nan": ({"monitor_best": float("nan")}, "field 'monitor_best' should be a number"),
+        "batch_beyond_the_epoch": (
+            {"batch_in_epoch": 10_000, "partial_epoch_metrics": {"sums": {}, "counts": {}}},
+            "the checkpoint stopped after batch 10000 of epoch 2, which has 41 batches with this config",
+        ),
         "optimizer_of_another_model": (
             {"optimizer": {"state": {}, "param_groups": [{**state["optimizer"]["param_groups"][0], "params": [0]}]}},
             "the checkpoint's optimizer or scheduler state does not fit",
@@ -297,6 +301,7 @@ def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path, traine
         ("existing_file", "is an existing file"),
         ("full_folder", "folder exists and is not empty"),
         (None, "is inside the template itself"),
+        ("new\nline", "a folder name with control characters"),
     ],
 )
 def test_new_project_refuses_targets_it_would_damage(target, fragment, tmp_path):

@@ -17,7 +17,7 @@ from base.base_trainer import BaseTrainer
 from trainer.finetuning import Finetuning
 from utils.checkpoint import KEY_DATA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from utils.distributed import agree_max, describe_placement, unwrap_model
-from utils.errors import ConfigError, UserError
+from utils.errors import CheckpointError, ConfigError, UserError
 from utils.metric_tracker import MetricTracker
 
 
@@ -258,6 +258,12 @@ class Trainer(BaseTrainer):
         # The optimizer's parameter groups of that epoch (stages unfrozen by then), before its state is loaded.
         self.finetuning.set_epoch(state[KEY_EPOCH], self.optimizer, self.lr_scheduler)
         super()._restore(state)
+        per_epoch = self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
+        if self.start_batch >= per_epoch:
+            raise CheckpointError(
+                f"the checkpoint stopped after batch {self.start_batch} of epoch {state[KEY_EPOCH]}, which has "
+                f"{per_epoch} batches with this config; resume with the batch_size and len_epoch it was trained with"
+            )
         self.optimizer_steps = 0
         if state[KEY_SCALER]:  # empty when the run trained without loss scaling
             self.scaler.load_state_dict(state[KEY_SCALER])
