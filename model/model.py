@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from base.base_model import BaseModel
+from model.huggingface import HuggingFaceModel
 from model.mlp import MLP  # selectable by its name: an import here is how a model in its own file is found
 from model.torchvision_model import TorchvisionModel
 

@@ -1,0 +1,319 @@
+"""Tables from a CSV file with a header row: numeric features (CsvDataLoader) or a text (TextCsvDataLoader),
+and one target column.
+
+    area,rooms,city_id,price            review,label
+    52.0,2,3,189000                     "A fine film, well acted.",good
+
+The file is read once, with the standard library's csv module, into memory. A sample's id in predictions
+files is its row number (1 = the first row after the header; blank rows are not counted) or the value of
+`id_column`; error lines name the file, the line (the header is line 1) and the column. Every statistic is
+taken from the training split only and saved as the loader's `preprocessing`, so test.py and predict.py
+read new rows as training did.
+"""
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+
+from base.base_data_loader import BaseDataLoader, InMemoryTensors, split_indices
+from model.huggingface import load_tokenizer
+from utils.errors import DataError, did_you_mean
+
+TASKS = ("classification", "binary", "regression")
+NOT_A_FEATURE = " (features are numbers; leave the column out with data_loader.args.feature_columns)"
+
+
+class CsvTable:
+    """A CSV file's column names and data rows, as stripped strings; blank rows are skipped (and not counted)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: CSV file not found")
+        self.rows: list[list[str]] = []
+        self.lines: list[int] = []  # the file's line number of each row, for error messages
+        try:
+            with self.path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's byte-order mark
+                reader = csv.reader(handle)
+                self.columns = [name.strip() for name in next(reader, [])]
+                for row in reader:
+                    if not any(cell.strip() for cell in row):  # a blank line, or Excel's ",,," for an empty row
+                        continue
+                    if len(row) != len(self.columns):
+                        raise DataError(
+                            f"{self.path}, line {reader.line_num}: {len(row)} cells, but the header names "
+                            f"{len(self.columns)} columns"
+                        )
+                    self.rows.append([cell.strip() for cell in row])
+                    self.lines.append(reader.line_num)
+        except UnicodeDecodeError:
+            raise DataError(f"{self.path}: not a UTF-8 text file (save it as CSV UTF-8)") from None
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot be read ({e.strerror or e})") from None
+        except csv.Error as e:
+            raise DataError(f"{self.path}, line {reader.line_num}: not valid CSV ({e})") from None
+        if not self.rows:
+            raise DataError(
+                f"{self.path}: no data rows (expected a header row naming the columns, then one row per sample)"
+            )
+        for name in self.columns:
+            if self.columns.count(name) > 1:
+                raise DataError(f"{self.path}: the header names column {name!r} twice")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def check_column(self, name: str, role: str) -> None:
+        if name not in self.columns:
+            raise DataError(
+                f"{self.path}: no {role} column {name!r}; the file's columns are "
+                f"{', '.join(self.columns)}{did_you_mean(name, self.columns)}"
+            )
+
+    def error(self, row: int, column: str, problem: str) -> DataError:
+        return DataError(f"{self.path}, line {self.lines[row]}, column {column!r}: {problem}")
+
+    def texts(self, column: str, role: str) -> list[str]:
+        """The column's cells; an empty one is an error."""
+        self.check_column(column, role)
+        index = self.columns.index(column)
+        cells = [row[index] for row in self.rows]
+        for i, cell in enumerate(cells):
+            if not cell:
+                raise self.error(i, column, "empty cell (every row needs a value here)")
+        return cells
+
+    def numbers(self, column: str, role: str, advice: str = "") -> torch.Tensor:
+        """The column as float64 (N,); a cell that is not a finite number is an error."""
+        values = []
+        for i, cell in enumerate(self.texts(column, role)):
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise self.error(i, column, f"{cell!r} is not a number{advice}")
+            values.append(value)
+        return torch.tensor(values, dtype=torch.float64)
+
+    def ids(self, id_column: str | None) -> list[str]:
+        """A name per row: the id column's value, or the row number (1 = the first row after the header)."""
+        return self.texts(id_column, "id") if id_column is not None else [str(i + 1) for i in range(len(self))]
+
+
+def read_split(csv_path: str, split: str, inputs: str | None, preprocessing: dict | None) -> tuple[CsvTable, dict]:
+    """The table a split reads (`inputs` for "predict", which needs the checkpoint's `preprocessing`, else
+    `csv_path`) and the saved preprocessing ({} when there is none: compute it from the training rows)."""
+    if split != "predict":
+        return CsvTable(csv_path), preprocessing or {}
+    if inputs is None or not preprocessing:
+        raise DataError("the split 'predict' needs inputs (a CSV file) and the checkpoint's data preprocessing")
+    return CsvTable(inputs), preprocessing
+
+
+def rows_of(table: CsvTable, split: str, validation_split: float | int, test_split: float | int, seed: int) -> dict:
+    """The row indices of each split: {"train", "valid", "test"}, or every row as "predict"."""
+    if split == "predict":
+        return {"predict": torch.arange(len(table))}
+    splits = split_indices(len(table), validation_split, test_split, seed)
+    if len(splits["train"]) == 0:
+        raise DataError(
+            f"{table.path}: {len(table)} rows leave none for training; lower validation_split or test_split"
+        )
+    return splits
+
+
+def saved(preprocessing: dict, key: str, table: CsvTable) -> list | float:
+    """A value of the checkpoint's preprocessing; one line when the checkpoint was made by another loader."""
+    if key not in preprocessing:
+        raise DataError(
+            f"{table.path}: the checkpoint's data preprocessing has no {key!r} (it was made by another data "
+            "loader or task); evaluate it with the data loader it was trained with"
+        )
+    return preprocessing[key]
+
+
+def mean_and_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of (N, ...) values; a constant column (or a single row) gets std 1 instead of 0 or NaN."""
+    mean, std = values.mean(dim=0), values.std(dim=0)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))  # NaN > 0 is False
+
+
+def class_names(labels: list[str]) -> list[str]:
+    """The distinct labels, sorted numerically when all are numbers ("2" before "10"), else as text."""
+    distinct = set(labels)
+    try:
+        return sorted(distinct, key=float)
+    except ValueError:
+        return sorted(distinct)
+
+
+def class_targets(table: CsvTable, column: str, split: str, preprocessing: dict) -> tuple[list[str], torch.Tensor]:
+    """The class names (the checkpoint's, or the file's labels sorted) and each row's class index (N,) int64;
+    -1 for every row of the split "predict" (no labels)."""
+    if split == "predict":
+        return list(saved(preprocessing, "classes", table)), torch.full((len(table),), -1)
+    labels = table.texts(column, "target")
+    classes = list(saved(preprocessing, "classes", table)) if preprocessing else class_names(labels)
+    number = {name: i for i, name in enumerate(classes)}
+    for i, label in enumerate(labels):
+        if label not in number:
+            raise table.error(i, column, f"class {label!r} is not one the model was trained on ({', '.join(classes)})")
+    return classes, torch.tensor([number[label] for label in labels], dtype=torch.int64)
+
+
+class CsvDataLoader(BaseDataLoader):
+    """Numeric features and one target from a CSV file: your own table, without writing a loader.
+
+    `feature_columns`: the columns the model reads (null: every column but the target and `id_column`);
+    each is standardized with the mean and std of the training rows. `task`, one of:
+    - "classification": the targets are class labels (any text); the classes are the distinct labels,
+      sorted (numerically when all are numbers); targets are class indices (B,) int64 and the model gives a
+      score per class (cross_entropy);
+    - "binary": exactly two labels, the second in sorted order is 1; targets (B, 1) float 0/1 and the model
+      gives one logit (BCEWithLogitsLoss);
+    - "regression": a numeric target, standardized with the training rows' mean and std (as (B, 1) float):
+      R² is unchanged, the loss and MAE are in standard deviations; predictions are in the target's units.
+    Batches are (features (B, F) float32, targets). For predictions, `inputs` is a CSV file with the same
+    feature columns (the target column may be absent), served as the split "predict".
+    """
+
+    def __init__(
+        self,
+        csv_path: str,
+        target_column: str,
+        feature_columns: list[str] | None = None,
+        id_column: str | None = None,
+        task: str = "classification",  # classification | binary | regression
+        batch_size: int = 32,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        test_split: float | int = 0.2,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        split: str = "train",
+        seed: int = 0,
+        inputs: str | None = None,
+        preprocessing: dict | None = None,
+    ) -> None:
+        if task not in TASKS:
+            raise DataError(f"data_loader.args.task: unknown task {task!r} (valid: {', '.join(TASKS)})")
+        table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
+        if split != "predict":
+            table.check_column(target_column, "target")
+        columns = self._feature_columns(table, target_column, feature_columns, id_column, preprocessing)
+        splits = rows_of(table, split, validation_split, test_split, split_seed)
+        features = torch.stack([table.numbers(c, "feature", NOT_A_FEATURE) for c in columns], dim=1)  # (N, F) f64
+        if preprocessing:
+            mean = torch.tensor(saved(preprocessing, "means", table), dtype=torch.float64)
+            std = torch.tensor(saved(preprocessing, "stds", table), dtype=torch.float64)
+        else:
+            mean, std = mean_and_std(features[splits["train"]])
+        self.preprocessing = {"columns": columns, "means": mean.tolist(), "stds": std.tolist()}
+        features = ((features - mean) / std).float()
+
+        self.task = task
+        if task == "regression":
+            values = None if split == "predict" else table.numbers(target_column, "target", " (task 'regression')")
+            if preprocessing:
+                target_mean, target_std = (saved(preprocessing, k, table) for k in ("target_mean", "target_std"))
+            else:
+                target_mean, target_std = (v.item() for v in mean_and_std(values[splits["train"]]))
+            self.preprocessing |= {"target_mean": target_mean, "target_std": target_std}  # predictions in its units
+            if values is None:
+                targets = torch.full((len(table), 1), -1.0)
+            else:
+                targets = ((values - target_mean) / target_std).float().unsqueeze(1)  # (N, 1): the output's shape
+        else:
+            self.classes, targets = class_targets(table, target_column, split, preprocessing)
+            if task == "binary":
+                if len(self.classes) != 2:
+                    raise DataError(
+                        f"{table.path}: column {target_column!r} has {len(self.classes)} classes "
+                        f"({', '.join(self.classes[:10])}); task 'binary' needs exactly two (or use 'classification')"
+                    )
+                targets = targets.float().unsqueeze(1)  # (N, 1) 0/1, for BCEWithLogitsLoss
+            self.preprocessing["classes"] = self.classes
+        self.ids = table.ids(id_column)
+        super().__init__(
+            InMemoryTensors(features, targets), splits[split], batch_size, shuffle, num_workers, seed, split == "train"
+        )
+
+    @staticmethod
+    def _feature_columns(
+        table: CsvTable, target: str, given: list[str] | None, id_column: str | None, preprocessing: dict
+    ) -> list[str]:
+        """The feature columns: the checkpoint's, the configured ones, or every column but the target and id."""
+        if given is not None and (isinstance(given, str) or not given):
+            raise DataError(f"data_loader.args.feature_columns: expected a list of column names, found {given!r}")
+        if preprocessing:
+            columns = list(saved(preprocessing, "columns", table))
+            if given is not None and list(given) != columns:
+                raise DataError(
+                    f"data_loader.args.feature_columns: {', '.join(given)}: not the columns the model was trained on "
+                    f"({', '.join(columns)})"
+                )
+        else:
+            columns = list(given) if given is not None else [c for c in table.columns if c not in (target, id_column)]
+            if target in columns:
+                raise DataError(f"data_loader.args.feature_columns: the target column {target!r} cannot be a feature")
+            if not columns:
+                raise DataError(f"{table.path}: no feature columns (the file has only {', '.join(table.columns)})")
+        for column in columns:
+            table.check_column(column, "feature")
+        return columns
+
+    def sample_id(self, index: int) -> str:
+        """The row number in the file (1 = the first row after the header), or the id column's value."""
+        return self.ids[index]
+
+
+class TextCsvDataLoader(BaseDataLoader):
+    """Texts and class labels from a CSV file, for a Hugging Face model (HuggingFaceModel).
+
+    The texts are tokenized once, when the loader is built, by the tokenizer saved in the folder `tokenizer`
+    (usually the model's folder; never downloaded), padded and truncated to `max_length` tokens. Batches are
+    (tokens (B, 2, max_length) int64: input_ids stacked with attention_mask, class indices (B,) int64), one
+    tensor to move to the device as for any other loader. Classes, ids and predictions (`inputs`, split
+    "predict") work as in CsvDataLoader with task "classification".
+    """
+
+    def __init__(
+        self,
+        csv_path: str,
+        text_column: str,
+        target_column: str,
+        tokenizer: str,
+        max_length: int = 128,
+        id_column: str | None = None,
+        batch_size: int = 16,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        test_split: float | int = 0.2,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        split: str = "train",
+        seed: int = 0,
+        inputs: str | None = None,
+        preprocessing: dict | None = None,
+    ) -> None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:  # [CLS] and [SEP]
+            raise DataError(f"data_loader.args.max_length: expected a whole number >= 2, found {max_length!r}")
+        tokenize = load_tokenizer(tokenizer)
+        table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
+        texts = table.texts(text_column, "text")
+        splits = rows_of(table, split, validation_split, test_split, split_seed)
+        self.classes, targets = class_targets(table, target_column, split, preprocessing)
+        encoded = tokenize(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        tokens = torch.stack([encoded["input_ids"], encoded["attention_mask"]], dim=1).long()  # (N, 2, L)
+        self.preprocessing = {"classes": self.classes}
+        self.ids = table.ids(id_column)
+        super().__init__(
+            InMemoryTensors(tokens, targets), splits[split], batch_size, shuffle, num_workers, seed, split == "train"
+        )
+
+    def sample_id(self, index: int) -> str:
+        """The row number in the file (1 = the first row after the header), or the id column's value."""
+        return self.ids[index]

@@ -1,0 +1,482 @@
+"""Your own data as CSV files: CsvDataLoader (numeric features; classification, binary, regression) and
+TextCsvDataLoader with HuggingFaceModel (texts, a tiny BERT built here: nothing is downloaded)."""
+
+import csv
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from base.base_data_loader import split_indices
+from conftest import evaluate, shrink, train
+from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader
+from model.metric import r2
+from parse_config import ConfigParser
+from trainer.finetuning import Finetuning
+from utils.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, load_checkpoint
+from utils.errors import ConfigError, DataError
+from utils.predictions import prediction_rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def houses(path: Path, n: int = 60, seed: int = 0) -> Path:
+    """area, rooms, a label and a price that is a linear function of area and rooms plus a little noise."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        area, rooms = round(rng.uniform(30, 150), 1), rng.randint(1, 6)
+        price = round(2000 * area + 15000 * rooms + rng.gauss(0, 5000), 2)
+        rows.append([f"h{i}", area, rooms, ["flat", "house", "villa"][i % 3], "yes" if area > 90 else "no", price])
+    return write_csv(path, ["id", "area", "rooms", "kind", "big", "price"], rows)
+
+
+def column(path: Path, name: str) -> list[str]:
+    with path.open(newline="") as handle:
+        return [row[name] for row in csv.DictReader(handle)]
+
+
+def order(loader) -> list[int]:
+    """The file's data rows (0 = the first after the header) the loader serves, in its order when not shuffled."""
+    return loader.epoch_sampler.indices.tolist()
+
+
+def everything(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    loader.set_epoch(1)
+    pairs = list(loader)
+    return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+
+
+# --- CsvDataLoader ---------------------------------------------------------------------------------------------
+
+
+def test_features_are_standardized_with_the_training_rows_only(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    args = dict(csv_path=str(path), target_column="kind", feature_columns=["area", "rooms"], shuffle=False)
+    train_loader, test_loader = (CsvDataLoader(**args, split=s) for s in ("train", "test"))
+    train_rows = split_indices(60, 0.1, 0.2, 0)["train"].tolist()
+    for j, name in enumerate(["area", "rooms"]):
+        values = [float(v) for v in column(path, name)]
+        mean, std = statistics.mean(values[i] for i in train_rows), statistics.stdev(values[i] for i in train_rows)
+        assert train_loader.preprocessing["means"][j] == pytest.approx(mean, rel=1e-12)
+        assert train_loader.preprocessing["stds"][j] == pytest.approx(std, rel=1e-12)
+        test_x, _ = everything(test_loader)
+        test_rows = order(test_loader)
+        expected = torch.tensor([(values[i] - mean) / std for i in test_rows])
+        torch.testing.assert_close(test_x[:, j], expected.float())  # the test rows, with the training statistics
+    x, _ = everything(train_loader)
+    torch.testing.assert_close(x.mean(dim=0), torch.zeros(2), atol=1e-6, rtol=0)
+    assert test_loader.preprocessing == train_loader.preprocessing
+
+
+def test_classification_targets_are_class_indices_of_the_sorted_labels(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    loader = CsvDataLoader(str(path), "kind", ["area", "rooms"], validation_split=0, test_split=0, shuffle=False)
+    assert loader.task == "classification" and loader.classes == ["flat", "house", "villa"]
+    x, y = everything(loader)
+    assert x.shape == (60, 2) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert [loader.classes[c] for c in y.tolist()] == [column(path, "kind")[i] for i in order(loader)]
+    assert loader.preprocessing["classes"] == ["flat", "house", "villa"]
+
+
+def test_numeric_labels_are_sorted_as_numbers(tmp_path):
+    path = write_csv(tmp_path / "n.csv", ["x", "grade"], [[i, g] for i, g in enumerate(["10", "2", "1", "2", "10"])])
+    loader = CsvDataLoader(str(path), "grade", validation_split=0, test_split=0, shuffle=False)
+    assert loader.classes == ["1", "2", "10"]
+    assert everything(loader)[1].tolist() == [[2, 1, 0, 1, 2][i] for i in order(loader)]
+
+
+def test_binary_targets_are_floats_of_shape_b_1(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    loader = CsvDataLoader(str(path), "big", ["area"], task="binary", validation_split=0, test_split=0, shuffle=False)
+    assert loader.task == "binary" and loader.classes == ["no", "yes"]
+    _, y = everything(loader)
+    assert y.shape == (60, 1) and y.dtype == torch.float32
+    assert y[:, 0].tolist() == [float(column(path, "big")[i] == "yes") for i in order(loader)]
+
+
+def test_regression_target_is_standardized_with_the_training_rows_and_saved(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    loader = CsvDataLoader(str(path), "price", ["area", "rooms"], task="regression", shuffle=False)
+    prices = [float(v) for v in column(path, "price")]
+    train_rows = split_indices(60, 0.1, 0.2, 0)["train"].tolist()
+    mean, std = statistics.mean(prices[i] for i in train_rows), statistics.stdev(prices[i] for i in train_rows)
+    assert loader.preprocessing["target_mean"] == pytest.approx(mean, rel=1e-12)
+    assert loader.preprocessing["target_std"] == pytest.approx(std, rel=1e-12)
+    _, y = everything(loader)
+    assert y.shape == (len(train_rows), 1)
+    torch.testing.assert_close(y[:, 0], torch.tensor([(prices[i] - mean) / std for i in train_rows]).float())
+
+
+def test_a_loader_given_the_preprocessing_reads_the_same_tensors(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    for task, target in (("classification", "kind"), ("binary", "big"), ("regression", "price")):
+        args = dict(csv_path=str(path), target_column=target, feature_columns=["area", "rooms"], task=task)
+        saved = json.loads(json.dumps(CsvDataLoader(**args).preprocessing))  # plain values, as in a checkpoint
+        for split in ("train", "valid", "test"):
+            fresh, given = CsvDataLoader(**args, split=split), CsvDataLoader(**args, split=split, preprocessing=saved)
+            for a, b in zip(everything(fresh), everything(given), strict=True):
+                assert torch.equal(a, b), (task, split)
+            assert given.classes == fresh.classes and given.preprocessing == fresh.preprocessing
+
+
+def test_the_given_preprocessing_is_used_not_recomputed(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    saved = CsvDataLoader(str(path), "price", ["area", "rooms"], task="regression").preprocessing
+    other = houses(tmp_path / "other.csv", n=30, seed=1)  # other rows, other statistics
+    loader = CsvDataLoader(str(other), "price", task="regression", split="test", preprocessing=saved, test_split=10)
+    x, y = everything(loader)
+    area, price = ([float(column(other, name)[i]) for i in order(loader)] for name in ("area", "price"))
+    torch.testing.assert_close(
+        x[:, 0], torch.tensor([(a - saved["means"][0]) / saved["stds"][0] for a in area]).float()
+    )
+    torch.testing.assert_close(
+        y[:, 0], torch.tensor([(p - saved["target_mean"]) / saved["target_std"] for p in price]).float()
+    )
+    assert loader.preprocessing == saved
+
+
+def test_predict_reads_new_rows_with_the_training_statistics(tmp_path):
+    path = houses(tmp_path / "houses.csv")
+    trained = CsvDataLoader(str(path), "kind", id_column="id", feature_columns=["area", "rooms"])
+    new = write_csv(
+        tmp_path / "new.csv", ["rooms", "note", "id", "area"], [[3, "x", "a1", 50.0], [1, "y", "b2", 120.5]]
+    )
+    loader = CsvDataLoader(
+        str(path), "kind", id_column="id", split="predict", inputs=str(new), preprocessing=trained.preprocessing
+    )
+    x, y = everything(loader)
+    (means, stds) = trained.preprocessing["means"], trained.preprocessing["stds"]
+    expected = [
+        [(50.0 - means[0]) / stds[0], (3 - means[1]) / stds[1]],
+        [(120.5 - means[0]) / stds[0], (1 - means[1]) / stds[1]],
+    ]
+    torch.testing.assert_close(x, torch.tensor(expected))
+    assert y.tolist() == [-1, -1] and [loader.sample_id(i) for i in range(2)] == ["a1", "b2"]
+    assert loader.classes == ["flat", "house", "villa"]
+    header, rows = prediction_rows(["a1", "b2"], torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0]]), None, loader)
+    assert header[:2] == ["id", "prediction"] and [r[1] for r in rows] == ["house", "villa"]
+    unnamed = CsvDataLoader(str(path), "kind", split="predict", inputs=str(new), preprocessing=trained.preprocessing)
+    assert [unnamed.sample_id(i) for i in range(2)] == ["1", "2"]  # row numbers without an id column
+
+
+def test_regression_on_a_users_csv_reports_the_right_r2(tmp_path):
+    """A least-squares fit on the standardized training rows: the template's R² on standardized targets is
+    scikit-learn's R² in the target's own units, and predictions turn back into those units."""
+    path = houses(tmp_path / "houses.csv", n=200)
+    train_loader = CsvDataLoader(str(path), "price", ["area", "rooms"], task="regression")
+    test_loader = CsvDataLoader(str(path), "price", ["area", "rooms"], task="regression", split="test")
+    x, y = everything(train_loader)
+    design = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    weights = torch.linalg.lstsq(design, y.double()).solution  # (3, 1)
+    test_x, test_y = everything(test_loader)
+    output = (torch.cat([test_x, torch.ones(len(test_x), 1)], dim=1).double() @ weights).float()  # (N, 1)
+    metric = r2()
+    metric.update(output, test_y)
+    ids = [test_loader.sample_id(i) for i in order(test_loader)]
+    _, rows = prediction_rows(ids, output, test_y, test_loader)
+    truth = [float(column(path, "price")[i]) for i in order(test_loader)]
+    assert [r[1] for r in rows] == pytest.approx(truth, rel=1e-5)  # the target, back in its units
+    assert metric.compute() == pytest.approx(sk.r2_score(truth, [r[2] for r in rows]), abs=1e-5)
+    assert metric.compute() > 0.99  # price is linear in area and rooms, with little noise
+
+
+BAD_DATA = {
+    "missing file": (None, {}, r"missing\.csv: CSV file not found$"),
+    "empty file": ("", {}, r"data\.csv: no data rows \(expected a header row"),
+    "header only": ("a,b,label\n", {}, r"data\.csv: no data rows"),
+    "missing target": (
+        "a,b,label\n1,2,x\n",
+        {"target_column": "lable"},
+        r"data\.csv: no target column 'lable'; the file's columns are a, b, label; did you mean 'label'\?$",
+    ),
+    "missing feature": (
+        "a,b,label\n1,2,x\n",
+        {"feature_columns": ["a", "c"]},
+        r"data\.csv: no feature column 'c'; the file's columns are a, b, label$",
+    ),
+    "not a number": (
+        "a,b,label\n1,2,x\n3,red,y\n",
+        {},
+        r"data\.csv, line 3, column 'b': 'red' is not a number \(features are numbers; leave the column out",
+    ),
+    "after blank rows": (  # skipped, but the line number is the file's
+        "a,b,label\n1,2,x\n\n,,\n3,red,y\n",
+        {},
+        r"data\.csv, line 5, column 'b': 'red' is not a number",
+    ),
+    "not UTF-8": ("a,b,label\n1,2,caf\xe9\n".encode("latin-1"), {}, r"data\.csv: not a UTF-8 text file"),
+    "empty cell": ("a,b,label\n1,2,x\n3,,y\n", {}, r"data\.csv, line 3, column 'b': empty cell"),
+    "empty label": ("a,b,label\n1,2,x\n3,4,\n", {}, r"data\.csv, line 3, column 'label': empty cell"),
+    "regression target": (
+        "a,b,label\n1,2,3.5\n3,4,n/a\n",
+        {"task": "regression"},
+        r"data\.csv, line 3, column 'label': 'n/a' is not a number \(task 'regression'\)$",
+    ),
+    "binary with three classes": (
+        "a,b,label\n1,2,x\n3,4,y\n5,6,z\n",
+        {"task": "binary"},
+        r"data\.csv: column 'label' has 3 classes \(x, y, z\); task 'binary' needs exactly two",
+    ),
+    "ragged row": ("a,b,label\n1,2,x\n3,4\n", {}, r"data\.csv, line 3: 2 cells, but the header names 3 columns$"),
+    "duplicate column": ("a,a,label\n1,2,x\n", {}, r"data\.csv: the header names column 'a' twice$"),
+    "unknown task": ("a,b,label\n1,2,x\n", {"task": "ranking"}, r"data_loader\.args\.task: unknown task 'ranking'"),
+    "predict without preprocessing": (
+        "a,b,label\n1,2,x\n",
+        {"split": "predict", "inputs": "INPUTS"},
+        r"the split 'predict' needs inputs \(a CSV file\) and the checkpoint's data preprocessing$",
+    ),
+    "an unknown class": (
+        "a,b,label\n1,2,x\n3,4,w\n",
+        {"preprocessing": {"columns": ["a", "b"], "means": [0, 0], "stds": [1, 1], "classes": ["x", "y"]}},
+        r"data\.csv, line 3, column 'label': class 'w' is not one the model was trained on \(x, y\)$",
+    ),
+    "other columns than trained": (
+        "a,b,label\n1,2,x\n",
+        {"preprocessing": {"columns": ["a", "size"], "means": [0, 0], "stds": [1, 1], "classes": ["x"]}},
+        r"data\.csv: no feature column 'size'; the file's columns are a, b, label$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_is_one_line_naming_the_file(tmp_path, case):
+    text, args, message = BAD_DATA[case]
+    path = tmp_path / ("missing.csv" if text is None else "data.csv")
+    if text is not None:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    args = {"csv_path": str(path), "target_column": "label", "validation_split": 0, "test_split": 0, **args}
+    if args.get("inputs") == "INPUTS":
+        args["inputs"] = str(path)
+    with pytest.raises(DataError, match=message) as error:
+        CsvDataLoader(**args)
+    assert "\n" not in str(error.value)
+
+
+# --- TextCsvDataLoader and HuggingFaceModel ----------------------------------------------------------------------
+
+WORDS = ["the", "film", "movie", "plot", "acting", "was", "is", "really", "quite", "good", "great", "bad", "awful"]
+
+
+@pytest.fixture
+def tiny_bert(tmp_path, monkeypatch) -> Path:
+    """A folder holding a tiny random BERT (2 labels) and its tokenizer, as save_pretrained writes them.
+    The hub is offline: anything that tried to download would fail."""
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    folder = tmp_path / "tiny_bert"
+    folder.mkdir()
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    transformers.BertTokenizerFast(str(vocab)).save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def reviews(path: Path, n: int, seed: int = 0) -> Path:
+    """Short sentences whose label is the sentiment word in them."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choice(["negative", "positive"])
+        word = rng.choice(["good", "great"] if label == "positive" else ["bad", "awful"])
+        subject = rng.choice(["the film", "the movie", "the plot", "the acting"])
+        rows.append(
+            [f"r{i}", f"{subject} {rng.choice(['was', 'is'])} {rng.choice(['', 'really ', 'quite '])}{word}", label]
+        )
+    return write_csv(path, ["id", "text", "label"], rows)
+
+
+def test_text_loader_and_hugging_face_model_fit_together(tmp_path, tiny_bert, caplog):
+    from model.huggingface import HuggingFaceModel
+
+    path = reviews(tmp_path / "reviews.csv", 40)
+    loader = TextCsvDataLoader(str(path), "text", "label", str(tiny_bert), max_length=12, batch_size=8, id_column="id")
+    assert loader.classes == ["negative", "positive"] and loader.preprocessing == {"classes": loader.classes}
+    tokens, targets = next(iter(loader))
+    assert tokens.shape == (8, 2, 12) and tokens.dtype == torch.int64 and targets.dtype == torch.int64
+    first = order(loader)[0]
+    text = column(path, "text")[first]
+    ids = [2, *(5 + WORDS.index(w) for w in text.split()), 3]  # [CLS] words [SEP], then [PAD]s
+    all_tokens, _ = loader.dataset[([first], 0)]
+    assert all_tokens[0, 0].tolist() == ids + [0] * (12 - len(ids))
+    assert all_tokens[0, 1].tolist() == [1] * len(ids) + [0] * (12 - len(ids))
+
+    with caplog.at_level("INFO", logger="model"):
+        model = HuggingFaceModel(str(tiny_bert), num_labels=3)  # another head than the saved one: replaced
+    assert "new, randomly initialized weights for 3 labels: classifier.bias, classifier.weight" in caplog.text
+    assert model(tokens).shape == (8, 3)
+    assert model.backbone_prefix == "model.bert"
+    finetuning = Finetuning(strategy="freeze")
+    finetuning.freeze(model)  # the prefix the freezing strategies use: only the head trains
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        "model.classifier.weight",
+        "model.classifier.bias",
+    ]
+
+
+def test_a_pretrained_body_saved_without_a_head_is_loaded_with_a_new_head(tmp_path, tiny_bert, caplog):
+    import transformers
+
+    from model.huggingface import HuggingFaceModel
+
+    body = transformers.BertModel(transformers.BertConfig.from_pretrained(tiny_bert))  # as AutoModel saves one
+    body.save_pretrained(tmp_path / "body")
+    with caplog.at_level("INFO", logger="model"):
+        model = HuggingFaceModel(str(tmp_path / "body"), num_labels=4)
+    assert "new, randomly initialized weights for 4 labels: classifier.bias, classifier.weight" in caplog.text
+    loaded = dict(model.named_parameters())
+    for name, weight in body.named_parameters():  # every pretrained weight arrives unchanged
+        assert torch.equal(loaded[f"model.bert.{name}"], weight), name
+    assert loaded["model.classifier.weight"].shape == (4, 32)
+
+
+def test_text_predictions_and_preprocessing(tmp_path, tiny_bert):
+    path = reviews(tmp_path / "reviews.csv", 20)
+    args = dict(csv_path=str(path), text_column="text", target_column="label", tokenizer=str(tiny_bert), max_length=8)
+    trained = TextCsvDataLoader(**args)
+    saved = json.loads(json.dumps(trained.preprocessing))
+    for a, b in zip(
+        everything(TextCsvDataLoader(**args, split="test")),
+        everything(TextCsvDataLoader(**args, split="test", preprocessing=saved)),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    new = write_csv(tmp_path / "new.csv", ["text"], [["the film was good"], ["the plot is awful"], ["unknown words"]])
+    loader = TextCsvDataLoader(**args, split="predict", inputs=str(new), preprocessing=saved)
+    tokens, targets = everything(loader)
+    assert tokens.shape == (3, 2, 8) and targets.tolist() == [-1, -1, -1]
+    assert tokens[2, 0, :4].tolist() == [2, 1, 1, 3]  # words outside the vocabulary are [UNK]
+    assert [loader.sample_id(i) for i in range(3)] == ["1", "2", "3"] and loader.classes == trained.classes
+
+
+def test_hugging_face_errors_are_one_line(tmp_path, tiny_bert, monkeypatch):
+    from model.huggingface import HuggingFaceModel
+
+    path = reviews(tmp_path / "reviews.csv", 10)
+    with pytest.raises(ConfigError, match=r"^arch\.args\.path: no folder \S*nowhere; save a model and its tokenizer"):
+        HuggingFaceModel(str(tmp_path / "nowhere"), num_labels=2)  # never looked up on the Hub
+    only_config = tmp_path / "only_config"
+    only_config.mkdir()
+    (only_config / "config.json").write_text((tiny_bert / "config.json").read_text())
+    with pytest.raises(ConfigError, match=r"^arch\.args\.path: \S*only_config holds no saved transformers model \("):
+        HuggingFaceModel(str(only_config), num_labels=2)
+    # transformers 4 refuses the folder; 5 loads a tokenizer of special tokens only, which is refused here
+    with pytest.raises(ConfigError, match=r"^data_loader\.args\.tokenizer: \S*only_config holds no (saved )?tokenizer"):
+        TextCsvDataLoader(str(path), "text", "label", str(only_config))
+    with pytest.raises(ConfigError, match=r"^data_loader\.args\.tokenizer: no folder \S*nowhere; save a model"):
+        TextCsvDataLoader(str(path), "text", "label", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"reviews\.csv: no text column 'txt'; .*did you mean 'text'\?$"):
+        TextCsvDataLoader(str(path), "txt", "label", str(tiny_bert))
+    model = HuggingFaceModel(str(tiny_bert), num_labels=2)
+    long = TextCsvDataLoader(str(path), "text", "label", str(tiny_bert), max_length=100, validation_split=0)
+    with pytest.raises(ConfigError, match=r"^data_loader\.args\.max_length: 100 tokens, but the model in \S+ reads"):
+        model(next(iter(long))[0])  # 64 positions at most
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"^arch\.type: HuggingFaceModel needs transformers; run pip install -r requ"):
+        HuggingFaceModel(str(tiny_bert), num_labels=2)
+    with pytest.raises(ConfigError, match=r"^data_loader\.type: TextCsvDataLoader needs transformers; run pip insta"):
+        TextCsvDataLoader(str(path), "text", "label", str(tiny_bert))
+
+
+# --- end to end: train.py with the classes selected by name in a config ------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_tiny_bert_learns_the_sentiment_of_a_text_csv(tmp_path, tiny_bert, base_config):
+    import predict as predict_script
+
+    config = shrink(base_config, tmp_path / "saved", epochs=6)
+    config.update(
+        name="Reviews_TinyBert",
+        arch={"type": "HuggingFaceModel", "args": {"path": str(tiny_bert), "num_labels": 2}},
+        data_loader={
+            "type": "TextCsvDataLoader",
+            "args": {
+                "csv_path": str(reviews(tmp_path / "reviews.csv", 240)),
+                "text_column": "text",
+                "target_column": "label",
+                "tokenizer": str(tiny_bert),
+                "max_length": 8,
+                "batch_size": 16,
+            },
+        },
+        optimizer={"type": "AdamW", "args": {"lr": 0.003}},
+        loss="cross_entropy",
+        metrics=["accuracy"],
+        lr_scheduler=None,
+    )
+    config["trainer"].update(monitor="max val_accuracy", early_stop=0, save_period=100)
+    result, run = train(config, tmp_path)
+    assert result["best"]["val_accuracy"] >= 0.95
+    results = evaluate(run.checkpoint_dir)
+    assert results["n_samples"] == 48 and results["accuracy"] >= 0.95
+    assert load_checkpoint(run.checkpoint_dir / BEST_NAME).state[KEY_DATA] == {"classes": ["negative", "positive"]}
+    new = write_csv(tmp_path / "new.csv", ["text"], [["the acting was awful"], ["the movie is great"], ["bad"]])
+    out = tmp_path / "predictions.csv"
+    written = predict_script.main(
+        *predict_script.parse_args(["-r", str(run.checkpoint_dir), "-i", str(new), "-o", str(out)])
+    )
+    assert written == 3
+    assert column(out, "prediction") == ["negative", "positive", "negative"] and column(out, "id") == ["1", "2", "3"]
+
+
+@pytest.mark.e2e
+def test_regression_on_a_users_csv_trains_and_tests_by_name(tmp_path, base_config):
+    config = shrink(base_config, tmp_path / "saved", epochs=40)
+    config.update(
+        name="Houses_MLP",
+        arch={"type": "MLP", "args": {"in_features": 2, "out_features": 1, "hidden": 16, "layers": 1}},
+        data_loader={
+            "type": "CsvDataLoader",
+            "args": {
+                "csv_path": str(houses(tmp_path / "houses.csv", n=300)),
+                "target_column": "price",
+                "feature_columns": ["area", "rooms"],
+                "id_column": "id",
+                "task": "regression",
+                "batch_size": 32,
+            },
+        },
+        optimizer={"type": "Adam", "args": {"lr": 0.01}},
+        loss="MSELoss",
+        metrics=["r2", "mae"],
+        lr_scheduler=None,
+    )
+    config["trainer"].update(monitor="max val_r2", early_stop=0, save_period=100)
+    _, run = train(config, tmp_path)
+    results = evaluate(run.checkpoint_dir)
+    state = load_checkpoint(run.checkpoint_dir / BEST_NAME).state
+    parsed = ConfigParser(state[KEY_CONFIG])
+    model = parsed.init_obj("arch")
+    model.load_state_dict(state[KEY_STATE_DICT])
+    model.eval()
+    loader = parsed.init_obj("data_loader", split="test", seed=0, preprocessing=state[KEY_DATA])
+    x, y = everything(loader)
+    with torch.no_grad():
+        output = model(x)
+    assert results["n_samples"] == 60
+    assert results["r2"] == pytest.approx(sk.r2_score(y.numpy(), output.numpy()), abs=1e-5)
+    assert results["r2"] >= 0.95
