@@ -146,10 +146,13 @@ def apply_override(config: dict, override: str) -> None:
             if part not in node:
                 if part == "args" and "type" in node:
                     node["args"] = {}
+                elif _schema_knows(parts[: depth + 1]):  # a key the file leaves to its default
+                    node[part] = {}
                 elif not (last and in_args):
-                    keys = ", ".join(key_text(k) for k in node) or "none"
+                    known = [*node, *(k for k in _schema_keys(parts[:depth]) if k not in node)]
+                    keys = ", ".join(key_text(k) for k in known) or "none"
                     raise ConfigError(
-                        f"override '{written}': no key {here}{did_you_mean(part, node)} (keys there: {keys})"
+                        f"override '{written}': no key {here}{did_you_mean(part, known)} (keys there: {keys})"
                     )
             index = part
         else:
@@ -159,6 +162,19 @@ def apply_override(config: dict, override: str) -> None:
             node[index] = parse_value(raw)
         else:
             node = node[index]
+
+
+def _schema_keys(parts: list[str]) -> list[str]:
+    """The keys the schema defines inside the object at `parts` ([] for the top level)."""
+    spec = read_json(SCHEMA_PATH)
+    for part in parts:
+        spec = spec.get("properties", {}).get(part, {})
+    return list(spec.get("properties", {}))
+
+
+def _schema_knows(parts: list[str]) -> bool:
+    """Whether the schema defines the key `parts` (trainer.amp, finetune.strict_load), file or no file."""
+    return parts[-1] in _schema_keys(parts[:-1])
 
 
 def _schema_messages(error: jsonschema.ValidationError) -> list[str]:

@@ -24,10 +24,10 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path)
 
     from logger.logger import setup_logging
     from trainer.trainer import resolve_amp
-    from utils.checkpoint import KEY_DATA, load_model_state
+    from utils.checkpoint import KEY_DATA
     from utils.distributed import place_model
     from utils.names import ROLES, valid_names
-    from utils.predictions import loader_arguments, predict, prediction_rows, write_csv
+    from utils.predictions import loader_arguments, predict, prediction_rows, trained_model, write_csv
 
     setup_logging(None, config["verbosity"])
     logger = logging.getLogger("predict")
@@ -43,9 +43,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path)
     data_loader = config.init_obj("data_loader", **arguments)
 
     # model with the checkpoint's weights, on the available device(s), in the run's precision
-    model = config.init_obj("arch")
-    load_model_state(model, checkpoint)
-    model, device = place_model(model, config["n_gpu"])
+    model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
     amp_dtype = resolve_amp(config["trainer"]["amp"], device)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)

@@ -30,10 +30,10 @@ def main(
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
     from trainer.trainer import evaluate
-    from utils.checkpoint import KEY_DATA, load_model_state
+    from utils.checkpoint import KEY_DATA
     from utils.distributed import place_model
     from utils.names import ROLES, valid_names
-    from utils.predictions import loader_arguments, predict, prediction_rows, write_csv
+    from utils.predictions import loader_arguments, predict, prediction_rows, trained_model, write_csv
     from utils.util import write_output
 
     to_stdout = str(out) == "-"
@@ -51,9 +51,7 @@ def main(
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
 
     # model with the checkpoint's weights, on the available device(s)
-    model = config.init_obj("arch")
-    load_model_state(model, checkpoint)
-    model, device = place_model(model, config["n_gpu"])
+    model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
 
     # loss and metrics, averaged per sample
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")

@@ -26,7 +26,7 @@ from base.base_data_loader import BaseDataLoader, BatchTransform, InMemoryImages
 from data_loader.augment import flip_and_affine
 from utils.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # what Pillow reads
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's pretrained weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_VERSION = 1
@@ -72,7 +72,7 @@ def decode(path: Path, image_size: int, channels: int) -> torch.Tensor:
             if image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)  # antialiased
             pixels = np.array(image)  # (H, W, C) or (H, W), a copy torch may own
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: unreadable image ({reason})") from None
     return torch.from_numpy(pixels).reshape(image_size, image_size, channels).permute(2, 0, 1)
@@ -112,6 +112,7 @@ def load_decoded(
     started = time.perf_counter()
     folder_id = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
     key = cache_key(data_dir, files, image_size, channels)
+    folder_id += f"-{image_size}x{channels}"  # a cache per size: a run at another size keeps this one
     path = (cache_dir or Path()) / f"{data_dir.name}-{folder_id}-{key}.pt"
     cache = cache_dir is not None
     if cache and path.is_file():

@@ -1,9 +1,9 @@
 """Write scikit-learn's bundled 8x8 digits as a folder of RGB PNG images, one sub-folder per class: a real
 image folder to try ImageFolderDataLoader and config_transfer.json on, offline.
 
-python -m data_loader.make_digit_images data/digit_images                  # 1,797 images, 32x32
-python -m data_loader.make_digit_images data/many_digits --copies 6        # 10,782 images (shifted copies)
-python -m data_loader.make_digit_images data/new_digits --flat --copies 1  # no class folders: inputs for predict.py
+python -m data_loader.make_digit_images data/digit_images          # 1,797 images, 32x32
+python -m data_loader.make_digit_images data/many_digits --copies 6  # 10,782 images (shifted copies)
+python -m data_loader.make_digit_images data/new_digits --flat     # no class folders, shifted: inputs for predict.py
 """
 
 import argparse
@@ -53,13 +53,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="image side in pixels (default: 32)")
     parser.add_argument("--copies", type=int, default=1, help="shifted copies of each digit (default: 1)")
     parser.add_argument("--classes", type=int, default=10, help="the first N digit classes (default: 10)")
-    parser.add_argument("--flat", action="store_true", help="no class folders (inputs for predict.py)")
+    parser.add_argument(
+        "--flat", action="store_true", help="no class folders, each digit shifted by a pixel: new inputs for predict.py"
+    )
     args = parser.parse_args()
     if args.folder.exists() and (not args.folder.is_dir() or any(args.folder.iterdir())):
         raise ConfigError(f"{args.folder}: exists and is not an empty folder; choose a new one")
     if not (4 <= args.size <= 1024 and 1 <= args.copies <= 100 and 2 <= args.classes <= 10):
         raise ConfigError("--size 4..1024, --copies 1..100 and --classes 2..10 are supported")
-    count = write_digit_images(args.folder, args.size, args.copies, args.classes, args.flat)
+    count = write_digit_images(args.folder, args.size, args.copies, args.classes, args.flat, offset=int(args.flat))
     print(f"Wrote {count} images to {args.folder}")
 
 

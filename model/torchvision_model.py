@@ -1,5 +1,6 @@
 """Any torchvision classification model, pretrained weights loaded from a local file, with a new head."""
 
+import logging
 from pathlib import Path
 
 import torch
@@ -61,11 +62,21 @@ def _load_pretrained(net: nn.Module, name: str, weights: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a file that is no state dict: pickle, zip and format errors alike
         raise ConfigError(f"arch.args.weights: {path} is not a readable state dict ({type(e).__name__})") from None
-    try:
-        net.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"arch.args.weights: {path} does not fit {name} ({detail[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"arch.args.weights: {path} is not a state dict (a dict of tensors) of {name}")
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            [*(f"{k} has shape {tuple(state[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched[:1]),
+             *([f"{len(missing)} missing key(s) such as {missing[0]}"] if missing else []),
+             *([f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}"] if unexpected else [])]
+        )  # fmt: skip
+        raise ConfigError(f"arch.args.weights: {path} does not fit {name} ({detail})")
+    net.load_state_dict(state)
+    logging.getLogger("model").info("Pretrained weights of %s from %s", name, path)
 
 
 def _hub_file(name: str, weights: str) -> Path:

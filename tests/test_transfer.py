@@ -333,7 +333,8 @@ def test_transfer_example_freezes_then_unfreezes_reaches_090_and_predicts(digit_
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
     assert epoch[3][KEY_DATA] == {"classes": [str(d) for d in range(10)]}
 
-    # test.py: accuracy >= 0.9, and the per-sample file agrees with it.
+    # test.py: accuracy >= 0.9, and the per-sample file agrees with it; the pretrained file is not needed any more.
+    digit_folders["weights"].rename(digit_folders["weights"].with_suffix(".moved"))
     predictions = tmp_path / "test_predictions.csv"
     tested = evaluate(run.checkpoint_dir / BEST_NAME, "--predictions", str(predictions))
     assert tested["accuracy"] >= 0.9
@@ -418,3 +419,15 @@ def test_predict_py_refuses_bad_requests_with_one_line(tiny_config, tmp_path):
     rows = list(csv.DictReader(rows_path.open()))
     assert len({r["id"] for r in rows}) == len(rows) == tested["n_samples"]
     assert sum(r["target"] == r["prediction"] for r in rows) / len(rows) == pytest.approx(tested["accuracy"], abs=1e-9)
+
+
+def test_a_head_of_another_size_than_the_classes_is_refused_before_training(tmp_path, tiny_config):
+    rows = ["x,y,label", *(f"{i % 7},{i % 3},{'abc'[i % 3]}" for i in range(60))]
+    (tmp_path / "three.csv").write_text("\n".join(rows) + "\n")
+    tiny_config["arch"] = {"type": "MLP", "args": {"in_features": 2, "out_features": 5}}
+    tiny_config["data_loader"] = {"type": "CsvDataLoader", "args": {"csv_path": str(tmp_path / "three.csv"),
+                                                                    "target_column": "label"}}  # fmt: skip
+    tiny_config["loss"], tiny_config["metrics"], tiny_config["lr_scheduler"] = "cross_entropy", ["accuracy"], None
+    with pytest.raises(ConfigError, match=r"the model gives 5 scores per sample, the data has 3 classes \(a, b, c\)"):
+        train(tiny_config, tmp_path, "five")
+    assert not (tmp_path / "saved").exists()  # refused in the rehearsal: no run folder

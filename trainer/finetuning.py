@@ -60,7 +60,8 @@ class Finetuning:
         self.base_groups = 0  # the optimizer's own parameter groups, before any stage joined
 
     def check(self) -> list[str]:
-        """The problems of the section's values, as config error lines."""
+        """The problems of the section's values, as config error lines. (An unfreeze after the last epoch is
+        allowed: a run may be resumed with more epochs.)"""
         errors = []
         if self.strategy == "freeze_unfreeze" and self.unfreeze_epoch is None:
             errors.append("finetune.unfreeze_epoch: the freeze_unfreeze strategy needs the epoch to unfreeze at")

@@ -183,6 +183,8 @@ class Trainer(BaseTrainer):
             target = target.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
                 output = self.model(data)
+                if self.rehearsing:
+                    self._check_output_fits_the_classes(output)
                 loss = self.criterion(output, target)
 
             # Each optimizer step averages over its group of batches, as one batch that many times larger.
@@ -216,6 +218,19 @@ class Trainer(BaseTrainer):
 
         self.epoch_samples = samples
         return self.train_metrics.result()
+
+    def _check_output_fits_the_classes(self, output: torch.Tensor) -> None:
+        """A classifier's scores per sample must match the data's classes (their names are known for folders
+        and CSV files): a head of another size would train silently and fail only when predicting."""
+        classes = self.data_loader.classes
+        if self.data_loader.task != "classification" or classes is None or output.ndim != 2:
+            return
+        if output.shape[1] != len(classes):
+            shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+            raise ConfigError(
+                f"arch: the model gives {output.shape[1]} scores per sample, the data has {len(classes)} classes "
+                f"({shown}); set the model's number of classes (arch.args.num_classes) to {len(classes)}"
+            )
 
     def _optimizer_step(self) -> None:
         if self.clip_grad_norm is not None:

@@ -34,6 +34,19 @@ def loader_arguments(data_loader_class: type, preprocessing: dict | None, **scri
     return script_arguments
 
 
+def trained_model(config: Any, checkpoint: Any) -> nn.Module:
+    """The configured model with the checkpoint's weights, loaded strictly. Pretrained weights the config
+    names (`arch.args.weights` of TorchvisionModel) are not read: the checkpoint replaces them, and the file
+    may not exist where the checkpoint is evaluated."""
+    from utils.checkpoint import load_model_state
+    from utils.names import ROLES, valid_names
+
+    arch = valid_names(ROLES["arch"])[config["arch"]["type"]]
+    model = config.init_obj("arch", **({"weights": None} if "weights" in inspect.signature(arch).parameters else {}))
+    load_model_state(model, checkpoint)
+    return model
+
+
 def predict(
     model: nn.Module,
     data_loader: BaseDataLoader,
