@@ -4,8 +4,8 @@ A subclass implements `_train_epoch` and `_valid_epoch`; this class owns the fix
 every callback hook, so a subclass that rewrites an epoch never loses one:
 
     on_train_start
-    for each epoch: train -> validate -> on_validation_end -> scheduler -> log -> on_epoch_end
-                    -> metrics.csv -> monitor -> checkpoints -> early stop?
+    for each epoch: train -> validate -> on_validation_end -> scheduler -> log -> metrics.csv
+                    -> monitor -> checkpoints -> on_epoch_end -> early stop?
     on_train_end
 """
 
@@ -154,6 +154,9 @@ class BaseTrainer(abc.ABC):
                 self.best_result = last
             self.start_epoch = epoch + 1
             self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
+            # After the checkpoints: a callback that reports the epoch elsewhere (Ray Tune, which may stop the
+            # trial inside its report) leaves the epoch saved.
+            self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, last)
             if self.early_stop and self.not_improved_count >= self.early_stop:
                 self.logger.info(
                     "Validation performance didn't improve for %d epochs. Training stops.", self.early_stop
@@ -190,7 +193,6 @@ class BaseTrainer(abc.ABC):
         for key, value in result.items():
             self.logger.info("    %-15s: %s", key, value)
         write_epoch(self.writer, epoch, result, extras)
-        self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, result)
         if self.metrics_csv is not None:
             self.metrics_csv.append({k: v for k, v in {**result, **extras}.items() if not isinstance(v, list)})
         return result

@@ -5,7 +5,7 @@ every one of them, so a trainer that rewrites its epochs keeps them):
 
     on_train_start(trainer)                      before the first epoch of this process
     on_validation_end(trainer, epoch, result)    after validation, with the validation results (val_ keys)
-    on_epoch_end(trainer, epoch, result)         after the epoch, with all its results, before checkpoints
+    on_epoch_end(trainer, epoch, result)         after the epoch, with all its results, once its checkpoints are written
     on_train_end(trainer, result)                after the last epoch, with {"last": ..., "best": ...}
 
 Before the run, one training and one validation batch go through the real step as a rehearsal (so that a
