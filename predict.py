@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from parse_config import ArgumentParser, ConfigParser
 from train import select_devices
-from utils.errors import ConfigError, one_line_errors
+from utils.errors import ConfigError, interrupts_held, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -77,7 +77,9 @@ def build_parser() -> ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path]:
     """main's arguments: the validated config, the checkpoint, the inputs and the output file."""
     args = build_parser().parse_args(argv)
-    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint  # torch: only once --help is out of the way
+    with interrupts_held():  # torch loads: only once --help is out of the way
+        import torch  # noqa: F401
+    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
     out = Path(args.out)
     check_output_path(out)

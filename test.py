@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from parse_config import ArgumentParser, ConfigParser
 from train import select_devices
-from utils.errors import ConfigError, one_line_errors
+from utils.errors import ConfigError, interrupts_held, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -110,7 +110,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         check_output_path(predictions)
         if str(predictions) == "-":
             raise ConfigError("--predictions: a file name is needed (predictions are a CSV file)")
-    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint  # torch: only once --help is out of the way
+    with interrupts_held():  # torch loads: only once --help is out of the way
+        import torch  # noqa: F401
+    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))

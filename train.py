@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from parse_config import ArgumentParser, ConfigParser
-from utils.errors import ConfigError, one_line_errors
+from utils.errors import ConfigError, interrupts_held, one_line_errors
 from utils.run_folder import check_run_id
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -151,7 +151,9 @@ def select_devices(devices: str | None) -> None:
 def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, Any], argparse.Namespace]:
     """The validated config, main's other arguments and the parsed flags; raise a UserError on bad input."""
     args = build_parser().parse_args(argv)
-    from utils.checkpoint import check_resume, load_checkpoint  # torch: only once --help is out of the way
+    with interrupts_held():  # torch loads: only once --help is out of the way
+        import torch  # noqa: F401
+    from utils.checkpoint import check_resume, load_checkpoint
 
     overrides = [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
     select_devices(args.device)

@@ -6,7 +6,9 @@ import difflib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +25,23 @@ class UserError(Exception):
 
     label = "error"
     exit_code = 1
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C while native libraries load (torch): a KeyboardInterrupt raised inside their initialization
+    can abort the interpreter (SIGABRT, exit -6) instead of reaching one_line_errors. It is raised after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
