@@ -45,6 +45,7 @@ def main(
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
+    from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import log_summary, setup_logging, start_run_logging
     from trainer.finetuning import Finetuning
     from trainer.trainer import Trainer
@@ -53,7 +54,8 @@ def main(
     from utils.run_folder import create_run_folder
     from utils.util import seed_everything
 
-    with distributed_session():
+    # A DataLoader worker's crash is reported by a signal handler wherever the main thread is: one line, too.
+    with distributed_session(), worker_failures_as_data_errors():
         setup_logging(None, config["verbosity"] if is_main_process() else 0)  # rank 0 speaks for everyone
         if config["num_threads"] is not None:
             torch.set_num_threads(config["num_threads"])

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.distributed import rank_and_world_size
-from utils.errors import DataError
+from utils.errors import DataError, UserError
 
 # A batch transform: (images (B, C, H, W) float, generator) -> images; runs on whole batches of tensors.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -63,6 +63,8 @@ def worker_failures_as_data_errors(logger: logging.Logger | None = None) -> Iter
     """
     try:
         yield
+    except UserError:  # already one line (a worker failure turned into a DataError further in, among others)
+        raise
     except Exception as e:
         failure = worker_failure(e)
         if failure is None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from base.base_data_loader import worker_failures_as_data_errors
+from base.base_data_loader import worker_failure, worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
 from logger.visualization import NullWriter, Writer, write_epoch, write_hparams
 from utils.checkpoint import (
@@ -53,6 +53,7 @@ from utils.errors import (
     CallbackError,
     CheckpointError,
     ConfigError,
+    DataError,
     OutOfMemory,
     TrainingInterrupted,
     UserError,
@@ -339,6 +340,9 @@ class BaseTrainer(abc.ABC):
         except UserError:
             raise
         except Exception as e:
+            failure = worker_failure(e)  # a worker's crash, reported (by SIGCHLD) wherever the main thread is
+            if failure is not None:
+                raise DataError(failure) from None
             raise ConfigError(
                 f"the first training batch failed, before anything was written: {describe_exception(e)}; "
                 "check arch, loss, metrics, optimizer and lr_scheduler"
