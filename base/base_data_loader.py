@@ -63,16 +63,20 @@ def worker_failures_as_data_errors(logger: logging.Logger | None = None) -> Iter
     """
     try:
         yield
+        return
     except UserError:  # already one line (a worker failure turned into a DataError further in, among others)
         raise
     except Exception as e:
         failure = worker_failure(e)
         if failure is None:
             raise
-        if logger is None:
-            raise DataError(failure) from None
-        logger.error("Data loader worker failed:\n%s", e)
-        raise DataError(f"{failure} (the full traceback is in info.log)") from None
+        if logger is not None:
+            logger.error("Data loader worker failed:\n%s", e)
+            failure += " (the full traceback is in info.log)"
+    # Raised outside the except clause: the worker's error and its frames (which hold the DataLoader's
+    # iterator) are freed now, so the iterator shuts its workers down and torch's SIGCHLD handler no longer
+    # raises when another of them exits.
+    raise DataError(failure)
 
 
 def worker_failure(error: BaseException) -> str | None:
