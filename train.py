@@ -47,7 +47,7 @@ def main(
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import log_summary, setup_logging, start_run_logging
-    from trainer.finetuning import Finetuning
+    from trainer.finetuning import Finetuning, per_group_lrs, set_learning_rate
     from trainer.trainer import Trainer
     from utils.checkpoint import load_model_state
     from utils.distributed import distributed_session, is_main_process, place_model
@@ -77,8 +77,13 @@ def main(
         # loss, metrics, optimizer and learning rate scheduler
         criterion = config.init_ftn("loss")
         metrics = config.init_ftn("metrics")
-        optimizer = config.init_obj("optimizer", [p for p in model.parameters() if p.requires_grad])
-        lr_scheduler = config.init_obj("lr_scheduler", optimizer) if config["lr_scheduler"] else None
+        # (every parameter that will ever train is in its final group from the start: the backbone's at its lr_scale)
+        optimizer = config.init_obj("optimizer", finetuning.param_groups(model))
+        set_learning_rate(optimizer, optimizer.defaults["lr"])
+        lr_scheduler = None
+        if config["lr_scheduler"]:
+            per_group = per_group_lrs(config["lr_scheduler"].get("args", {}), optimizer)
+            lr_scheduler = config.init_obj("lr_scheduler", optimizer, **per_group)
 
         # the trainer, and where a resumed run stopped
         trainer = Trainer(

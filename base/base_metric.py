@@ -6,17 +6,19 @@ keeps the state it needs (sums, or the predictions themselves) in a torchmetrics
 exact in float64 here, and reduces its states over DDP ranks (sums added, predictions gathered) at compute.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchmetrics import Metric
+
+if TYPE_CHECKING:  # imported by the subclasses that use it: `import torchmetrics` costs about a second
+    from torchmetrics import Metric
 
 
 class EpochMetric:
     """Wraps a torchmetrics.Metric; a subclass builds it in `__init__` and may adapt (output, target) in
     `prepare` (shapes, logits to probabilities)."""
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: "Metric") -> None:
         self.metric = metric.set_dtype(torch.float64)
 
     def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,10 +7,14 @@ Two kinds:
   computes once per epoch, exactly, also over DDP ranks and across a mid-epoch resume.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchmetrics import Metric, classification, regression
 
 from base.base_metric import EpochMetric
+
+if TYPE_CHECKING:  # torchmetrics is imported when an epoch-level metric is built: a whole second on import
+    from torchmetrics import Metric
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,7 +32,9 @@ class r2(EpochMetric):  # lower case, like the metric functions: it is selected 
     """Coefficient of determination over the epoch (one output; output and target of the same size)."""
 
     def __init__(self) -> None:
-        super().__init__(regression.R2Score())
+        from torchmetrics.regression import R2Score
+
+        super().__init__(R2Score())
 
     def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return output.reshape(-1), target.reshape(-1)
@@ -38,7 +44,9 @@ class mae(EpochMetric):
     """Mean absolute error over the epoch."""
 
     def __init__(self) -> None:
-        super().__init__(regression.MeanAbsoluteError())
+        from torchmetrics.regression import MeanAbsoluteError
+
+        super().__init__(MeanAbsoluteError())
 
     def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return output.reshape(-1), target.reshape(-1)
@@ -47,7 +55,7 @@ class mae(EpochMetric):
 class _Classification(EpochMetric):
     """Binary (`num_classes` None: one logit per sample, targets 0/1) or multi-class (scores per class)."""
 
-    def __init__(self, binary: Metric, multiclass: Metric | None) -> None:
+    def __init__(self, binary: "Metric", multiclass: "Metric | None") -> None:
         super().__init__(binary if multiclass is None else multiclass)
         self.binary = multiclass is None
 
@@ -61,6 +69,8 @@ class auroc(_Classification):
     """Area under the ROC curve over the epoch; multi-class: one-vs-rest, macro-averaged."""
 
     def __init__(self, num_classes: int | None = None) -> None:
+        from torchmetrics import classification
+
         multiclass = None if num_classes is None else classification.MulticlassAUROC(num_classes, average="macro")
         super().__init__(classification.BinaryAUROC(), multiclass)
 
@@ -69,6 +79,8 @@ class f1(_Classification):
     """F1 score over the epoch: binary (threshold 0.5 on the probability), or macro-averaged over classes."""
 
     def __init__(self, num_classes: int | None = None) -> None:
+        from torchmetrics import classification
+
         multiclass = None if num_classes is None else classification.MulticlassF1Score(num_classes, average="macro")
         super().__init__(classification.BinaryF1Score(), multiclass)
 
@@ -77,6 +89,8 @@ class confusion_matrix(_Classification):
     """Counts of (true class, predicted class) over the epoch: rows are true classes. Logged as a picture."""
 
     def __init__(self, num_classes: int | None = None) -> None:
+        from torchmetrics import classification
+
         multiclass = None if num_classes is None else classification.MulticlassConfusionMatrix(num_classes)
         super().__init__(classification.BinaryConfusionMatrix(), multiclass)
 

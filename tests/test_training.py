@@ -130,6 +130,19 @@ def test_resume_trains_at_an_overridden_learning_rate_and_the_config_says_so(tin
     assert "optimizer.args.lr: 0.5 from now on (the checkpoint had 0.01)" in (run.log_dir / "info.log").read_text()
 
 
+def test_resume_with_a_new_learning_rate_keeps_the_backbones_scale(tiny_config, tmp_path):
+    """`--resume RUN --lr 0.5` on a freeze_unfreeze run: the head trains at 0.5, the backbone at 0.5 x 0.1."""
+    tiny_config["optimizer"] = {"type": "SGD", "args": {"lr": 0.01}}
+    tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2"], "unfreeze_epoch": 2}
+    _, run = train(tiny_config, tmp_path, "scaled")
+    groups = load_checkpoint(run.checkpoint_dir / LAST_NAME).state["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])
+    train(None, tmp_path, overrides=["--lr", "0.5", "trainer.epochs=3"], resume=run.checkpoint_dir)
+    state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([0.5, 0.05])
+    assert [g["lr_scale"] for g in state["optimizer"]["param_groups"]] == [1.0, 0.1]
+
+
 @pytest.mark.e2e
 def test_resume_refuses_a_changed_scheduler_whose_state_it_would_overwrite(tiny_config, tmp_path):
     _, run = train(tiny_config, tmp_path, "sched")

@@ -16,7 +16,7 @@ from conftest import ROOT, evaluate, run_script, shrink, train
 from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.make_digit_images import write_digit_images
 from model.torchvision_model import TorchvisionModel
-from trainer.finetuning import Finetuning
+from trainer.finetuning import Finetuning, per_group_lrs, set_learning_rate
 from utils.checkpoint import (
     BEST_NAME,
     KEY_DATA,
@@ -24,6 +24,7 @@ from utils.checkpoint import (
     KEY_STATE_DICT,
     LAST_NAME,
     Checkpoint,
+    apply_changed_optimizer_args,
     load_checkpoint,
     load_model_state,
 )
@@ -203,23 +204,68 @@ def test_fine_tuning_loads_what_fits_and_lists_what_it_skipped(tmp_path, caplog)
 # --- Finetuning ------------------------------------------------------------------------------------------------
 
 
-def test_freeze_unfreeze_adds_the_backbone_as_a_group_at_its_epoch_and_can_go_back():
+def test_freeze_unfreeze_keeps_the_backbone_in_its_own_group_from_the_start_and_can_go_back():
     model = Small()
     finetuning = Finetuning("freeze_unfreeze", unfreeze_epoch=3, backbone_lr_scale=0.1)
     finetuning.freeze(model)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    optimizer = torch.optim.SGD(finetuning.param_groups(model), lr=0.5)
+    set_learning_rate(optimizer, 0.5)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    finetuning.attach(optimizer)
-    assert [p.requires_grad for p in model.backbone.parameters()] == [False] * 6
-    assert finetuning.set_epoch(2, optimizer, scheduler) == [] and len(optimizer.param_groups) == 1
-    [line] = finetuning.set_epoch(3, optimizer, scheduler)
-    assert line == "Unfreezing backbone at epoch 3: 128 parameters at lr 0.05"
-    assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["lr"] == pytest.approx(0.05)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 6]  # the head; the whole backbone
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.5, 0.05])
     assert scheduler.base_lrs == pytest.approx([0.5, 0.05])
+    assert [p.requires_grad for p in model.backbone.parameters()] == [False] * 6
+    # A step while frozen moves the head only, and the optimizer keeps no state for the backbone.
+    before = copy.deepcopy(model.backbone.state_dict())
+    finetuning.train_mode(model)  # frozen BatchNorm in eval mode: its running statistics stay too
+    model(torch.randn(4, 4)).sum().backward()
+    optimizer.step()
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
+    assert finetuning.set_epoch(2) == []
+    [line] = finetuning.set_epoch(3)
+    assert line == "Unfreezing backbone at epoch 3: 128 parameters at lr scale 0.1"
     assert all(p.requires_grad for p in model.parameters())
-    finetuning.set_epoch(2, optimizer, scheduler)  # a rehearsal's restore goes back to the epoch before
-    assert len(optimizer.param_groups) == 1 and scheduler.base_lrs == [0.5]
+    finetuning.set_epoch(2)  # a rehearsal's restore goes back to the epoch before
     assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert len(optimizer.param_groups) == 2  # nothing is ever added to or taken from the optimizer
+
+
+def test_a_new_learning_rate_keeps_each_groups_scale():
+    """One writer of learning rates: `--lr 0.01` on resume gives the backbone 0.001, not 0.01."""
+    model = Small()
+    finetuning = Finetuning("freeze_unfreeze", unfreeze_epoch=1, backbone_lr_scale=0.1)
+    finetuning.freeze(model)
+    optimizer = torch.optim.Adam(finetuning.param_groups(model), lr=0.1)
+    set_learning_rate(optimizer, 0.1)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
+    changes = apply_changed_optimizer_args(optimizer, scheduler, {"lr": 0.1}, {"lr": 0.01, "eps": 1e-6})
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.001])
+    assert scheduler.base_lrs == pytest.approx([0.01, 0.001])
+    assert [g["eps"] for g in optimizer.param_groups] == [1e-6, 1e-6]
+    assert changes[0] == "optimizer.args.lr: 0.01 from now on (the checkpoint had 0.1)"
+
+
+def test_one_cycle_per_batch_runs_across_the_unfreeze_with_the_backbone_at_its_scale():
+    """Issue 17's blocker: OneCycleLR stepped every batch crashed (KeyError: 'max_lr') at the first step after
+    the unfreeze, when the backbone joined the optimizer as a new group."""
+    model = Small()
+    finetuning = Finetuning("freeze_unfreeze", unfreeze_epoch=2, backbone_lr_scale=0.1)
+    finetuning.freeze(model)
+    optimizer = torch.optim.AdamW(finetuning.param_groups(model), lr=0.01)
+    set_learning_rate(optimizer, 0.01)
+    args = {"max_lr": 0.01, "total_steps": 20}
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, **{**args, **per_group_lrs(args, optimizer)})
+    seen = []
+    for epoch in (1, 2):
+        finetuning.set_epoch(epoch)
+        for _ in range(10):
+            model(torch.randn(4, 4)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            seen.append([g["lr"] for g in optimizer.param_groups])
+    assert all(backbone == pytest.approx(head * 0.1) for head, backbone in seen)
+    assert max(head for head, _ in seen) == pytest.approx(0.01, rel=0.05)
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_unless_train_bn():
@@ -237,12 +283,12 @@ def test_milestones_unfreeze_in_stages_and_bad_sections_are_one_line():
         milestones=[{"epoch": 2, "modules": ["backbone.3"]}, {"epoch": 4, "modules": ["backbone"]}],
     )
     finetuning.freeze(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1.0)
-    finetuning.attach(optimizer)
-    finetuning.set_epoch(3, optimizer, None)
-    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]  # the head; backbone.3
-    finetuning.set_epoch(4, optimizer, None)
-    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2, 4]  # then the rest of the backbone
+    optimizer = torch.optim.Adam(finetuning.param_groups(model), lr=1.0)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2, 4]  # the head; backbone.3; the rest
+    finetuning.set_epoch(3)
+    assert [p.requires_grad for p in model.backbone.parameters()] == [False] * 4 + [True] * 2
+    finetuning.set_epoch(4)
+    assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ConfigError, match=r"finetune\.backbone: no parameters under 'trunk' \(the model's modules: "):
         Finetuning("freeze", backbone="trunk").freeze(Small())
     assert Finetuning("freeze_unfreeze").check() == [
@@ -321,16 +367,19 @@ def test_transfer_example_freezes_then_unfreezes_reaches_090_and_predicts(digit_
     pretrained = torch.load(digit_folders["weights"], weights_only=True)
     start = {f"backbone.{k}": v for k, v in pretrained.items() if not k.startswith("fc.")}
     epoch = {e: load_checkpoint(run.checkpoint_dir / f"checkpoint-epoch{e}.pth").state for e in (1, 2, 3)}
-    # Frozen for epochs 1-2: every backbone tensor, BatchNorm running statistics included, bitwise unchanged.
+    # Frozen for epochs 1-2: every backbone tensor, BatchNorm running statistics included, bitwise unchanged,
+    # and no optimizer state for it (it is in the second parameter group from the start).
     for e in (1, 2):
         assert all(torch.equal(epoch[e][KEY_STATE_DICT][k], v) for k, v in start.items())
-        assert len(epoch[e][KEY_OPTIMIZER]["param_groups"]) == 1
+        groups = epoch[e][KEY_OPTIMIZER]["param_groups"]
+        assert len(groups) == 2 and not set(groups[1]["params"]) & set(epoch[e][KEY_OPTIMIZER]["state"])
     assert any("running_mean" in k for k in start)
     # Epoch 3: the backbone trains, in a second group at lr * 0.1.
     changed = [k for k, v in start.items() if not torch.equal(epoch[3][KEY_STATE_DICT][k], v)]
     assert len(changed) > 0.9 * len(start)
     groups = epoch[3][KEY_OPTIMIZER]["param_groups"]
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+    assert set(groups[1]["params"]) <= set(epoch[3][KEY_OPTIMIZER]["state"])
     assert epoch[3][KEY_DATA] == {"classes": [str(d) for d in range(10)]}
 
     # test.py: accuracy >= 0.9, and the per-sample file agrees with it; the pretrained file is not needed any more.

@@ -5,13 +5,15 @@
     freeze_unfreeze      the backbone unfreezes at `unfreeze_epoch`
     unfreeze_milestones  stages of modules unfreeze at given epochs: [{"epoch": 3, "modules": ["backbone.layer4"]}, ...]
 
-Frozen parameters are left out of the optimizer (and need no gradients); a stage that unfreezes joins the
-optimizer as a new parameter group whose learning rate is the first group's times `backbone_lr_scale`. With
+Every parameter that will ever train is in the optimizer from the start, in its final parameter group: the
+head (and anything outside the backbone) in the first, each stage that unfreezes in a group of its own whose
+`lr_scale` is `backbone_lr_scale`. A frozen parameter only has `requires_grad` off, so it gets no gradient
+and the optimizer skips it; nothing is added to the optimizer at an unfreeze, and every scheduler -- those
+that keep a value per group (OneCycleLR's max_lr) included -- sees the same groups all along. With
 `train_bn` false, frozen BatchNorm layers stay in eval mode, so their running statistics do not move either.
 
-The state is a pure function of the epoch: `set_epoch(e)` makes the model and optimizer what they are
-during epoch e (stages with epoch <= e unfrozen). Resuming calls it with the checkpoint's epoch before the
-optimizer's state is loaded, so the parameter groups fit, and a resumed run equals one that never stopped.
+The state is a pure function of the epoch: `set_epoch(e)` makes the model what it is during epoch e
+(stages with epoch <= e unfrozen), so a resumed run (and the rehearsal's restore) equals one that never stopped.
 """
 
 from dataclasses import dataclass
@@ -24,6 +26,9 @@ from utils.distributed import is_distributed
 from utils.errors import ConfigError
 
 STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones")
+# A scheduler argument that gives each parameter group's learning rate itself: one value becomes one per group,
+# scaled like the group's learning rate.
+PER_GROUP_LR_ARGS = ("max_lr", "base_lr", "min_lr")
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,8 @@ class Finetuning:
         self.backbone_lr_scale = backbone_lr_scale
         self.train_bn = train_bn
         self.strict_load = strict_load
-        self.model: nn.Module | None = None
         self.frozen: dict[str, nn.Parameter] = {}  # frozen at the start, by name
-        self.stages: list[Stage] = []
-        self.base_groups = 0  # the optimizer's own parameter groups, before any stage joined
+        self.stages: list[tuple[Stage, dict[str, nn.Parameter]]] = []  # each stage with the parameters it unfreezes
 
     def check(self) -> list[str]:
         """The problems of the section's values, as config error lines. (An unfreeze after the last epoch is
@@ -75,27 +78,28 @@ class Finetuning:
         return errors
 
     def freeze(self, model: nn.Module) -> None:
-        """Freeze what the strategy freezes at the start; call before the optimizer is built from the
-        parameters that require gradients."""
-        self.model = model
+        """Freeze what the strategy freezes at the start; call before `param_groups`."""
         if self.strategy == "no_freeze":
             return
         backbone = self.backbone if self.backbone is not None else getattr(model, "backbone_prefix", "backbone")
         prefixes = (backbone,) if isinstance(backbone, str) else tuple(backbone)
-        self.frozen = self._matching(model, "finetune.backbone", prefixes)
+        self.frozen = _matching(model, "finetune.backbone", prefixes)
+        stages = []
         if self.strategy == "freeze_unfreeze":
-            self.stages = [Stage(self.unfreeze_epoch, prefixes)]
+            stages = [Stage(self.unfreeze_epoch, prefixes)]
         elif self.strategy == "unfreeze_milestones":
-            self.stages = [Stage(m["epoch"], tuple(m["modules"])) for m in self.milestones]
-            for i, stage in enumerate(self.stages):
-                outside = set(self._matching(model, f"finetune.milestones.{i}.modules", stage.modules)) - set(
-                    self.frozen
+            stages = [Stage(m["epoch"], tuple(m["modules"])) for m in self.milestones]
+        taken: set[str] = set()
+        for i, stage in enumerate(stages):
+            named = _matching(model, f"finetune.milestones.{i}.modules", stage.modules)
+            outside = set(named) - set(self.frozen)
+            if outside:
+                raise ConfigError(
+                    f"finetune.milestones.{i}.modules: {sorted(outside)[0]} is not in the frozen backbone "
+                    f"({', '.join(prefixes)}); name modules inside it"
                 )
-                if outside:
-                    raise ConfigError(
-                        f"finetune.milestones.{i}.modules: {sorted(outside)[0]} is not in the frozen backbone "
-                        f"({', '.join(prefixes)}); name modules inside it"
-                    )
+            self.stages.append((stage, {n: p for n, p in named.items() if n not in taken}))  # first stage wins
+            taken |= set(named)
         if self.stages and is_distributed():
             # DDP registers the parameters that need gradients once, when it wraps the model: a parameter
             # unfrozen later would train on each rank's own gradient and the ranks would drift apart.
@@ -106,53 +110,25 @@ class Finetuning:
         for parameter in self.frozen.values():
             parameter.requires_grad_(False)
 
-    def _matching(self, model: nn.Module, key: str, prefixes: tuple[str, ...] | list[str]) -> dict[str, nn.Parameter]:
-        found = {}
-        for prefix in prefixes:
-            named = {n: p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")}
-            if not named:
-                top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
-                raise ConfigError(f"{key}: no parameters under {prefix!r} (the model's modules: {', '.join(top)})")
-            found.update(named)
-        return found
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, final from the start: what trains now, then one group per stage
+        (with its `lr_scale`); a backbone that never unfreezes is left out."""
+        groups = [{"params": [p for n, p in model.named_parameters() if n not in self.frozen], "lr_scale": 1.0}]
+        groups += [{"params": list(named.values()), "lr_scale": self.backbone_lr_scale} for _, named in self.stages]
+        return [g for g in groups if g["params"]]
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Remember the optimizer's own parameter groups (built from the trainable parameters)."""
-        self.base_groups = len(optimizer.param_groups)
-
-    def set_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> list[str]:
-        """Make the model and the optimizer what they are during `epoch` (0: before the first); return a line
-        per stage that joined now."""
-        if not self.stages:
-            return []
-        unfrozen = [s for s in self.stages if s.epoch <= epoch]
-        trainable = {n for s in unfrozen for n in self._matching(self.model, "finetune", s.modules)}
+    def set_epoch(self, epoch: int) -> list[str]:
+        """Make the model what it is during `epoch` (0: before the first); return a line per stage that
+        unfreezes at this epoch."""
+        trainable = {n for stage, named in self.stages if stage.epoch <= epoch for n in named}
         for name, parameter in self.frozen.items():
             parameter.requires_grad_(name in trainable)
-        groups = optimizer.param_groups
-        while len(groups) > self.base_groups + len(unfrozen):  # back to an earlier epoch (a rehearsal's restore)
-            for parameter in groups.pop()["params"]:
-                optimizer.state.pop(parameter, None)
-            for per_group in ("base_lrs", "min_lrs"):
-                if hasattr(lr_scheduler, per_group):
-                    getattr(lr_scheduler, per_group).pop()
-        joined, taken = [], {id(p) for g in groups for p in g["params"]}
-        for stage in unfrozen[len(groups) - self.base_groups :]:
-            params = [p for n, p in self._matching(self.model, "finetune", stage.modules).items() if id(p) not in taken]
-            taken |= {id(p) for p in params}
-            first = groups[0]
-            lr = first["lr"] * self.backbone_lr_scale
-            group = {"params": params, "lr": lr}
-            if "initial_lr" in first:  # a scheduler's base for this group
-                group["initial_lr"] = first["initial_lr"] * self.backbone_lr_scale
-            optimizer.add_param_group(group)
-            if hasattr(lr_scheduler, "base_lrs"):  # one entry per parameter group
-                lr_scheduler.base_lrs.append(group.get("initial_lr", lr))
-            if hasattr(lr_scheduler, "min_lrs"):  # ReduceLROnPlateau
-                lr_scheduler.min_lrs.append(lr_scheduler.min_lrs[0])
-            count = sum(p.numel() for p in params)
-            joined.append(f"Unfreezing {', '.join(stage.modules)} at epoch {epoch}: {count:,} parameters at lr {lr:g}")
-        return joined
+        return [
+            f"Unfreezing {', '.join(stage.modules)} at epoch {epoch}: {sum(p.numel() for p in named.values()):,} "
+            f"parameters at lr scale {self.backbone_lr_scale:g}"
+            for stage, named in self.stages
+            if stage.epoch == epoch
+        ]
 
     def train_mode(self, model: nn.Module) -> None:
         """model.train(), with the BatchNorm layers whose parameters are all frozen kept in eval mode
@@ -165,3 +141,36 @@ class Finetuning:
                 own = list(module.parameters(recurse=False))
                 if own and not any(p.requires_grad for p in own):
                     module.eval()
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, lr_scheduler: Any = None) -> None:
+    """The one writer of the learning rates: each parameter group gets `lr` times its `lr_scale` (1 unless a
+    freezing strategy set one), as its current rate and, when a scheduler is attached, as the scheduler's base."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if "initial_lr" in group:
+            group["initial_lr"] = group["lr"]
+        if hasattr(lr_scheduler, "base_lrs"):
+            lr_scheduler.base_lrs[i] = group["lr"]
+
+
+def per_group_lrs(scheduler_args: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
+    """The scheduler arguments that give each group's learning rate itself (OneCycleLR's max_lr, CyclicLR's
+    base_lr and max_lr, ReduceLROnPlateau's min_lr) written as one number: as one number per group, each scaled
+    like its group. Passed to the scheduler after the config's own arguments, which they replace."""
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    if all(scale == 1.0 for scale in scales):
+        return {}
+    numbers = {k: v for k, v in scheduler_args.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {key: [value * scale for scale in scales] for key, value in numbers.items() if key in PER_GROUP_LR_ARGS}
+
+
+def _matching(model: nn.Module, key: str, prefixes: tuple[str, ...] | list[str]) -> dict[str, nn.Parameter]:
+    found = {}
+    for prefix in prefixes:
+        named = {n: p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")}
+        if not named:
+            top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+            raise ConfigError(f"{key}: no parameters under {prefix!r} (the model's modules: {', '.join(top)})")
+        found.update(named)
+    return found

@@ -91,7 +91,6 @@ class Trainer(BaseTrainer):
         super().__init__(model, optimizer, lr_scheduler, **loop)
         # The freezing strategy, with the model already frozen as it starts (Finetuning.freeze).
         self.finetuning = finetuning or Finetuning()
-        self.finetuning.attach(optimizer)
         self.criterion = criterion
         self.metric_fns = metric_fns
         self.data_loader = data_loader
@@ -165,7 +164,7 @@ class Trainer(BaseTrainer):
                     return
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        for line in self.finetuning.set_epoch(epoch, self.optimizer, self.lr_scheduler):
+        for line in self.finetuning.set_epoch(epoch):
             self.logger.info("%s", line)
         self.finetuning.train_mode(self.model)
         start = self.start_batch  # > 0 only in the first epoch of a run resumed mid-epoch
@@ -270,8 +269,7 @@ class Trainer(BaseTrainer):
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
-        # The optimizer's parameter groups of that epoch (stages unfrozen by then), before its state is loaded.
-        self.finetuning.set_epoch(state[KEY_EPOCH], self.optimizer, self.lr_scheduler)
+        self.finetuning.set_epoch(state[KEY_EPOCH])  # the stages unfrozen by then
         super()._restore(state)
         per_epoch = self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
         if self.start_batch >= per_epoch:

@@ -293,17 +293,18 @@ def apply_changed_optimizer_args(
 ) -> list[str]:
     """Re-set the optimizer arguments the config changed since the checkpoint (`optimizer.load_state_dict`
     restored the saved ones); return a line per change. Every torch optimizer keeps its arguments in its
-    param groups; a new learning rate also becomes the scheduler's base."""
+    param groups; a new learning rate goes through `set_learning_rate`, which keeps each group's lr_scale."""
+    from trainer.finetuning import set_learning_rate
+
     changes = []
     for key, value in args.items():
         if saved_args.get(key) == value:
             continue
-        for group in optimizer.param_groups:
-            group[key] = tuple(value) if isinstance(group.get(key), tuple) else value
-            if key == "lr" and "initial_lr" in group:
-                group["initial_lr"] = value
-        if key == "lr" and hasattr(lr_scheduler, "base_lrs"):
-            lr_scheduler.base_lrs = [value] * len(optimizer.param_groups)
+        if key == "lr":
+            set_learning_rate(optimizer, value, lr_scheduler)
+        else:
+            for group in optimizer.param_groups:
+                group[key] = tuple(value) if isinstance(group.get(key), tuple) else value
         changes.append(f"optimizer.args.{key}: {value} from now on (the checkpoint had {saved_args.get(key)})")
     return changes
 
