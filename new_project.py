@@ -26,8 +26,13 @@ SKIPPED = {
 }
 
 
+# Never copied from the template's top level: what measures the template itself, not a user's project.
+SKIPPED_AT_TOP = {"benchmarks"}
+
+
 def _ignore(folder: str, names: list[str]) -> set[str]:
-    return {n for n in names if n in SKIPPED or n.endswith((".pyc", ".egg-info"))}
+    skipped = SKIPPED | (SKIPPED_AT_TOP if Path(folder) == TEMPLATE else set())
+    return {n for n in names if n in skipped or n.endswith((".pyc", ".egg-info"))}
 
 
 def check_target(target: Path) -> None:

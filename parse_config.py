@@ -8,20 +8,24 @@ any data is read.
 
 import argparse
 import copy
+import importlib
 import importlib.util
 import inspect
+import math
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from utils.errors import ConfigError, UserError, describe_exception, did_you_mean, dotted, key_text, quoted, shown
-from utils.names import check_names, metric_name, resolve, type_name
 from utils.util import read_json, strict_json_loads
 
 if TYPE_CHECKING:  # torch is imported only once a config is validated, so that --help answers without it
-    from utils.checkpoint import Checkpoint
+    from trainer.checkpoint import Checkpoint
 
 PROJECT = Path(__file__).resolve().parent
 SCHEMA_PATH = PROJECT / "utils" / "config_schema.json"
@@ -46,6 +50,16 @@ VALIDATOR = jsonschema.validators.extend(
 )
 
 
+# --- The command line every entry script shares: one-line argparse errors, short flags, GPU selection.
+
+# Short flags for common overrides, with victoresque's long names beside them: flags -> dotted config key.
+SHORTCUTS = {
+    ("--lr", "--learning_rate"): ("optimizer.args.lr", "learning rate"),
+    ("--bs", "--batch_size"): ("data_loader.args.batch_size", "batch size"),
+    ("--epochs",): ("trainer.epochs", "number of epochs"),
+}
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (as a ConfigError) instead of usage text and exit code 2."""
 
@@ -54,6 +68,252 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message} (see {self.prog} --help)")
+
+    def add_shortcuts(self) -> None:
+        """--lr, --bs and --epochs, each the same as its dotted override (read back by `shortcut_overrides`)."""
+        for flags, (key, what) in SHORTCUTS.items():
+            self.add_argument(*flags, dest=key, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
+
+    def add_device(self) -> None:
+        self.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+
+
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """The short flags given on the command line, as `dotted.key=value` overrides."""
+    return [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
+
+
+def select_devices(devices: str | None) -> None:
+    """Make only the chosen GPUs visible; must happen before CUDA is first used."""
+    if devices is None:
+        return
+    ids = [d.strip() for d in devices.split(",")]
+    if not all(d.isdigit() for d in ids):
+        raise ConfigError(f"--device {devices}: expected GPU indices such as 0 or 0,1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < len(ids):
+        raise ConfigError(
+            f"--device {devices}: asks for {len(ids)} GPU(s) but {available} exist on this machine"
+            + ("; run without --device to train on the CPU" if available == 0 else "")
+        )
+
+
+# --- Names: where each `type` of a config is looked up, and how its `args` are checked against the constructor.
+# A role is one kind of config entry (arch, data_loader, loss, ...): the module its names come from, what an object
+# must be to fill it, and the arguments the code passes itself. A name outside the role's module, a private name or
+# an object of the wrong kind is refused with the list of valid names.
+
+
+def subclass_of(path: str) -> Callable[[str, Any], bool]:
+    """A test for classes derived from `module:Class` (imported when first used, not at import)."""
+
+    def fits(name: str, obj: Any) -> bool:
+        module, _, class_name = path.partition(":")
+        base = getattr(importlib.import_module(module), class_name)
+        return inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj)
+
+    return fits
+
+
+def loss_function(name: str, obj: Any) -> bool:
+    """The loss functions of torch.nn.functional (not its other functions, such as relu)."""
+    return inspect.isfunction(obj) and (name.endswith("_loss") or name in TORCH_LOSS_FUNCTIONS)
+
+
+def loss(name: str, obj: Any) -> bool:
+    """A loss written in the project: a function (output, target) -> tensor, or an nn.Module class."""
+    return inspect.isfunction(obj) or subclass_of("torch.nn:Module")(name, obj)
+
+
+def metric(name: str, obj: Any) -> bool:
+    """A per-batch metric function (output, target) -> batch mean, or an epoch-level EpochMetric class."""
+    return inspect.isfunction(obj) or subclass_of("base.base_metric:EpochMetric")(name, obj)
+
+
+TORCH_LOSS_FUNCTIONS = ("cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div")
+
+
+@dataclass(frozen=True)
+class Role:
+    """Where the names of one config entry are looked up, what fits, and what the code passes besides `args`.
+
+    A name resolves in the project's `module` (whatever is defined or imported there) when its object fits
+    and is either defined in the project's own package (`model`, `data_loader`, `trainer`) or is a fitting
+    member of one of the role's `libraries`, which are also looked up directly. Anything else -- modules,
+    builtins, private names, `os.system` imported into model.py -- is not a name of the role.
+    """
+
+    module: str | None  # None: library names only
+    fits: Callable[[str, Any], bool] | None  # what a name of `module` must be
+    libraries: tuple[tuple[str, Callable[[str, Any], bool]], ...] = ()
+    positional: int = 0  # arguments the code passes positionally (parameters, optimizer, output and target)
+    keywords: tuple[str, ...] = ()  # arguments the code passes by keyword
+    called: bool = False  # called with (output, target): a class is built from its args, then called
+
+
+ROLES: dict[str, Role] = {
+    "arch": Role("model.model", subclass_of("torch.nn:Module")),
+    "data_loader": Role(
+        "data_loader.data_loaders", subclass_of("base.base_data_loader:BaseDataLoader"), keywords=("split", "seed")
+    ),
+    "optimizer": Role(None, None, (("torch.optim", subclass_of("torch.optim:Optimizer")),), positional=1),
+    "lr_scheduler": Role(
+        None, None, (("torch.optim.lr_scheduler", subclass_of("torch.optim.lr_scheduler:LRScheduler")),), positional=1
+    ),
+    "loss": Role(
+        "model.loss",
+        loss,
+        (("torch.nn", subclass_of("torch.nn.modules.loss:_Loss")), ("torch.nn.functional", loss_function)),
+        positional=2,
+        called=True,
+    ),
+    "metrics": Role("model.metric", metric, positional=2, called=True),
+    "callbacks": Role("trainer.callbacks", subclass_of("trainer.callbacks:Callback")),
+}
+
+
+def valid_names(role: Role) -> dict[str, Any]:
+    """Every name the role accepts, with its object: the project module's first, then the libraries'."""
+    found: dict[str, Any] = {}
+    if role.module is not None and role.fits is not None:
+        module = importlib.import_module(role.module)
+        package = role.module.split(".")[0]
+        for name in dir(module):
+            obj = getattr(module, name)
+            if name.startswith("_") or inspect.ismodule(obj):
+                continue
+            home = getattr(obj, "__module__", None) or ""
+            if (home.split(".")[0] == package and role.fits(name, obj)) or _library_member(role, obj):
+                found[name] = obj
+    for library, fits in role.libraries:
+        module = importlib.import_module(library)
+        for name in dir(module):
+            obj = getattr(module, name)
+            if not name.startswith("_") and name not in found and fits(name, obj):
+                found[name] = obj
+    return found
+
+
+def _library_member(role: Role, obj: Any) -> bool:
+    """Whether `obj` is one of the role's library objects (`mse = F.mse_loss` in model/loss.py)."""
+    name = getattr(obj, "__name__", None)
+    for library, fits in role.libraries:
+        if name and getattr(importlib.import_module(library), name, None) is obj and fits(name, obj):
+            return True
+    return False
+
+
+def entries(config: dict, role_name: str) -> list[tuple[str, str, dict]]:
+    """(dotted path, type name, args) of each entry of a role; plain-name functions have empty args."""
+    value = config.get(role_name)
+    if value is None:
+        return []
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    found = []
+    for index, item in items:
+        where = role_name if index is None else f"{role_name}.{index}"
+        if isinstance(item, str):
+            found.append((where, item, {}))
+        else:
+            found.append((where, item["type"], item.get("args", {})))
+    return found
+
+
+def type_name(entry: str | dict) -> str:
+    """The `type` an entry names (a plain string is a function's name)."""
+    return entry if isinstance(entry, str) else entry["type"]
+
+
+def metric_name(entry: str | dict) -> str:
+    """The label a metric is logged under: its "name", or its function name."""
+    return entry if isinstance(entry, str) else entry.get("name", entry["type"])
+
+
+def check_names(config: dict) -> list[str]:
+    """Every entry's type must be a valid name of its role, and its args must fit the constructor."""
+    errors = []
+    for role_name, role in ROLES.items():
+        names = valid_names(role)
+        for where, type_name, args in entries(config, role_name):
+            if type_name not in names:
+                at = where if isinstance(_entry_at(config, where), str) else f"{where}.type"
+                errors.append(
+                    f"{at}: unknown {role_name} {quoted(type_name)}{did_you_mean(type_name, names)} "
+                    f"(valid: {', '.join(sorted(names)) or 'none'}; from {_homes(role)})"
+                )
+            else:
+                errors.extend(_check_arguments(where, names[type_name], role, args))
+    return errors
+
+
+def _entry_at(config: dict, where: str) -> Any:
+    """The config entry at "metrics.1" or "loss"."""
+    role, _, index = where.partition(".")
+    return config[role][int(index)] if index else config[role]
+
+
+def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> list[str]:
+    """Bind `args` to the constructor's signature the way the code will call it; name what does not fit."""
+    label = getattr(target, "__name__", str(target))
+    params = list(inspect.signature(target).parameters.values())
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    positional = 0 if role.called and inspect.isclass(target) else role.positional  # a loss class: built from args
+    passed_by_code = {p.name for p in named[:positional]} | set(role.keywords)
+    accepted = [p.name for p in named if p.name not in passed_by_code]
+    errors = []
+    by_name = {p.name: p for p in named}
+    for key, value in args.items():
+        if key in passed_by_code:
+            errors.append(f"{where}.args.{key}: set by the code, not the config; remove it")
+        elif key not in accepted and not takes_any:
+            errors.append(
+                f"{where}.args.{key_text(key)}: {label} has no argument {quoted(key)}{did_you_mean(key, accepted)} "
+                f"(accepted: {', '.join(accepted) or 'none'})"
+            )
+        elif key in by_name and _wants_number(by_name[key]) and not _is_number(value):
+            default = by_name[key].default
+            known = f"; {label}'s default is {default!r}" if default is not inspect.Parameter.empty else ""
+            errors.append(f"{where}.args.{key}: expected a number{known}; found {value!r}")
+    for p in named:
+        if p.name not in passed_by_code and p.default is p.empty and p.name not in args:
+            errors.append(f"{where}.args.{p.name}: {label} needs this argument (accepted: {', '.join(accepted)})")
+    return errors
+
+
+def _homes(role: Role) -> str:
+    return ", ".join([*([role.module] if role.module else []), *(library for library, _ in role.libraries)])
+
+
+def _wants_number(parameter: inspect.Parameter) -> bool:
+    """A parameter typed, or defaulting to, a plain int or float."""
+    default = parameter.default
+    typed = parameter.annotation in (int, float, "int", "float")
+    return typed or (isinstance(default, (int, float)) and not isinstance(default, bool))
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def resolve(role_name: str, entry: str | dict) -> Callable:
+    """What an entry names, with its config args bound: a class to call with the code's arguments, or, for a
+    loss or metric, what is called with (output, target): the function with its args, or the class built
+    from them."""
+    role = ROLES[role_name]
+    type_name, args = (entry, {}) if isinstance(entry, str) else (entry["type"], entry.get("args", {}))
+    target = valid_names(role)[type_name]
+    if role.called and inspect.isclass(target):
+        return target(**args)
+    return partial(target, **args)
+
+
+# --- Reading a config: files, "extends", overrides, the schema.
 
 
 def read_config(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
@@ -314,7 +574,7 @@ class ConfigParser:
         - `config_path`: the config of a new run (that starts from `resume`'s weights, if given: fine-tuning).
         - `resume` alone: the config stored in that checkpoint (to continue its run, or to evaluate it).
         """
-        from utils.checkpoint import KEY_CONFIG
+        from trainer.checkpoint import KEY_CONFIG
 
         if config_path is None and resume is None:
             named = [o for o in overrides if o.endswith(".json") and "=" not in o]
@@ -335,6 +595,10 @@ class ConfigParser:
 
     def __getitem__(self, key: str) -> Any:
         return self.config[key]
+
+    def class_of(self, name: str) -> Any:
+        """The class (or function) the entry `name` selects, unbuilt: e.g. class_of("data_loader")."""
+        return valid_names(ROLES[name])[type_name(self.config[name])]
 
     def init_obj(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Build a class entry: `cls(*args, **config_args, **kwargs)`, e.g. init_obj("optimizer", params).

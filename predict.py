@@ -8,13 +8,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parse_config import ArgumentParser, ConfigParser
-from train import select_devices
+from parse_config import ArgumentParser, ConfigParser, select_devices
 from utils.errors import ConfigError, interrupts_held, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
-    from utils.checkpoint import Checkpoint
+    from trainer.checkpoint import Checkpoint
 
 
 def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path) -> int:
@@ -23,11 +22,9 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path)
     import torch
 
     from logger.logger import setup_logging
-    from trainer.trainer import resolve_amp
-    from utils.checkpoint import KEY_DATA
+    from trainer.checkpoint import KEY_DATA
+    from trainer.evaluation import loader_arguments, predict, prediction_rows, resolve_amp, trained_model, write_csv
     from utils.distributed import place_model
-    from utils.names import ROLES, valid_names
-    from utils.predictions import loader_arguments, predict, prediction_rows, trained_model, write_csv
 
     setup_logging(None, config["verbosity"])
     logger = logging.getLogger("predict")
@@ -35,7 +32,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path)
         torch.set_num_threads(config["num_threads"])
 
     # data: the new inputs, read with the preprocessing of the training data (class names, statistics)
-    loader_class = valid_names(ROLES["data_loader"])[config["data_loader"]["type"]]
+    loader_class = config.class_of("data_loader")
     preprocessing = checkpoint.state.get(KEY_DATA)
     if preprocessing is None:
         raise ConfigError(f"{checkpoint.path}: has no data preprocessing (saved by an older version); retrain it")
@@ -69,7 +66,7 @@ def build_parser() -> ArgumentParser:
         "-i", "--input", required=True, help="what to predict: an image, a folder of images, a CSV file"
     )
     parser.add_argument("-o", "--out", required=True, help="the CSV file to write (never overwritten)")
-    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -79,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     args = build_parser().parse_args(argv)
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
-    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
     out = Path(args.out)
     check_output_path(out)

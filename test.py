@@ -10,13 +10,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parse_config import ArgumentParser, ConfigParser
-from train import select_devices
+from parse_config import ArgumentParser, ConfigParser, select_devices
 from utils.errors import ConfigError, interrupts_held, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
-    from utils.checkpoint import Checkpoint
+    from trainer.checkpoint import Checkpoint
 
 
 def main(
@@ -29,11 +28,9 @@ def main(
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
-    from trainer.trainer import evaluate
-    from utils.checkpoint import KEY_DATA
+    from trainer.checkpoint import KEY_DATA
+    from trainer.evaluation import evaluate, loader_arguments, predict, prediction_rows, trained_model, write_csv
     from utils.distributed import place_model
-    from utils.names import ROLES, valid_names
-    from utils.predictions import loader_arguments, predict, prediction_rows, trained_model, write_csv
     from utils.util import write_output
 
     to_stdout = str(out) == "-"
@@ -44,7 +41,7 @@ def main(
         torch.set_num_threads(config["num_threads"])
 
     # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
-    loader_class = valid_names(ROLES["data_loader"])[config["data_loader"]["type"]]
+    loader_class = config.class_of("data_loader")
     arguments = loader_arguments(loader_class, checkpoint.state.get(KEY_DATA), split=split, seed=config["seed"])
     data_loader = config.init_obj("data_loader", **arguments)
     if data_loader.n_samples == 0:
@@ -85,7 +82,7 @@ def build_parser() -> ArgumentParser:
         help="checkpoint to evaluate (or a run folder: its model_best.pth, else last.pth)",
     )
     parser.add_argument("-c", "--config", help="config to use instead of the one stored in the checkpoint")
-    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_device()
     parser.add_argument(
         "--split", choices=("test", "valid", "train"), default="test", help="split to evaluate (default: test)"
     )
@@ -112,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
             raise ConfigError("--predictions: a file name is needed (predictions are a CSV file)")
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
-    from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
@@ -132,7 +129,7 @@ def results_path(
     """`--out`, or beside the checkpoint a name that says what was evaluated: the checkpoint's name and epoch
     (model_best.pth is rewritten as training goes on), the split, and a hash of -c and the overrides when
     there are any: model_best.epoch17.test.json. An earlier result is never overwritten without --out."""
-    from utils.checkpoint import KEY_EPOCH
+    from trainer.checkpoint import KEY_EPOCH
 
     if out is not None:
         check_output_path(Path(out))

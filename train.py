@@ -8,24 +8,16 @@ python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.j
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from parse_config import ArgumentParser, ConfigParser
+from logger.run_folder import check_run_id
+from parse_config import ArgumentParser, ConfigParser, select_devices, shortcut_overrides
 from utils.errors import ConfigError, interrupts_held, one_line_errors
-from utils.run_folder import check_run_id
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
     from trainer.callbacks import Callback
-    from utils.checkpoint import Checkpoint
-
-# Short flags for common overrides, with victoresque's long names beside them: flags -> dotted config key.
-SHORTCUTS = {
-    ("--lr", "--learning_rate"): ("optimizer.args.lr", "learning rate"),
-    ("--bs", "--batch_size"): ("data_loader.args.batch_size", "batch size"),
-    ("--epochs",): ("trainer.epochs", "number of epochs"),
-}
+    from trainer.checkpoint import Checkpoint
 
 
 def main(
@@ -47,11 +39,11 @@ def main(
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import log_summary, setup_logging, start_run_logging
+    from logger.run_folder import create_run_folder
+    from trainer.checkpoint import load_model_state
     from trainer.finetuning import Finetuning, per_group_lrs, set_learning_rate
     from trainer.trainer import Trainer
-    from utils.checkpoint import load_model_state
     from utils.distributed import distributed_session, is_main_process, place_model
-    from utils.run_folder import create_run_folder
     from utils.util import seed_everything
 
     # A DataLoader worker's crash is reported by a signal handler wherever the main thread is: one line, too.
@@ -125,34 +117,15 @@ def build_parser() -> ArgumentParser:
         "-c", "--config", help="config file (e.g. config.json); with --resume: fine-tune into a new run"
     )
     parser.add_argument("-r", "--resume", help="checkpoint (or run folder, for its last.pth) to continue from")
-    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_device()
     parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
         "--dry-run", action="store_true", help="build everything, train and validate on one batch, write nothing"
     )
-    for flags, (key, what) in SHORTCUTS.items():
-        parser.add_argument(*flags, dest=key, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
+    parser.add_shortcuts()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
-
-
-def select_devices(devices: str | None) -> None:
-    """Make only the chosen GPUs visible; must happen before CUDA is first used."""
-    if devices is None:
-        return
-    ids = [d.strip() for d in devices.split(",")]
-    if not all(d.isdigit() for d in ids):
-        raise ConfigError(f"--device {devices}: expected GPU indices such as 0 or 0,1")
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-    import torch
-
-    available = torch.cuda.device_count()
-    if available < len(ids):
-        raise ConfigError(
-            f"--device {devices}: asks for {len(ids)} GPU(s) but {available} exist on this machine"
-            + ("; run without --device to train on the CPU" if available == 0 else "")
-        )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, Any], argparse.Namespace]:
@@ -160,9 +133,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     args = build_parser().parse_args(argv)
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
-    from utils.checkpoint import check_resume, load_checkpoint
+    from trainer.checkpoint import check_resume, load_checkpoint
 
-    overrides = [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
+    overrides = shortcut_overrides(args)
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     resuming = checkpoint is not None and args.config is None

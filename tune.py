@@ -17,11 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from parse_config import ArgumentParser
-from train import SHORTCUTS
+from logger.run_folder import RUN_ID_PATTERN
+from parse_config import ArgumentParser, shortcut_overrides
+from sweep.space import SCHEDULERS, SEARCHES, STATUSES, Sweep, TrialRecord, check_space, read_space
 from utils.errors import ConfigError, TrainingInterrupted, one_line_errors
-from utils.run_folder import RUN_ID_PATTERN
-from utils.sweep import SCHEDULERS, SEARCHES, STATUSES, Sweep, TrialRecord, check_space, read_space
 
 INSTALL = "pip install -r requirements-tune.txt"
 FIXED_OPTIONS = ("samples", "search", "scheduler", "grace_period", "reduction_factor")  # fixed when a sweep starts
@@ -39,8 +38,8 @@ def main(sweep: Sweep, resume: bool = False, address: str | None = None) -> list
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
 
-    from utils.sweep import previously_stopped, write_hparams_of_stopped, write_outputs
-    from utils.sweep_ray import make_tuner, restore_tuner, start_ray, trial_records
+    from sweep.ray_tune import make_tuner, restore_tuner, start_ray, trial_records
+    from sweep.space import previously_stopped, write_hparams_of_stopped, write_outputs
 
     print(f"Sweep {sweep.folder}: {sweep.search} search, {sweep.scheduler} scheduler; starting Ray", flush=True)
     start_ray(address, sweep)
@@ -87,7 +86,7 @@ def sigterm_as_sigint() -> Iterator[None]:
 
 def print_summary(records: list[TrialRecord], best: TrialRecord | None, sweep: Sweep) -> None:
     """How many trials ended how, the best trials as a table, and the command that evaluates the best."""
-    from utils.sweep import top_table
+    from sweep.space import top_table
 
     counts = ", ".join(f"{sum(r.status == s for r in records)} {s}" for s in STATUSES)
     print(f"\n{len(records)} trials: {counts}; {sweep.folder / 'trials.csv'}")
@@ -131,8 +130,7 @@ def build_parser() -> ArgumentParser:
         )
     parser.add_argument("--address", help="join this Ray cluster ('auto': the one on this machine); default: start one")
     parser.add_argument("--sweep-id", help="name of the sweep's folder (default: a timestamp)")
-    for flags, (key, what) in SHORTCUTS.items():
-        parser.add_argument(*flags, dest=key, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
+    parser.add_shortcuts()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
     return parser
 
@@ -140,7 +138,7 @@ def build_parser() -> ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
     """The sweep to run and main's other arguments; raise a UserError on bad input, before Ray starts."""
     args = build_parser().parse_args(argv)
-    overrides = [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
+    overrides = shortcut_overrides(args)
     overrides += args.overrides
     given = {name: getattr(args, name) for name in (*FIXED_OPTIONS, *RESOURCES) if getattr(args, name) is not None}
     check_options(args, given)

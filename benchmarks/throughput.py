@@ -81,12 +81,12 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     from torchvision import datasets, transforms
 
     from data_loader.data_loaders import MnistDataLoader
+    from logger.run_folder import RunFolder
     from logger.visualization import TensorboardWriter
     from model.metric import accuracy, top_k_acc
     from model.model import MnistModel
+    from trainer.checkpoint import save_checkpoint
     from trainer.trainer import Trainer
-    from utils.checkpoint import save_checkpoint
-    from utils.run_folder import RunFolder
 
     n_train, n_valid = (512, 128) if tiny else (11_520, 1_280)
     repeats = 1 if tiny else 5

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from base.base_data_loader import BaseDataLoader, InMemoryTensors, split_indices
-from model.huggingface import load_tokenizer
 from utils.errors import DataError, did_you_mean
+from utils.huggingface import load_tokenizer
 
 TASKS = ("classification", "binary", "regression")
 NOT_A_FEATURE = " (features are numbers; leave the column out with data_loader.args.feature_columns)"

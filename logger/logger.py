@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from logger.run_folder import RunFolder
 from logger.visualization import NullWriter, Writer, make_writer
 from utils.distributed import is_main_process
-from utils.run_folder import RunFolder
 from utils.util import read_json
 
 CONFIG_PATH = Path(__file__).resolve().parent / "logger_config.json"

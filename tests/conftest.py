@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.run_folder import RunFolder
+from logger.run_folder import RunFolder
 from utils.util import read_json
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,12 +15,12 @@ from test_cli import assert_one_error_line
 
 from base.base_data_loader import InMemoryImages
 from conftest import ROOT, evaluate, run_script, train, tree_snapshot
+from logger.run_folder import RunFolder
 from parse_config import ConfigParser
+from trainer import checkpoint as checkpoint_module
 from trainer.callbacks import Callback
-from utils import checkpoint as checkpoint_module
-from utils.checkpoint import LAST_NAME, load_checkpoint
+from trainer.checkpoint import LAST_NAME, load_checkpoint
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.run_folder import RunFolder
 
 REQUIRED = ["name", "arch", "data_loader", "optimizer", "loss", "metrics", "trainer"]
 
@@ -329,7 +329,7 @@ field_values = field_values | st.lists(st.integers(), max_size=3) | st.dictionar
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_checkpoint_fields_are_loaded_or_refused_in_one_line(data, checkpoint_state, tmp_path):
-    from utils.checkpoint import check_resume
+    from trainer.checkpoint import check_resume
 
     key = data.draw(st.sampled_from(sorted(checkpoint_state)))
     value = data.draw(field_values)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, tree_snapshot
-from utils.checkpoint import BEST_NAME, LAST_NAME
+from trainer.checkpoint import BEST_NAME, LAST_NAME
 
 pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
 
@@ -257,9 +257,9 @@ def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path, traine
     assert result.returncode == 0, result.stderr
     names = {p.name for p in target.iterdir()}
     assert {"train.py", "test.py", "config.json", "base", "tests", "README.md", "requirements.txt", ".ci"} <= names
-    assert not {".git", "data", "__pycache__"} & names and [p.name for p in (target / "saved").iterdir()] == [
-        ".gitkeep"
-    ]
+    assert not {".git", "data", "__pycache__", "benchmarks"} & names and [
+        p.name for p in (target / "saved").iterdir()
+    ] == [".gitkeep"]
     result = run_script("train.py", "-c", "config.json", "trainer.epochs=1", "--run-id", "first", cwd=target)
     assert result.returncode == 0, result.stderr
     result = run_script("test.py", "-r", "saved/models/Digits_CNN/first/model_best.pth", cwd=target)

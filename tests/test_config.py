@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from base.base_trainer import BaseTrainer
 from conftest import ROOT
 from data_loader.data_loaders import DigitsDataLoader
-from parse_config import ConfigParser, apply_override, parse_value, validate
+from logger.run_folder import check_run_id, create_run_folder
+from parse_config import ROLES, ConfigParser, apply_override, parse_value, valid_names, validate
+from trainer.base_trainer import BaseTrainer
 from trainer.trainer import Trainer
 from utils.errors import ConfigError
-from utils.names import ROLES, valid_names
-from utils.run_folder import check_run_id, create_run_folder
 from utils.util import read_json
 
 SHIPPED_CONFIGS = sorted(ROOT.glob("config*.json"))
@@ -205,7 +204,7 @@ PARTS = {
 
 
 def test_names_resolve_where_users_put_them_and_nothing_else(tmp_path, monkeypatch):
-    from utils.names import Role, loss, loss_function, subclass_of
+    from parse_config import Role, loss, loss_function, subclass_of
 
     (tmp_path / "mypkg").mkdir()
     for name, text in PARTS.items():

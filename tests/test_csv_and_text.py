@@ -17,10 +17,10 @@ from conftest import evaluate, shrink, train
 from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader
 from model.metric import r2
 from parse_config import ConfigParser
+from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, load_checkpoint
+from trainer.evaluation import prediction_rows
 from trainer.finetuning import Finetuning
-from utils.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, load_checkpoint
 from utils.errors import ConfigError, DataError
-from utils.predictions import prediction_rows
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, train
-from utils.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
+from trainer.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
@@ -172,7 +172,7 @@ def test_resume_is_bitwise_exact_with_workers_and_augmentation(num_workers, tiny
 SAVER = """
 import sys, torch
 from pathlib import Path
-from utils.checkpoint import save_checkpoint
+from trainer.checkpoint import save_checkpoint
 path = Path(sys.argv[1])
 state = {"format_version": 1, "weights": torch.randn(4_000_000)}
 print("ready", flush=True)

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from sklearn import metrics as sk
 
 from model.metric import auroc, confusion_matrix, f1, mae, r2
-from utils.metric_tracker import MetricTracker
+from trainer.metric_tracker import MetricTracker
 
 N = 67  # batches of 32, 32 and 3: the last one small
 

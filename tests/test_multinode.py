@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT, train
-from utils.checkpoint import KEY_BEST_RESULT, KEY_STATE_DICT, LAST_NAME, load_checkpoint
+from trainer.checkpoint import KEY_BEST_RESULT, KEY_STATE_DICT, LAST_NAME, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from sklearn import metrics as sk
 
 from conftest import ROOT, evaluate, run_script, train
 from parse_config import ConfigParser
-from utils.checkpoint import BEST_NAME, KEY_CONFIG, KEY_STATE_DICT, load_checkpoint
+from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_STATE_DICT, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

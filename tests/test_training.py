@@ -10,7 +10,7 @@ import torch
 
 from conftest import evaluate, shrink, train
 from parse_config import ConfigParser
-from utils.checkpoint import BEST_NAME, KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
+from trainer.checkpoint import BEST_NAME, KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
 from utils.errors import ConfigError
 
 

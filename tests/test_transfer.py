@@ -16,8 +16,7 @@ from conftest import ROOT, evaluate, run_script, shrink, train
 from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.make_digit_images import write_digit_images
 from model.torchvision_model import TorchvisionModel
-from trainer.finetuning import Finetuning, per_group_lrs, set_learning_rate
-from utils.checkpoint import (
+from trainer.checkpoint import (
     BEST_NAME,
     KEY_DATA,
     KEY_OPTIMIZER,
@@ -28,8 +27,9 @@ from utils.checkpoint import (
     load_checkpoint,
     load_model_state,
 )
+from trainer.evaluation import prediction_rows
+from trainer.finetuning import Finetuning, per_group_lrs, set_learning_rate
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.predictions import prediction_rows
 from utils.util import read_json
 
 

@@ -157,7 +157,7 @@ def test_a_trial_gets_its_values_as_overrides(sweep_config, write_space):
 
 
 def test_the_ends_of_a_range_that_are_checked(sweep_config):
-    from utils.sweep import parse_dimension
+    from sweep.space import parse_dimension
 
     assert parse_dimension("a", {"randint": [2, 5]}).corners() == [2, 4]  # high is excluded, as in range()
     assert parse_dimension("a", {"loguniform": [1e-4, 1e-1]}).corners() == [1e-4, 1e-1]
@@ -387,7 +387,7 @@ def test_asha_stops_a_hopeless_trial_at_its_first_rung(sweep_config, write_space
     ]
     assert "trial_0002 stopped: 1 epoch(s)" in result.stdout
     # The stopped trial keeps its run: the checkpoint and metrics of the epoch it was stopped after.
-    from utils.checkpoint import KEY_EPOCH, load_checkpoint
+    from trainer.checkpoint import KEY_EPOCH, load_checkpoint
 
     stopped = Path(rows["trial_0002"]["run_folder"])
     assert load_checkpoint(stopped / "last.pth").state[KEY_EPOCH] == 1

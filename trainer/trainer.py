@@ -1,10 +1,9 @@
 """The training and validation epochs: batches, mixed precision, accumulation, clipping, metrics."""
 
-import contextlib
 import inspect
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -13,53 +12,17 @@ from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
 from base.base_model import summary
-from base.base_trainer import BaseTrainer
+from trainer.base_trainer import BaseTrainer
+from trainer.checkpoint import KEY_DATA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
+from trainer.evaluation import autocast, evaluate, resolve_amp
 from trainer.finetuning import Finetuning
-from utils.checkpoint import KEY_DATA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
+from trainer.metric_tracker import MetricTracker
 from utils.distributed import agree_max, describe_placement, unwrap_model
 from utils.errors import CheckpointError, ConfigError, UserError
-from utils.metric_tracker import MetricTracker
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite."""
-
-
-def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `trainer.amp` on this device: true means fp16 on CUDA and bf16 on the CPU."""
-    if amp is False:
-        return None
-    if amp is True:
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass and the loss, or nothing when `dtype` is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def evaluate(
-    model: nn.Module,
-    data_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    criterion: Callable,
-    metric_fns: dict[str, Callable],
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    desc: str = "Validation",
-) -> dict[str, float]:
-    """Loss and metrics averaged per sample over a data set (used for validation and by test.py)."""
-    model.eval()
-    tracker = MetricTracker(metric_fns, device=device)
-    with torch.no_grad():
-        for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
-            data = data.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                output = model(data)
-                loss = criterion(output, target)
-            tracker.update(loss, output, target)
-    return tracker.result()
 
 
 class Trainer(BaseTrainer):

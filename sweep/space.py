@@ -20,7 +20,7 @@ of the command line does, so a space is checked by the same rules. The sweep's f
         trials.csv, best.json                  one row per trial; the best trial, its config and checkpoint
         ray/                                   Ray Tune's own state, read by --resume
 
-Ray is not imported here (utils/sweep_ray.py holds what runs on it): the space is checked before Ray starts.
+Ray is not imported here (sweep/ray_tune.py holds what runs on it): the space is checked before Ray starts.
 """
 
 import copy
@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from logger.run_folder import RunFolder
 from parse_config import ConfigParser, apply_override, move_victoresque_keys, read_config
 from utils.errors import ConfigError, did_you_mean, quoted, shown
-from utils.run_folder import RunFolder
 from utils.util import read_json, write_json
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -247,7 +247,7 @@ class TrialRecord:
 
 def run_is_finished(state: dict[str, Any]) -> bool:
     """Whether a run's checkpoint ends its training: its last epoch, or early stopping."""
-    from utils.checkpoint import KEY_BATCH, KEY_CONFIG, KEY_EPOCH, KEY_NOT_IMPROVED
+    from trainer.checkpoint import KEY_BATCH, KEY_CONFIG, KEY_EPOCH, KEY_NOT_IMPROVED
 
     trainer = state[KEY_CONFIG]["trainer"]
     early_stop = trainer["early_stop"] and state[KEY_NOT_IMPROVED] >= trainer["early_stop"]
@@ -256,7 +256,7 @@ def run_is_finished(state: dict[str, Any]) -> bool:
 
 def read_trial(sweep: Sweep, trial: str, values: dict[str, Any], tune_status: str, error: str = "") -> TrialRecord:
     """A trial's record from its run folder and Tune's status (TERMINATED, ERROR, PENDING, RUNNING, PAUSED)."""
-    from utils.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, LAST_NAME, load_checkpoint
+    from trainer.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, LAST_NAME, load_checkpoint
 
     run = sweep.run_folder(trial, values)
     last = run.checkpoint_dir / LAST_NAME
@@ -318,7 +318,7 @@ def csv_value(value: Any) -> Any:
 
 def best_summary(best: TrialRecord, sweep: Sweep) -> dict[str, Any]:
     """best.json: the best trial, its monitored value, its values, its checkpoint and its whole config."""
-    from utils.checkpoint import BEST_NAME as BEST_CHECKPOINT
+    from trainer.checkpoint import BEST_NAME as BEST_CHECKPOINT
 
     mode, metric = sweep.monitor
     checkpoint = best.run_folder / BEST_CHECKPOINT
@@ -379,7 +379,7 @@ def write_hparams_of_stopped(records: list[TrialRecord], sweep: Sweep, already: 
     """A run writes its config and results to TensorBoard's HPARAMS tab when its training ends, which a trial
     stopped by the scheduler never reaches: write them for it here, once, so that it is compared with the rest."""
     from logger.visualization import TensorboardWriter, write_hparams
-    from utils.checkpoint import LAST_NAME
+    from trainer.checkpoint import LAST_NAME
 
     for record in records:
         if record.status != "stopped" or record.best is None or record.trial in already:

@@ -24,8 +24,9 @@ from torch import nn
 
 from base.base_data_loader import worker_failure, worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
+from logger.run_folder import RunFolder
 from logger.visualization import NullWriter, Writer, write_epoch, write_hparams
-from utils.checkpoint import (
+from trainer.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
     KEY_ARCH,
@@ -60,7 +61,6 @@ from utils.errors import (
     describe_exception,
 )
 from utils.monitor import Monitor
-from utils.run_folder import RunFolder
 
 
 class BaseTrainer(abc.ABC):
@@ -294,7 +294,7 @@ class BaseTrainer(abc.ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint (checked by utils.checkpoint.check_resume): the next batch, with the
+        """Continue from a checkpoint (checked by trainer.checkpoint.check_resume): the next batch, with the
         optimizer, scheduler, monitor and RNG restored. The model weights are loaded before the optimizer
         is built. Optimizer arguments changed by an override since the checkpoint apply from here on, so
         that the run's config.json says what ran (`--resume RUN --lr 0.5` trains at 0.5)."""

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from logger.run_folder import RunFolder
 from utils.errors import CheckpointError, ConfigError, shown
-from utils.run_folder import RunFolder
 
 FORMAT_VERSION = 1
 

@@ -1,13 +1,16 @@
-"""Per-sample predictions as CSV rows: predict.py (new inputs) and test.py --predictions (a labelled split).
+"""Evaluation and predictions: a model's loss and metrics over a data set (validation, test.py), and per-sample
+predictions as CSV rows (predict.py on new inputs, test.py --predictions on a labelled split).
 
 One row per sample: its id (a file name, a row number), the target where there is one, the prediction (a
 class name, or a value for regression) and, for classification, a probability per class. How an output is
 read is the data loader's `task`; class names and a regression target's statistics are its `preprocessing`.
 """
 
+import contextlib
 import csv
 import inspect
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,45 @@ from torch import nn
 from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
-from trainer.trainer import autocast
+from trainer.metric_tracker import MetricTracker
 from utils.errors import ConfigError
+
+
+def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `trainer.amp` on this device: true means fp16 on CUDA and bf16 on the CPU."""
+    if amp is False:
+        return None
+    if amp is True:
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass and the loss, or nothing when `dtype` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def evaluate(
+    model: nn.Module,
+    data_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    criterion: Callable,
+    metric_fns: dict[str, Callable],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    desc: str = "Validation",
+) -> dict[str, float]:
+    """Loss and metrics averaged per sample over a data set (used for validation and by test.py)."""
+    model.eval()
+    tracker = MetricTracker(metric_fns, device=device)
+    with torch.no_grad():
+        for data, target in tqdm(data_loader, desc=desc, disable=None, leave=False):
+            data = data.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                output = model(data)
+                loss = criterion(output, target)
+            tracker.update(loss, output, target)
+    return tracker.result()
 
 
 def loader_arguments(data_loader_class: type, preprocessing: dict | None, **script_arguments: Any) -> dict:
@@ -38,10 +78,9 @@ def trained_model(config: Any, checkpoint: Any) -> nn.Module:
     """The configured model with the checkpoint's weights, loaded strictly. Pretrained weights the config
     names (`arch.args.weights` of TorchvisionModel) are not read: the checkpoint replaces them, and the file
     may not exist where the checkpoint is evaluated."""
-    from utils.checkpoint import load_model_state
-    from utils.names import ROLES, valid_names
+    from trainer.checkpoint import load_model_state
 
-    arch = valid_names(ROLES["arch"])[config["arch"]["type"]]
+    arch = config.class_of("arch")
     model = config.init_obj("arch", **({"weights": None} if "weights" in inspect.signature(arch).parameters else {}))
     load_model_state(model, checkpoint)
     return model

@@ -20,9 +20,7 @@ import ray
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 
-from trainer.callbacks import Callback
-from utils.errors import ConfigError, UserError
-from utils.sweep import (
+from sweep.space import (
     CONFIG_NAME,
     RAY_FOLDER,
     Sweep,
@@ -33,6 +31,8 @@ from utils.sweep import (
     remove_unstarted_run,
     run_is_finished,
 )
+from trainer.callbacks import Callback
+from utils.errors import ConfigError, UserError
 
 PROCESS_WIDE = ("deterministic", "num_threads")  # what train.main turns on for the process and never off
 
@@ -56,7 +56,7 @@ def run_trial(values: dict[str, Any], sweep_dir: str, workdir: str) -> None:
     """
     import train
     from parse_config import ConfigParser
-    from utils.checkpoint import KEY_BEST_RESULT, LAST_NAME, check_resume, load_checkpoint
+    from trainer.checkpoint import KEY_BEST_RESULT, LAST_NAME, check_resume, load_checkpoint
 
     os.chdir(workdir)  # Tune starts a trial in a folder of its own
     sweep = Sweep.load(sweep_dir)

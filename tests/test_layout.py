@@ -1,0 +1,59 @@
+"""The layout: every concept has one home, and imports run down the layers only (read from the source, so
+imports inside functions count too)."""
+
+import ast
+
+from conftest import ROOT
+
+# Lowest first. A module may import its own package and any package of a lower layer; packages that share a
+# layer (data_loader and model; the entry scripts) import none of each other.
+LAYERS = [
+    {"utils"},
+    {"logger"},
+    {"base"},
+    {"data_loader", "model"},
+    {"trainer"},
+    {"parse_config"},
+    {"train", "test", "predict", "new_project"},  # entry scripts: each a leaf, but train.main is what a trial runs
+    {"sweep"},  # a sweep's trials run train.main
+    {"tune"},
+]
+RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
+ENTRY_SCRIPTS = {"train", "test", "predict", "new_project", "tune"}
+
+
+def project_imports(path) -> set[str]:
+    """The project's top-level packages and modules that the file imports anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(RANK)
+
+
+def test_every_package_and_entry_script_has_a_layer():
+    homes = {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))} - {"tests", "benchmarks"}
+    homes |= {p.stem for p in ROOT.glob("*.py")}
+    assert homes == set(RANK)
+
+
+def test_imports_run_down_the_layers_only_and_entry_scripts_import_no_entry_script():
+    wrong = []
+    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("*/*.py")]):
+        top = path.stem if path.parent == ROOT else path.parent.name
+        if top not in RANK:
+            continue
+        for imported in project_imports(path) - {top}:
+            upward = RANK[imported] > RANK[top]
+            sideways = RANK[imported] == RANK[top]
+            if upward or sideways or (top in ENTRY_SCRIPTS and imported in ENTRY_SCRIPTS):
+                wrong.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert wrong == []
+
+
+def test_utils_holds_helpers_only():
+    """utils/ is for helpers every layer may use: no feature, and no more than 600 lines."""
+    lines = sum(len(p.read_text().splitlines()) for p in (ROOT / "utils").glob("*.py"))
+    assert lines <= 600, f"utils/ has {lines} lines"
