@@ -309,8 +309,17 @@ def resolve(role_name: str, entry: str | dict) -> Callable:
     type_name, args = (entry, {}) if isinstance(entry, str) else (entry["type"], entry.get("args", {}))
     target = valid_names(role)[type_name]
     if role.called and inspect.isclass(target):
+        if role_name == "loss":  # nn.BCEWithLogitsLoss(pos_weight=...), nn.CrossEntropyLoss(weight=...): tensors
+            args = {k: _as_tensor(v) if isinstance(v, list) else v for k, v in args.items()}
         return target(**args)
     return partial(target, **args)
+
+
+def _as_tensor(values: list) -> Any:
+    """A JSON list of numbers (a loss's `weight` or `pos_weight`) as the float tensor torch's loss classes take."""
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32)
 
 
 # --- Reading a config: files, "extends", overrides, the schema.

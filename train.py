@@ -53,6 +53,9 @@ def main(
             torch.set_num_threads(config["num_threads"])
         seed_everything(config["seed"], config["deterministic"])
 
+        # loss and metrics, first: what needs no data fails before the data is read
+        criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
+
         # data: the training and validation splits (the test split is for test.py)
         data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
         valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
@@ -66,16 +69,12 @@ def main(
         finetuning.freeze(model)
         model, device = place_model(model, config["n_gpu"])
 
-        # loss, metrics, optimizer and learning rate scheduler
-        criterion = config.init_ftn("loss")
-        metrics = config.init_ftn("metrics")
-        # (every parameter that will ever train is in its final group from the start: the backbone's at its lr_scale)
+        # optimizer and learning rate scheduler: every parameter that will ever train is in its final group
+        # from the start, each group at the configured learning rate times its lr_scale (the backbone's)
         optimizer = config.init_obj("optimizer", finetuning.param_groups(model))
         set_learning_rate(optimizer, optimizer.defaults["lr"])
-        lr_scheduler = None
-        if config["lr_scheduler"]:
-            per_group = per_group_lrs(config["lr_scheduler"].get("args", {}), optimizer)
-            lr_scheduler = config.init_obj("lr_scheduler", optimizer, **per_group)
+        per_group = per_group_lrs(config["lr_scheduler"], optimizer)
+        lr_scheduler = config.init_obj("lr_scheduler", optimizer, **per_group) if config["lr_scheduler"] else None
 
         # the trainer, and where a resumed run stopped
         trainer = Trainer(

@@ -15,3 +15,17 @@ def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def cross_entropy(output: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of raw scores (logits)."""
     return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+
+
+def bce_with_logits(
+    output: torch.Tensor, target: torch.Tensor, pos_weight: float | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Binary cross-entropy of one logit per sample against 0/1 targets (any shape with as many elements).
+
+    `label_smoothing` moves the targets toward 0.5 (1 -> 1 - s/2, 0 -> s/2); `pos_weight` weighs the positive
+    samples' term, e.g. n_negative / n_positive for imbalanced data."""
+    target = target.to(output.dtype).reshape(output.shape)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=output.dtype, device=output.device)
+    return F.binary_cross_entropy_with_logits(output, target, pos_weight=weight)

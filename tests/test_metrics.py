@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from sklearn import metrics as sk
 
 from model.metric import auroc, confusion_matrix, f1, mae, r2
+from parse_config import ConfigParser
 from trainer.metric_tracker import MetricTracker
 
 N = 67  # batches of 32, 32 and 3: the last one small
@@ -135,3 +136,23 @@ def test_epoch_metrics_are_exact_over_two_ddp_ranks():
         output, target = data()
         assert results[0][case] == results[1][case]  # every rank reports the same number
         assert results[0][case] == pytest.approx(expected(output, target), abs=1e-6), case
+
+
+def test_bce_with_logits_smooths_labels_and_weighs_positives_as_torch_does():
+    from model.loss import bce_with_logits
+
+    output, target = torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 0, 1])
+    smoothed = torch.tensor([[0.95], [0.05], [0.95]])  # label_smoothing 0.1: 1 -> 0.95, 0 -> 0.05
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(output, smoothed, pos_weight=torch.tensor(3.0))
+    assert bce_with_logits(output, target, pos_weight=3.0, label_smoothing=0.1).item() == pytest.approx(expected.item())
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(output, target.float().reshape(3, 1))
+    assert bce_with_logits(output, target).item() == pytest.approx(plain.item())
+
+
+def test_a_loss_classes_tensor_arguments_are_written_as_json_lists(base_config):
+    base_config["loss"] = {"type": "BCEWithLogitsLoss", "args": {"pos_weight": [4.0]}}
+    criterion = ConfigParser(base_config).init_ftn("loss")
+    assert torch.equal(criterion.pos_weight, torch.tensor([4.0]))
+    base_config["loss"] = {"type": "CrossEntropyLoss", "args": {"weight": [1.0, 2.0], "label_smoothing": 0.1}}
+    criterion = ConfigParser(base_config).init_ftn("loss")
+    assert torch.equal(criterion.weight, torch.tensor([1.0, 2.0])) and criterion.label_smoothing == 0.1

@@ -254,7 +254,8 @@ def test_one_cycle_per_batch_runs_across_the_unfreeze_with_the_backbone_at_its_s
     optimizer = torch.optim.AdamW(finetuning.param_groups(model), lr=0.01)
     set_learning_rate(optimizer, 0.01)
     args = {"max_lr": 0.01, "total_steps": 20}
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, **{**args, **per_group_lrs(args, optimizer)})
+    per_group = per_group_lrs({"type": "OneCycleLR", "args": args}, optimizer)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, **{**args, **per_group})
     seen = []
     for epoch in (1, 2):
         finetuning.set_epoch(epoch)

@@ -154,14 +154,15 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, lr_scheduler:
             lr_scheduler.base_lrs[i] = group["lr"]
 
 
-def per_group_lrs(scheduler_args: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
-    """The scheduler arguments that give each group's learning rate itself (OneCycleLR's max_lr, CyclicLR's
-    base_lr and max_lr, ReduceLROnPlateau's min_lr) written as one number: as one number per group, each scaled
-    like its group. Passed to the scheduler after the config's own arguments, which they replace."""
+def per_group_lrs(scheduler: dict | None, optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
+    """The `lr_scheduler` entry's arguments that give each group's learning rate itself (OneCycleLR's max_lr,
+    CyclicLR's base_lr and max_lr, ReduceLROnPlateau's min_lr) written as one number, as one number per group,
+    each scaled like its group. Passed to the scheduler after the config's own arguments, which they replace."""
     scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
-    if all(scale == 1.0 for scale in scales):
+    if scheduler is None or all(scale == 1.0 for scale in scales):
         return {}
-    numbers = {k: v for k, v in scheduler_args.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    args = scheduler.get("args", {})
+    numbers = {k: v for k, v in args.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {key: [value * scale for scale in scales] for key, value in numbers.items() if key in PER_GROUP_LR_ARGS}
 
 
