@@ -8,6 +8,7 @@ the middle of an epoch -- replays exactly the batches an uninterrupted run would
 
 import contextlib
 import copy
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
@@ -23,35 +24,57 @@ from utils.errors import DataError, UserError
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def _count(split: float | int, available: int, key: str) -> int:
-    """A split given as a fraction in [0, 1) or as a whole number of samples."""
+def _check_split(split: float | int, available: int, key: str) -> None:
+    """A split is a fraction in [0, 1) or a whole number of samples, fewer than are available."""
+    expected = f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count"
     if isinstance(split, bool) or not isinstance(split, (Integral, float)):
-        raise DataError(f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count, found {split!r}")
-    if isinstance(split, float):  # a fraction; a count is written as a whole number (JSON 1.0 is a float)
-        if not 0.0 <= split < 1.0:
-            raise DataError(f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count, found {split}")
-        return int(available * split)
-    count = int(split)
-    if not 0 <= count < available:
+        raise DataError(f"{expected}, found {split!r}")
+    if isinstance(split, float) and not 0.0 <= split < 1.0:  # a count is a whole number (JSON 1.0 is a float)
+        raise DataError(f"{expected}, found {split}")
+    if not isinstance(split, float) and not 0 <= split < available:
         raise DataError(
-            f"data_loader.args.{key}: {count} samples asked for, but only {available} are available "
+            f"data_loader.args.{key}: {split} samples asked for, but only {available} are available "
             f"(use a smaller count or a fraction such as 0.1)"
         )
-    return count
 
 
-def split_indices(n: int, validation_split: float | int, test_split: float | int, seed: int) -> dict[str, torch.Tensor]:
-    """Split range(n) into disjoint "train", "valid" and "test" index sets, the same for the same seed.
+def _unit_hash(seed: int, salt: str, key: str) -> float:
+    """A number in [0, 1) that depends on (seed, salt, key) only."""
+    digest = hashlib.blake2b(f"{seed}\0{salt}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
-    The test set is taken first, so changing `validation_split` never moves an image into or out of it.
+
+def _take(split: float | int, scores: torch.Tensor, available: torch.Tensor, key: str) -> torch.Tensor:
+    """The samples a split takes among the available ones (a mask): a fraction f takes those whose score is
+    below f; a count n the n of lowest score."""
+    _check_split(split, int(available.sum()), key)
+    if isinstance(split, float):
+        return available & (scores < split)
+    taken = torch.zeros_like(available)
+    candidates = available.nonzero().flatten()
+    taken[candidates[scores[candidates].argsort()[: int(split)]]] = True
+    return taken
+
+
+def split_indices(
+    keys: Sequence[str], validation_split: float | int, test_split: float | int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Split samples into disjoint "train", "valid" and "test" index sets by each sample's key: its id (a file
+    name, an id column's value, a row's content, its index in a data set that never changes).
+
+    Which split a sample belongs to depends on its key and the seed only (a seeded hash), never on its position
+    in a listing: adding or removing samples does not move any other sample between the splits. A fraction f
+    takes the samples whose hash is below f (about f of them); a count n takes the n of lowest hash (exactly n:
+    a new sample can move the one at the edge). The test set is taken first, from its own hash, so changing
+    `validation_split` never moves a sample into or out of it; the validation set takes its fraction of the rest.
     """
-    n_test = _count(test_split, n, "test_split")
-    n_valid = _count(validation_split, n - n_test, "validation_split")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    everything = torch.ones(len(keys), dtype=torch.bool)
+    scores = {salt: torch.tensor([_unit_hash(seed, salt, k) for k in keys], dtype=torch.float64) for salt in
+              ("test", "valid")}  # fmt: skip
+    test = _take(test_split, scores["test"], everything, "test_split")
+    valid = _take(validation_split, scores["valid"], ~test, "validation_split")
     return {
-        "test": order[:n_test],
-        "valid": order[n_test : n_test + n_valid],
-        "train": order[n_test + n_valid :],
+        name: mask.nonzero().flatten() for name, mask in (("test", test), ("valid", valid), ("train", ~(test | valid)))
     }
 
 

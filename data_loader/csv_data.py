@@ -113,11 +113,20 @@ def read_split(csv_path: str, split: str, inputs: str | None, preprocessing: dic
     return CsvTable(inputs), preprocessing
 
 
-def rows_of(table: CsvTable, split: str, validation_split: float | int, test_split: float | int, seed: int) -> dict:
-    """The row indices of each split: {"train", "valid", "test"}, or every row as "predict"."""
+def rows_of(
+    table: CsvTable,
+    id_column: str | None,
+    split: str,
+    validation_split: float | int,
+    test_split: float | int,
+    seed: int,
+) -> dict:
+    """The row indices of each split: {"train", "valid", "test"}, or every row as "predict". A row's split
+    follows its id column's value, or without one its content: never its position in the file."""
     if split == "predict":
         return {"predict": torch.arange(len(table))}
-    splits = split_indices(len(table), validation_split, test_split, seed)
+    keys = table.texts(id_column, "id") if id_column is not None else [",".join(row) for row in table.rows]
+    splits = split_indices(keys, validation_split, test_split, seed)
     if len(splits["train"]) == 0:
         raise DataError(
             f"{table.path}: {len(table)} rows leave none for training; lower validation_split or test_split"
@@ -204,7 +213,7 @@ class CsvDataLoader(BaseDataLoader):
         if split != "predict":
             table.check_column(target_column, "target")
         columns = self._feature_columns(table, target_column, feature_columns, id_column, preprocessing)
-        splits = rows_of(table, split, validation_split, test_split, split_seed)
+        splits = rows_of(table, id_column, split, validation_split, test_split, split_seed)
         features = torch.stack([table.numbers(c, "feature", NOT_A_FEATURE) for c in columns], dim=1)  # (N, F) f64
         if preprocessing:
             mean = torch.tensor(saved(preprocessing, "means", table), dtype=torch.float64)
@@ -304,7 +313,7 @@ class TextCsvDataLoader(BaseDataLoader):
         tokenize = load_tokenizer(tokenizer)
         table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
         texts = table.texts(text_column, "text")
-        splits = rows_of(table, split, validation_split, test_split, split_seed)
+        splits = rows_of(table, id_column, split, validation_split, test_split, split_seed)
         self.classes, targets = class_targets(table, target_column, split, preprocessing)
         encoded = tokenize(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         tokens = torch.stack([encoded["input_ids"], encoded["attention_mask"]], dim=1).long()  # (N, 2, L)

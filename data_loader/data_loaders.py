@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from torchvision import datasets
 
 
+def index_keys(n: int) -> list[str]:
+    """Split keys for a data set that never changes (a library's bundled data, MNIST's files): the index."""
+    return [str(i) for i in range(n)]
+
+
 class DigitsDataLoader(BaseDataLoader):
     """scikit-learn's 1,797 bundled 8x8 handwritten digits: works offline, nothing to download.
 
@@ -47,7 +52,7 @@ class DigitsDataLoader(BaseDataLoader):
         dataset = InMemoryImages(
             images, targets, scale=1 / 16, mean=0.3053, std=0.3760, augment=small_affine if augment else None
         )
-        indices = split_indices(len(dataset), validation_split, test_split, split_seed)[split]
+        indices = split_indices(index_keys(len(dataset)), validation_split, test_split, split_seed)[split]
         super().__init__(dataset, indices, batch_size, shuffle, num_workers, seed, training=split == "train")
 
 
@@ -106,7 +111,7 @@ class MnistDataLoader(BaseDataLoader):
         if split == "test":
             indices = torch.arange(len(dataset))
         else:
-            indices = split_indices(len(dataset), validation_split, 0, split_seed)[split]
+            indices = split_indices(index_keys(len(dataset)), validation_split, 0, split_seed)[split]
         super().__init__(
             dataset, indices, batch_size, shuffle, num_workers, seed, split == "train", pin_memory, persistent_workers
         )
@@ -146,7 +151,7 @@ class TabularDataLoader(BaseDataLoader):
         features, targets = getattr(sklearn.datasets, TABULAR_DATASETS[dataset])(return_X_y=True)
         features = torch.as_tensor(features, dtype=torch.float32)
         targets = torch.as_tensor(targets, dtype=torch.float32).unsqueeze(1)  # (N, 1): the shape of the output
-        splits = split_indices(len(features), validation_split, test_split, split_seed)
+        splits = split_indices(index_keys(len(features)), validation_split, test_split, split_seed)
         features = _standardize(features, splits["train"])
         if dataset == "diabetes":
             self.task = "regression"

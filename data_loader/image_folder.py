@@ -217,7 +217,9 @@ class ImageFolderDataLoader(BaseDataLoader):
                     f"{self.root}: the class folders ({', '.join(classes)}) are not the classes the model was "
                     f"trained on ({', '.join(preprocessing.get('classes', []))})"
                 )
-            indices = split_indices(len(files), validation_split, test_split, split_seed)[split]
+            indices = split_indices(
+                [f.relative_to(self.root).as_posix() for f in files], validation_split, test_split, split_seed
+            )[split]
         transform = flip_and_affine if augment else None
         if in_memory:
             where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None

@@ -86,7 +86,7 @@ def test_a_folder_given_as_config(tmp_path):
     [("data_loader.args.batch_size=-8", "batch_size: expected a whole number >= 1, found -8"),
      ("data_loader.args.batch_size=0.5", "batch_size: expected a whole number >= 1, found 0.5"),
      ("data_loader.args.validation_split=1.0", "expected a fraction in [0, 1) or a sample count, found 1.0"),
-     ("data_loader.args.validation_split=1438", "validation_split: 1438 samples asked for, but only 1438"),
+     ("data_loader.args.validation_split=1449", "validation_split: 1449 samples asked for, but only 1449"),
      ("data_loader.args.validation_split=1.5", "expected a fraction in [0, 1) or a sample count, found 1.5"),
      ("trainer.monitor=sideways val_loss", 'trainer.monitor: expected "off", or "min <metric>"'),
      ("trainer.early_stop=-1", "trainer.early_stop: expected a number >= 0, found -1"),

@@ -48,10 +48,10 @@ def test_train_then_test_from_the_command_line(trained_run):
     assert result.returncode == 0, result.stderr
     (result_file,) = trained_run.glob("model_best.epoch*.test.json")  # the epoch model_best.pth holds
     written = json.loads(result_file.read_text())
-    assert written["split"] == "test" and written["n_samples"] == 359 and written["accuracy"] > 0.85
+    assert written["split"] == "test" and written["n_samples"] == 348 and written["accuracy"] > 0.85
     out = trained_run.parent / "elsewhere.json"
     result = run_script("test.py", "-r", str(trained_run), "--split", "valid", "--out", str(out))
-    assert result.returncode == 0 and json.loads(out.read_text())["n_samples"] == 143
+    assert result.returncode == 0 and json.loads(out.read_text())["n_samples"] == 152
 
 
 def test_help_lists_options_and_the_override_syntax():
@@ -232,7 +232,7 @@ def test_test_py_writes_to_devices_through_and_refuses_outputs_it_would_damage(t
     assert result.returncode == 0, result.stderr
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device, not a file put in its place
     result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", "-")
-    assert result.returncode == 0 and json.loads(result.stdout)["n_samples"] == 359  # stdout: the JSON alone
+    assert result.returncode == 0 and json.loads(result.stdout)["n_samples"] == 348  # stdout: the JSON alone
     (tmp_path / "target.json").write_text("{}")
     (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
     (tmp_path / "folder").mkdir()

@@ -12,7 +12,6 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from base.base_data_loader import split_indices
 from conftest import evaluate, shrink, train
 from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader
 from model.metric import r2
@@ -65,7 +64,8 @@ def test_features_are_standardized_with_the_training_rows_only(tmp_path):
     path = houses(tmp_path / "houses.csv")
     args = dict(csv_path=str(path), target_column="kind", feature_columns=["area", "rooms"], shuffle=False)
     train_loader, test_loader = (CsvDataLoader(**args, split=s) for s in ("train", "test"))
-    train_rows = split_indices(60, 0.1, 0.2, 0)["train"].tolist()
+    train_rows = train_loader.epoch_sampler.indices.tolist()  # the rows of the training split
+    assert len(train_rows) + len(test_loader.epoch_sampler.indices) < 60
     for j, name in enumerate(["area", "rooms"]):
         values = [float(v) for v in column(path, name)]
         mean, std = statistics.mean(values[i] for i in train_rows), statistics.stdev(values[i] for i in train_rows)
@@ -110,7 +110,7 @@ def test_regression_target_is_standardized_with_the_training_rows_and_saved(tmp_
     path = houses(tmp_path / "houses.csv")
     loader = CsvDataLoader(str(path), "price", ["area", "rooms"], task="regression", shuffle=False)
     prices = [float(v) for v in column(path, "price")]
-    train_rows = split_indices(60, 0.1, 0.2, 0)["train"].tolist()
+    train_rows = loader.epoch_sampler.indices.tolist()  # the rows of the training split
     mean, std = statistics.mean(prices[i] for i in train_rows), statistics.stdev(prices[i] for i in train_rows)
     assert loader.preprocessing["target_mean"] == pytest.approx(mean, rel=1e-12)
     assert loader.preprocessing["target_std"] == pytest.approx(std, rel=1e-12)

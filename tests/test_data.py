@@ -13,24 +13,40 @@ from utils.errors import DataError
 
 
 def test_splits_are_disjoint_cover_everything_and_depend_only_on_the_seed():
-    parts = split_indices(1797, 0.1, 0.2, seed=0)
+    keys = [str(i) for i in range(1797)]
+    parts = split_indices(keys, 0.1, 0.2, seed=0)
     sizes = {k: len(v) for k, v in parts.items()}
-    assert sizes == {"test": 359, "valid": 143, "train": 1295}
+    assert sizes == {"test": 348, "valid": 152, "train": 1297}  # about 20 % and 10 % of the rest
     joined = torch.cat(list(parts.values()))
     assert sorted(joined.tolist()) == list(range(1797))
-    again = split_indices(1797, 0.1, 0.2, seed=0)
+    again = split_indices(keys, 0.1, 0.2, seed=0)
     assert all(torch.equal(parts[k], again[k]) for k in parts)
-    other = split_indices(1797, 0.1, 0.2, seed=1)
+    other = split_indices(keys, 0.1, 0.2, seed=1)
     assert not torch.equal(parts["test"], other["test"])
-    # The test split does not move when the validation split changes.
-    assert torch.equal(split_indices(1797, 300, 0.2, seed=0)["test"], parts["test"])
-    assert len(split_indices(1797, 300, 0.2, seed=0)["valid"]) == 300
+    # The test split does not move when the validation split changes; a count takes exactly that many.
+    assert torch.equal(split_indices(keys, 300, 0.2, seed=0)["test"], parts["test"])
+    assert len(split_indices(keys, 300, 0.2, seed=0)["valid"]) == 300
+
+
+def test_a_samples_split_follows_its_id_not_its_position():
+    """Issue 18: one image added to a folder moved 10 of 12 test images into training. Now a sample's split
+    is a function of its id and the seed: adding, removing or reordering samples moves no other sample."""
+    names = [f"img_{i:04d}.png" for i in range(500)]
+
+    def split_of(keys: list[str]) -> dict[str, str]:
+        parts = split_indices(keys, 0.1, 0.2, seed=0)
+        return {keys[i]: name for name, indices in parts.items() for i in indices.tolist()}
+
+    before = split_of(names)
+    after = split_of(["aaa_new.png", *names[::-1][:-50], "zzz_new.png"])  # two added, 50 removed, reordered
+    assert all(after[name] == before[name] for name in after if name in before)
+    assert sum(v == "test" for v in before.values()) == pytest.approx(100, abs=25)
 
 
 @pytest.mark.parametrize(
     ("validation_split", "message"),
     [
-        (5000, "validation_split: 5000 samples asked for, but only 1438 are available"),
+        (5000, "validation_split: 5000 samples asked for, but only 1449 are available"),
         (1.5, "validation_split: expected a fraction in \\[0, 1\\) or a sample count, found 1.5"),
         (-0.2, "found -0.2"),
         (True, "found True"),
@@ -39,7 +55,7 @@ def test_splits_are_disjoint_cover_everything_and_depend_only_on_the_seed():
 )
 def test_impossible_splits_are_refused(validation_split, message):
     with pytest.raises(DataError, match=message):
-        split_indices(1797, validation_split, 0.2, seed=0)
+        split_indices([str(i) for i in range(1797)], validation_split, 0.2, seed=0)
 
 
 def test_batch_order_is_a_function_of_seed_and_epoch():
@@ -87,7 +103,7 @@ def test_digits_splits_do_not_overlap_and_only_training_is_augmented():
     loaders = {
         s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split=s) for s in ("train", "valid", "test")
     }
-    assert {s: loader.n_samples for s, loader in loaders.items()} == {"train": 1295, "valid": 143, "test": 359}
+    assert {s: loader.n_samples for s, loader in loaders.items()} == {"train": 1297, "valid": 152, "test": 348}
     plain = {
         s: DigitsDataLoader(batch_size=2000, shuffle=False, augment=False, split=s) for s in ("train", "valid", "test")
     }
@@ -97,7 +113,7 @@ def test_digits_splits_do_not_overlap_and_only_training_is_augmented():
         assert torch.equal(x, x_plain) and torch.equal(y, y_plain)
     ((x_aug, _),) = list(loaders["train"])
     ((x_plain, _),) = list(plain["train"])
-    assert x_aug.shape == x_plain.shape == (1295, 1, 8, 8)
+    assert x_aug.shape == x_plain.shape == (1297, 1, 8, 8)
     assert (x_aug - x_plain).abs().mean() > 0.1
     # The augmentation of a batch depends on (seed, epoch, batch) only: the same whatever the workers.
     (again,) = list(DigitsDataLoader(batch_size=2000, shuffle=False, augment=True, split="train", num_workers=2))

@@ -243,7 +243,7 @@ def test_automatic_decisions_are_logged(tiny_config, tmp_path):
     _, run = train(tiny_config, tmp_path, "decisions")
     log = (run.log_dir / "info.log").read_text()
     assert "Device: cpu; single process" in log
-    assert "Training on 1295 samples, validating on 143" in log
+    assert "Training on 1297 samples, validating on 152" in log
     assert "Mixed precision: bfloat16 autocast; 128 samples per optimizer step (batch 64 x 1 process(es) x 2" in log
 
 

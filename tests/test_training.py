@@ -61,14 +61,14 @@ def test_test_py_reproduces_the_trainers_numbers_on_the_same_data(tiny_config, t
     tiny_config["trainer"]["epochs"] = 3
     result, run = train(tiny_config, tmp_path, "roundtrip")
     evaluated = evaluate(run.checkpoint_dir / BEST_NAME, "--split", "valid")
-    assert evaluated["n_samples"] == 143
+    assert evaluated["n_samples"] == 152
     assert evaluated["accuracy"] == pytest.approx(result["best"]["val_accuracy"], abs=1e-6)
     assert evaluated["loss"] == pytest.approx(result["best"]["val_loss"], abs=1e-6)
     assert evaluated["top_k_acc"] == pytest.approx(result["best"]["val_top_k_acc"], abs=1e-6)
     best_epoch = result["best"]["epoch"]
     assert (run.checkpoint_dir / f"model_best.epoch{best_epoch}.valid.json").exists()
     held_out = evaluate(run.checkpoint_dir / BEST_NAME, "--out", str(tmp_path / "test.json"))
-    assert held_out["n_samples"] == 359 and held_out["accuracy"] > 0.85
+    assert held_out["n_samples"] == 348 and held_out["accuracy"] > 0.85
 
 
 def test_test_py_takes_a_run_folders_best_checkpoint_and_never_overwrites_a_result(tiny_config, tmp_path):
@@ -258,7 +258,7 @@ def test_the_default_config_reaches_095_test_accuracy(base_config, tmp_path):
     config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
     _, run = train(config, tmp_path, "default")
     held_out = evaluate(run.checkpoint_dir / BEST_NAME)
-    assert held_out["n_samples"] == 359
+    assert held_out["n_samples"] == 348
     assert held_out["accuracy"] >= 0.95
 
 
