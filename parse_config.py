@@ -504,6 +504,20 @@ def fill_defaults(config: dict, schema: dict) -> None:
 RESERVED_LABELS = ("loss", "epoch", "lr", "epoch_seconds", "samples_per_second")
 
 
+def _label_errors(labels: list[str]) -> list[str]:
+    """A metric's label must be its own: not another metric's, the loss's or a validation column's."""
+    errors = []
+    duplicates = sorted({n for n in labels if labels.count(n) > 1})
+    if duplicates:
+        errors.append(f'metrics: {quoted(duplicates[0])} appears twice; give one a distinct "name"')
+    for index, label in enumerate(labels):
+        if label in RESERVED_LABELS or label.startswith("val_"):
+            errors.append(
+                f'metrics.{index}: the label {quoted(label)} is the loss\'s or a validation column; give it a "name"'
+            )
+    return errors
+
+
 def validate(config: dict) -> None:
     """Check a whole config and fill in its defaults; raise one ConfigError listing every problem found."""
     from utils.monitor import Monitor
@@ -527,14 +541,7 @@ def validate(config: dict) -> None:
             errors.append(f"{role}.type: {chosen} is not supported: {UNSUPPORTED[chosen]}")
 
     labels = [metric_name(m) for m in config["metrics"]]
-    duplicates = sorted({n for n in labels if labels.count(n) > 1})
-    if duplicates:
-        errors.append(f'metrics: {quoted(duplicates[0])} appears twice; give one a distinct "name"')
-    for index, label in enumerate(labels):  # a metric must not merge with the loss or another's val_ column
-        if label in RESERVED_LABELS or label.startswith("val_"):
-            errors.append(
-                f'metrics.{index}: the label {quoted(label)} is the loss\'s or a validation column; give it a "name"'
-            )
+    errors.extend(_label_errors(labels))
     monitor = Monitor.parse(config["trainer"]["monitor"])
     if monitor.mode != "off":
         known = ["loss", *labels]
@@ -617,6 +624,20 @@ class ConfigParser:
         if isinstance(self.config[name], list):
             return [self._build(f"{name}.{i}", name, e, args, kwargs) for i, e in enumerate(self.config[name])]
         return self._build(name, name, self.config[name], args, kwargs)
+
+    def init_optimizer(self, param_groups: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """The optimizer over `param_groups` and its lr_scheduler (or None). Each group's learning rate is the
+        configured one times the group's `lr_scale` (trainer.finetuning), in the optimizer and in the scheduler's
+        per-group arguments (OneCycleLR's max_lr)."""
+        from trainer.finetuning import per_group_lrs, set_learning_rate
+
+        optimizer = self.init_obj("optimizer", param_groups)
+        set_learning_rate(optimizer, optimizer.defaults["lr"])
+        if self.config["lr_scheduler"] is None:
+            return optimizer, None
+        return optimizer, self.init_obj(
+            "lr_scheduler", optimizer, **per_group_lrs(self.config["lr_scheduler"], optimizer)
+        )
 
     def init_ftn(self, name: str) -> Callable | dict[str, Callable]:
         """A function entry with its config args bound (the loss); for a list of function entries (the

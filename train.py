@@ -18,6 +18,7 @@ from utils.errors import ConfigError, interrupts_held, one_line_errors
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
     from trainer.callbacks import Callback
     from trainer.checkpoint import Checkpoint
+    from trainer.trainer import Trainer
 
 
 def main(
@@ -35,71 +36,66 @@ def main(
     writes nothing. `callbacks` are called after the config's own (for scripts and tests).
     """
     # Heavy imports live here so that --help and config errors answer without loading torch.
-    import torch
-
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import log_summary, setup_logging, start_run_logging
-    from logger.run_folder import create_run_folder
-    from trainer.checkpoint import load_model_state
-    from trainer.finetuning import Finetuning, per_group_lrs, set_learning_rate
-    from trainer.trainer import Trainer
-    from utils.distributed import distributed_session, is_main_process, place_model
+    from logger.run_folder import run_folder
+    from utils.distributed import distributed_session, is_main_process
     from utils.util import seed_everything
 
     # A DataLoader worker's crash is reported by a signal handler wherever the main thread is: one line, too.
     with distributed_session(), worker_failures_as_data_errors():
         setup_logging(None, config["verbosity"] if is_main_process() else 0)  # rank 0 speaks for everyone
-        if config["num_threads"] is not None:
-            torch.set_num_threads(config["num_threads"])
-        seed_everything(config["seed"], config["deterministic"])
-
-        # loss and metrics, first: what needs no data fails before the data is read
-        criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
-
-        # data: the training and validation splits (the test split is for test.py)
-        data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
-        valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
-
-        # model, with the checkpoint's weights when resuming or fine-tuning (only those that fit, unless
-        # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
-        model = config.init_obj("arch")
-        finetuning = Finetuning(**(config["finetune"] or {}))
-        if resume or weights:
-            load_model_state(model, resume or weights, strict=resume is not None or finetuning.strict_load)
-        finetuning.freeze(model)
-        model, device = place_model(model, config["n_gpu"])
-
-        # optimizer and learning rate scheduler: every parameter that will ever train is in its final group
-        # from the start, each group at the configured learning rate times its lr_scale (the backbone's)
-        optimizer = config.init_obj("optimizer", finetuning.param_groups(model))
-        set_learning_rate(optimizer, optimizer.defaults["lr"])
-        per_group = per_group_lrs(config["lr_scheduler"], optimizer)
-        lr_scheduler = config.init_obj("lr_scheduler", optimizer, **per_group) if config["lr_scheduler"] else None
-
-        # the trainer, and where a resumed run stopped
-        trainer = Trainer(
-            model, criterion, metrics, optimizer, lr_scheduler,
-            data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
-            finetuning=finetuning, callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
-        )  # fmt: skip
-        if resume:
-            trainer.load_state_dict(resume.state)
+        seed_everything(config["seed"], config["deterministic"], config["num_threads"])
+        trainer = build_trainer(config, resume, weights, callbacks)
 
         # one training and one validation batch through the real step, on a copy of the state: what a config
         # breaks only when it runs fails here, before anything is written (a dry run is this and no more)
-        result = trainer.rehearse()
-        run = None
+        result, folder = trainer.rehearse(), None
         if not dry_run:
             # everything is valid: only now make the run folder, start info.log and TensorBoard, and train
-            run = create_run_folder(config.config, run_id, resume.path if resume else None)
-            try:
-                result = trainer.train(run, start_run_logging(run, config.config))
-            except KeyboardInterrupt:  # before the trainer took over Ctrl-C: a new run leaves no empty folder
-                if resume is None:
-                    run.remove_unused()
-                raise
-    log_summary(result, config["trainer"]["monitor"], run.checkpoint_dir if run else None)
+            with run_folder(config.config, run_id, resume.path if resume else None) as folder:
+                result = trainer.train(folder, start_run_logging(folder, config.config))
+    log_summary(result, config["trainer"]["monitor"], folder.checkpoint_dir if folder else None)
     return result
+
+
+def build_trainer(
+    config: ConfigParser, resume: "Checkpoint | None", weights: "Checkpoint | None", callbacks: Sequence["Callback"]
+) -> "Trainer":
+    """Everything the config describes, built in order: loss and metrics, data, model, optimizer and scheduler,
+    the trainer; with `resume`, at the point where that run stopped."""
+    from trainer.checkpoint import load_model_state
+    from trainer.finetuning import Finetuning
+    from trainer.trainer import Trainer
+    from utils.distributed import place_model
+
+    # loss and metrics, first: what needs no data fails before the data is read
+    criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
+
+    # data: the training and validation splits (the test split is for test.py)
+    data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
+    valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
+
+    # model, with the checkpoint's weights when resuming or fine-tuning (only those that fit, unless
+    # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
+    model = config.init_obj("arch")
+    finetuning = Finetuning(**(config["finetune"] or {}))
+    if resume or weights:
+        load_model_state(model, resume or weights, strict=resume is not None or finetuning.strict_load)
+    finetuning.freeze(model)
+    model, device = place_model(model, config["n_gpu"])
+
+    # optimizer and scheduler, with every parameter that will ever train in its final group from the start
+    optimizer, lr_scheduler = config.init_optimizer(finetuning.param_groups(model))
+
+    trainer = Trainer(
+        model, criterion, metrics, optimizer, lr_scheduler,
+        data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
+        finetuning=finetuning, callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
+    )  # fmt: skip
+    if resume:
+        trainer.load_state_dict(resume.state)  # where the run stopped: the next batch, optimizer, RNG, ...
+    return trainer
 
 
 def build_parser() -> ArgumentParser:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -104,6 +105,19 @@ def create_run_folder(config: dict, run_id: str | None = None, resume_from: Path
     if error:
         raise ConfigError(error)
     return own or run
+
+
+@contextlib.contextmanager
+def run_folder(config: dict, run_id: str | None = None, resume_from: Path | None = None) -> Iterator[RunFolder]:
+    """`create_run_folder` for the block that trains in it: a new run stopped by Ctrl-C before its first
+    checkpoint (before the trainer took Ctrl-C over) leaves no empty folder behind."""
+    folder = create_run_folder(config, run_id, resume_from)
+    try:
+        yield folder
+    except KeyboardInterrupt:
+        if resume_from is None:
+            folder.remove_unused()
+        raise
 
 
 def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFolder:

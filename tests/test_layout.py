@@ -57,3 +57,16 @@ def test_utils_holds_helpers_only():
     """utils/ is for helpers every layer may use: no feature, and no more than 600 lines."""
     lines = sum(len(p.read_text().splitlines()) for p in (ROOT / "utils").glob("*.py"))
     assert lines <= 600, f"utils/ has {lines} lines"
+
+
+def test_functions_stay_short_and_train_py_main_reads_as_a_recipe():
+    """No function over 60 lines outside benchmarks/; train.py's main, the table of contents, at most 45."""
+    lengths = {}
+    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("*/*.py")]):
+        if path.parent.name in ("tests", "benchmarks"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lengths[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert {name: n for name, n in lengths.items() if n > 60} == {}
+    assert lengths["train.py:main"] <= 45

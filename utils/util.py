@@ -1,15 +1,19 @@
-"""Small helpers shared by the entry points and the trainer: JSON files and seeding.
+"""Small helpers shared by the entry points and the trainer: JSON files, output files and seeding.
 
 torch and NumPy are imported inside the functions that need them, so that parsing the command line and
 validating a config (which use read_json) answer without loading torch.
 """
 
+import contextlib
 import json
 import logging
 import os
 import random
+import secrets
+import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from utils.errors import ConfigError
 
@@ -57,18 +61,46 @@ def strict_json_loads(text: str) -> Any:
 
 
 def write_json(content: Any, path: str | Path) -> None:
-    """Write JSON atomically: a reader never sees a half-written file, and a failure leaves no temporary."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write JSON through output_file: atomically, and straight through to a device or a FIFO."""
+    with output_file(Path(path)) as handle:
+        json.dump(content, handle, indent=4)
+        handle.write("\n")
+
+
+@contextlib.contextmanager
+def output_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A UTF-8 text handle whose content becomes the file `path` when the block ends. A regular file is
+    written into a new temporary file beside it and renamed over it: a reader never sees half a file, and a
+    failure leaves no temporary. A device or a FIFO is written straight through: a rename would put a regular
+    file in its place (as root, `--out /dev/null` would replace the system's /dev/null)."""
+    if _is_device_or_fifo(path):
+        # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
+        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+        return
+    # An unpredictable name, created with O_EXCL: never an existing file, nor a link planted at a name known in
+    # advance (`.p.csv.tmp` was, and was followed). Not tempfile.mkstemp: its files are private (0600), and an
+    # output or a run's config.json keeps the permissions the user's umask gives a new file, as before.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(content, handle, indent=4)
-            handle.write("\n")
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _is_device_or_fifo(path: Path) -> bool:
+    """Whether `path` itself (not a link's target) is something else than a file, a folder or a link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
 
 
 def check_output_path(path: Path) -> None:
@@ -97,26 +129,24 @@ def _check_output_path(path: Path) -> None:
 
 
 def write_output(content: Any, path: Path) -> None:
-    """JSON to a file the user named: atomically for a regular file; written straight through for what is not
-    one (a device, a FIFO), which an atomic replace would destroy; `-` is standard output."""
+    """JSON to a file the user named (see output_file); `-` is standard output."""
     if str(path) == "-":
         print(json.dumps(content, indent=4))
         return
     try:
-        if path.exists() and not path.is_file():
-            with path.open("w", encoding="utf-8") as handle:
-                handle.write(json.dumps(content, indent=4) + "\n")
-            return
         write_json(content, path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch (all devices); called once from main, never at import."""
+def seed_everything(seed: int, deterministic: bool, num_threads: int | None = None) -> None:
+    """Seed Python, NumPy and torch (all devices), and set torch's threads (None: torch's default); called
+    once from main, never at import."""
     import numpy as np
     import torch
 
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
