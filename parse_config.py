@@ -411,7 +411,7 @@ def apply_override(config: dict, override: str) -> None:
                 raise ConfigError(f"override '{written}': {here} is not an index of that list (0..{len(node) - 1})")
             index: Any = int(part)
         elif isinstance(node, dict):
-            in_args = depth > 0 and parts[depth - 1] == "args"
+            in_args = depth > 0 and parts[depth - 1] in ("args", "wandb")  # checked against a signature
             if part not in node:
                 if part == "args" and "type" in node:
                     node["args"] = {}
@@ -557,6 +557,10 @@ def validate(config: dict) -> None:
         errors.extend(Finetuning(**config["finetune"]).check())
     if config["wandb"] is not None and importlib.util.find_spec("wandb") is None:
         errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
+    elif config["wandb"] is not None:
+        from logger.visualization import wandb_errors
+
+        errors.extend(wandb_errors(config["wandb"]))
     scheduler = config["lr_scheduler"]
     if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau":
         from torch.optim.lr_scheduler import ReduceLROnPlateau

@@ -100,7 +100,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
 
     from data_loader.data_loaders import MnistDataLoader
     from logger.run_folder import RunFolder
-    from logger.visualization import TensorboardWriter
+    from logger.visualization import Writer
     from model.metric import accuracy, top_k_acc
     from model.model import MnistModel
     from trainer.checkpoint import save_checkpoint
@@ -133,7 +133,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
         return output, loss
 
     # -- the hand-written loop: everything the Trainer does in an epoch, written out ---------------------------
-    hand_writer = TensorboardWriter(work / "tb_hand")
+    hand_writer = Writer(work / "tb_hand")
     epoch_counter = {"hand": 0}
     hand_best = {"val_loss": float("inf")}
 
@@ -153,7 +153,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
                     sums[name] += fn(output, target) * n
             count += n
             if batch_idx % 10 == 0:
-                hand_writer.add_scalar("loss/train_step", loss.item(), batch_idx)
+                hand_writer.add_step_scalar("loss/train_step", loss.item(), batch_idx)
         model.eval()
         valid = {"loss": 0.0, "accuracy": 0.0, "top_k_acc": 0.0}
         valid_count = 0
@@ -185,7 +185,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
         model, criterion, metric_fns, optimizer, config={}, device=torch.device("cpu"),
         data_loader=train_loader, valid_data_loader=valid_loader, epochs=0, monitor="min val_loss",
     )  # fmt: skip
-    trainer_run, trainer_writer = RunFolder("bench", trainer_dir, trainer_dir), TensorboardWriter(work / "tb_trainer")
+    trainer_run, trainer_writer = RunFolder("bench", trainer_dir, trainer_dir), Writer(work / "tb_trainer")
 
     def trainer_epoch() -> None:
         trainer.epochs += 1
@@ -235,7 +235,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
             epochs=0, monitor="min val_loss", compile=True,
         )  # fmt: skip
         compiled_run = RunFolder("compiled", compiled_dir, compiled_dir)
-        compiled_writer = TensorboardWriter(work / "tb_compiled")
+        compiled_writer = Writer(work / "tb_compiled")
 
         def compiled_epoch() -> None:
             compiled_trainer.epochs += 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from logger.run_folder import RunFolder
-from logger.visualization import NullWriter, Writer, make_writer
+from logger.visualization import Writer, make_writer
 from utils.distributed import is_main_process
 from utils.util import read_json
 
@@ -53,10 +53,10 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
 def start_run_logging(run: RunFolder | None, config: dict) -> Writer:
     """From here on info.log gets what the console gets, after a header; return the run's writer.
 
-    Only rank 0 writes; other ranks, and a dry run (`run` None), get a NullWriter and touch nothing.
+    Only rank 0 writes; other ranks, and a dry run (`run` None), get a Writer with no backend and touch nothing.
     """
     if run is None or not is_main_process():
-        return NullWriter()
+        return Writer()
     root = logging.getLogger()
     early = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]
     setup_logging(run.log_dir, config["verbosity"])

@@ -1,146 +1,111 @@
-"""TensorBoard output through a small explicit writer; a NullWriter with the same methods when it is off."""
+"""TensorBoard and Weights & Biases output through one small explicit writer."""
 
+import html
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
-
-class Writer(Protocol):
-    def add_scalar(self, tag: str, value: float, step: int) -> None: ...
-    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None: ...
-    def add_text(self, tag: str, text: str, step: int) -> None: ...
-    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None: ...
-    def add_hparams(self, hparams: dict, metrics: dict) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
+from utils.errors import did_you_mean
 
 
-class TensorboardWriter:
-    """Writes scalars to TensorBoard event files in `log_dir` (view with `tensorboard --logdir saved/log`)."""
+class Writer:
+    """What a run shows in TensorBoard and in Weights & Biases: scalars, pictures, text and histograms at an epoch,
+    the training loss at a global step, and the final results. Either backend may be off; with both off (a dry
+    run, a rank other than 0, a config without them) it writes nothing.
 
-    def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # imported here: runs without TensorBoard never load it
-
-        self._writer = SummaryWriter(log_dir=str(log_dir))
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self._writer.add_scalar(tag, value, step)
-
-    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None:
-        """A (C, H, W) image with values in [0, 1]."""
-        self._writer.add_image(tag, image, step)
-
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        self._writer.add_text(tag, text, step)
-
-    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None:
-        self._writer.add_histogram(tag, values, step)
-
-    def add_hparams(self, hparams: dict, metrics: dict) -> None:
-        self._writer.add_hparams(hparams, metrics, run_name=".")
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-class NullWriter:
-    """Accepts what a TensorboardWriter accepts and writes nothing."""
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        return None
-
-    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None:
-        return None
-
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        return None
-
-    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None:
-        return None
-
-    def add_hparams(self, hparams: dict, metrics: dict) -> None:
-        return None
-
-    def flush(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-class WandbWriter:
-    """Sends the same scalars, pictures and results to Weights & Biases (optional: `pip install wandb`).
-
-    The run's files go to `<log_dir>/wandb`; `WANDB_MODE=offline` keeps everything on disk.
+    TensorBoard gets every call as it comes. W&B gets one `log` per epoch, with everything of that epoch and an
+    explicit `epoch` axis, and one per logged training step, on a `global_step` axis: its own step counter then
+    counts rows, and batch and epoch numbers never mix.
     """
 
-    def __init__(self, log_dir: Path, config: dict, **init_args: Any) -> None:
-        import wandb  # imported here: W&B is optional
+    def __init__(self, tensorboard_dir: Path | None = None, wandb_run: Any = None) -> None:
+        self.tensorboard = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: runs without TensorBoard never load it
 
-        self._wandb = wandb
-        self._run = wandb.init(dir=str(log_dir), config=config, **init_args)
+            self.tensorboard = SummaryWriter(log_dir=str(tensorboard_dir))
+        self.wandb = wandb_run
+        self._row: dict[str, Any] = {}  # W&B: what the epoch `_row_epoch` logged so far
+        self._row_epoch: int | None = None
+        if wandb_run is not None:
+            wandb_run.define_metric("epoch")
+            wandb_run.define_metric("global_step")
+            wandb_run.define_metric("*", step_metric="epoch")
+            wandb_run.define_metric("loss/train_step", step_metric="global_step")
 
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        # Epoch scalars and per-step losses count different things, so the step travels as a value.
-        self._run.log({tag: value, "step": step})
+    def add_scalar(self, tag: str, value: float, epoch: int) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar(tag, value, epoch)
+        self._add_to_row(epoch, tag, value)
 
-    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None:
-        self._run.log({tag: self._wandb.Image(image.permute(1, 2, 0).numpy()), "step": step})
+    def add_step_scalar(self, tag: str, value: float, global_step: int) -> None:
+        """A training-step value (the loss every log_step batches), on the global-step axis."""
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar(tag, value, global_step)
+        if self.wandb is not None:
+            self._log_row()
+            self.wandb.log({tag: value, "global_step": global_step})
 
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        self._run.log({tag: self._wandb.Html(f"<pre>{text}</pre>"), "step": step})
+    def add_image(self, tag: str, image: "torch.Tensor", epoch: int) -> None:
+        """A (C, H, W) image with values in [0, 1]."""
+        if self.tensorboard is not None:
+            self.tensorboard.add_image(tag, image, epoch)
+        if self.wandb is not None:  # W&B reads an array as uint8 pixels: floats in [0, 1] would be black
+            import wandb
 
-    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None:
-        self._run.log({tag: self._wandb.Histogram(values.numpy()), "step": step})
+            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            self._add_to_row(epoch, tag, wandb.Image(pixels))
+
+    def add_text(self, tag: str, text: str, epoch: int) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.add_text(tag, text, epoch)
+        if self.wandb is not None:
+            import wandb
+
+            self._add_to_row(epoch, tag, wandb.Html(f"<pre>{html.escape(text)}</pre>"))
+
+    def add_histogram(self, tag: str, values: "torch.Tensor", epoch: int) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.add_histogram(tag, values, epoch)
+        if self.wandb is not None:
+            import wandb
+
+            self._add_to_row(epoch, tag, wandb.Histogram(values.numpy()))
 
     def add_hparams(self, hparams: dict, metrics: dict) -> None:
-        self._run.summary.update(metrics)  # the config went in at wandb.init
+        """The flat config beside the final results: TensorBoard's HPARAMS tab, the W&B run's summary (its
+        config went in at wandb.init)."""
+        if self.tensorboard is not None:
+            self.tensorboard.add_hparams(hparams, metrics, run_name=".")
+        if self.wandb is not None:
+            self.wandb.summary.update(metrics)
 
     def flush(self) -> None:
-        return None
+        self._log_row()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def close(self) -> None:
-        self._run.finish()
+        self.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
+    def _add_to_row(self, epoch: int, tag: str, value: Any) -> None:
+        if self.wandb is None:
+            return
+        if epoch != self._row_epoch:
+            self._log_row()
+            self._row_epoch = epoch
+        self._row[tag] = value
 
-class WriterGroup:
-    """Passes every call on to each of its writers (TensorBoard and W&B together)."""
-
-    def __init__(self, writers: list[Writer]) -> None:
-        self.writers = writers
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        for writer in self.writers:
-            writer.add_scalar(tag, value, step)
-
-    def add_image(self, tag: str, image: "torch.Tensor", step: int) -> None:
-        for writer in self.writers:
-            writer.add_image(tag, image, step)
-
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        for writer in self.writers:
-            writer.add_text(tag, text, step)
-
-    def add_histogram(self, tag: str, values: "torch.Tensor", step: int) -> None:
-        for writer in self.writers:
-            writer.add_histogram(tag, values, step)
-
-    def add_hparams(self, hparams: dict, metrics: dict) -> None:
-        for writer in self.writers:
-            writer.add_hparams(hparams, metrics)
-
-    def flush(self) -> None:
-        for writer in self.writers:
-            writer.flush()
-
-    def close(self) -> None:
-        for writer in self.writers:
-            writer.close()
+    def _log_row(self) -> None:
+        if self._row:
+            self.wandb.log({**self._row, "epoch": self._row_epoch})
+        self._row = {}
 
 
 def matrix_image(matrix: list[list[float]], cell: int = 16) -> "torch.Tensor":
@@ -201,12 +166,24 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def make_writer(log_dir: Path, config: dict) -> Writer:
     """The writer a config asks for: TensorBoard (`tensorboard`), W&B (`wandb`: wandb.init's arguments), both,
-    or none."""
-    writers: list[Writer] = []
-    if config["tensorboard"]:
-        writers.append(TensorboardWriter(log_dir))
+    or neither. W&B's files go to `<log_dir>/wandb`; `WANDB_MODE=offline` keeps everything on disk."""
+    wandb_run = None
     if config["wandb"] is not None:
-        writers.append(WandbWriter(log_dir, flatten_config(config), **config["wandb"]))
-    if not writers:
-        return NullWriter()
-    return writers[0] if len(writers) == 1 else WriterGroup(writers)
+        import wandb  # imported here: W&B is optional
+
+        wandb_run = wandb.init(dir=str(log_dir), config=flatten_config(config), **config["wandb"])
+    return Writer(log_dir if config["tensorboard"] else None, wandb_run)
+
+
+def wandb_errors(args: dict[str, Any]) -> list[str]:
+    """The config's `wandb` section, checked against wandb.init's own signature (every argument passes through)."""
+    import wandb
+
+    accepted = [name for name in inspect.signature(wandb.init).parameters if name not in ("dir", "config")]
+    errors = []
+    for key in args:
+        if key in ("dir", "config"):
+            errors.append(f"wandb.{key}: set by the template (the run's log folder, its config); remove it")
+        elif key not in accepted:
+            errors.append(f"wandb.{key}: wandb.init has no argument {key!r}{did_you_mean(key, accepted)}")
+    return errors

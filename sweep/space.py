@@ -378,7 +378,7 @@ def previously_stopped(sweep: Sweep) -> set[str]:
 def write_hparams_of_stopped(records: list[TrialRecord], sweep: Sweep, already: set[str]) -> None:
     """A run writes its config and results to TensorBoard's HPARAMS tab when its training ends, which a trial
     stopped by the scheduler never reaches: write them for it here, once, so that it is compared with the rest."""
-    from logger.visualization import TensorboardWriter, write_hparams
+    from logger.visualization import Writer, write_hparams
     from trainer.checkpoint import LAST_NAME
 
     for record in records:
@@ -388,6 +388,6 @@ def write_hparams_of_stopped(records: list[TrialRecord], sweep: Sweep, already: 
         if not config["tensorboard"]:
             continue
         run = RunFolder.of_checkpoint(record.run_folder / LAST_NAME)
-        writer = TensorboardWriter(run.log_dir)
+        writer = Writer(run.log_dir)
         write_hparams(writer, config, {"last": last_results(run, list(record.best)), "best": record.best})
         writer.close()

@@ -294,3 +294,25 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
     assert len(run["history"]["accuracy/valid"]) == 2
     assert any(key.startswith("predictions/images") for key in run["history"])  # an image: nested keys
     assert run["config"]["name"] == "Digits_CNN" and run["config"]["trainer.epochs"] == 2
+    # One row per epoch on an explicit epoch axis, one per logged training step on the global-step axis.
+    assert run["history"]["epoch"] == [1, 2]
+    steps = run["history"]["global_step"]
+    assert len(run["history"]["loss/train_step"]) == len(steps) and steps == sorted(steps) and len(steps) >= 4
+    assert run["history"]["_step"] == list(range(len(steps) + 2))  # W&B's own counter: rows, nothing else
+    # The image grid is visible: uint8 pixels, not floats in [0, 1] cast to black.
+    from PIL import Image
+
+    images = sorted(runs[0].parent.glob("files/media/images/predictions/images_*.png"))
+    assert len(images) == 2  # one grid an epoch
+    pixels = torch.tensor(list(Image.open(images[-1]).convert("L").getdata()), dtype=torch.float32)
+    assert pixels.mean() > 30 and pixels.max() == 255
+
+
+def test_the_wandb_section_takes_any_argument_of_wandb_init(tiny_config):
+    tiny_config["wandb"] = {"project": "digits", "job_type": "train", "save_code": False}
+    ConfigParser(tiny_config)  # accepted: wandb.init's own arguments
+    tiny_config["wandb"] = {"project": "digits", "job_typ": "train", "dir": "/tmp"}
+    with pytest.raises(ConfigError) as error:
+        ConfigParser(tiny_config)
+    assert "wandb.job_typ: wandb.init has no argument 'job_typ'; did you mean 'job_type'?" in str(error.value)
+    assert "wandb.dir: set by the template" in str(error.value)

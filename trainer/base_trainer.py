@@ -25,7 +25,7 @@ from torch import nn
 from base.base_data_loader import worker_failure, worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
 from logger.run_folder import RunFolder
-from logger.visualization import NullWriter, Writer, write_epoch, write_hparams
+from logger.visualization import Writer, write_epoch, write_hparams
 from trainer.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
@@ -89,7 +89,7 @@ class BaseTrainer(abc.ABC):
         self.config = config
         self.device = device
         self.run: RunFolder | None = None  # set by train()
-        self.writer: Writer = NullWriter()
+        self.writer = Writer()  # no backend: writes nothing
         self.callbacks = callbacks or []
         self.epochs = epochs
         self.save_period = save_period
@@ -129,7 +129,7 @@ class BaseTrainer(abc.ABC):
         `run` None nothing is saved. `dry_run`: one
         epoch of one training and one validation batch through the real step, every hook included.
         """
-        self.run, self.writer = run, writer or NullWriter()
+        self.run, self.writer = run, writer or Writer()
         if run is not None and self.is_main:
             self.metrics_csv = MetricsCsv(run.log_dir / "metrics.csv")
         self.batch_limit = 1 if dry_run else None
@@ -328,7 +328,7 @@ class BaseTrainer(abc.ABC):
 
         What a config breaks only when it runs -- a model's forward, the loss, a metric, the optimizer's or
         scheduler's step -- then fails here, in one line, before the run folder is made. Callbacks see this
-        batch too, with a NullWriter and `trainer.rehearsing` true (as Lightning's sanity check does).
+        batch too, with a writer that writes nothing and `trainer.rehearsing` true (as Lightning's sanity check does).
         Returns the batch's results: a dry run is this and nothing more.
         """
         epoch = self.start_epoch - (0 if self.start_batch else 1)

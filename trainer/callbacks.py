@@ -10,10 +10,10 @@ every one of them, so a trainer that rewrites its epochs keeps them):
 
 Before the run, one training and one validation batch go through the real step as a rehearsal (so that a
 broken callback fails before anything is written); callbacks are called then too, with `trainer.rehearsing`
-true and a NullWriter, and may skip what must happen once per real epoch.
+true and a writer that writes nothing, and may skip what must happen once per real epoch.
 
 Early stopping and checkpointing are built into the trainer, not callbacks. Under DDP every rank calls
-its callbacks; `trainer.is_main` is true on the one rank that writes (`trainer.writer` is a NullWriter on
+its callbacks; `trainer.is_main` is true on the one rank that writes (`trainer.writer` writes nothing on
 the others).
 """
 

@@ -169,7 +169,7 @@ class Trainer(BaseTrainer):
             if batch_idx % self.log_step == 0 or batch_idx == n_batches - 1:
                 self._check_finite(first_bad, epoch)  # a host sync, once per log interval
                 value = detached.item()
-                self.writer.add_scalar("loss/train_step", value, self.global_step)
+                self.writer.add_step_scalar("loss/train_step", value, self.global_step)
                 rate = samples / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}", refresh=False)
             if stepped and batch_idx < n_batches - 1 and self._stop_agreed(self.optimizer_steps % self.log_step == 0):
