@@ -175,6 +175,22 @@ ROLES: dict[str, Role] = {
 }
 
 
+# Schedulers whose arguments give the length of the run, filled in (`run_length_args`) unless the config sets them.
+RUN_LENGTH = {"OneCycleLR": ("total_steps", "epochs", "steps_per_epoch"), "CosineAnnealingLR": ("T_max",)}
+
+
+def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[str, int]:
+    """OneCycleLR's `epochs` and `steps_per_epoch` (unless `total_steps` is given) and CosineAnnealingLR's
+    `T_max`, from `trainer.epochs` and the scheduler's steps in an epoch (1 when it steps once an epoch; the
+    optimizer steps of an epoch when `trainer.scheduler_interval` is "step")."""
+    args = scheduler.get("args", {})
+    if scheduler["type"] == "OneCycleLR" and "total_steps" not in args:
+        return {"epochs": args.get("epochs", epochs), "steps_per_epoch": args.get("steps_per_epoch", steps_per_epoch)}
+    if scheduler["type"] == "CosineAnnealingLR" and "T_max" not in args:
+        return {"T_max": epochs * steps_per_epoch}
+    return {}
+
+
 def valid_names(role: Role) -> dict[str, Any]:
     """Every name the role accepts, with its object: the project module's first, then the libraries'."""
     found: dict[str, Any] = {}
@@ -245,7 +261,8 @@ def check_names(config: dict) -> list[str]:
                     f"(valid: {', '.join(sorted(names)) or 'none'}; from {_homes(role)})"
                 )
             else:
-                errors.extend(_check_arguments(where, names[type_name], role, args))
+                filled = RUN_LENGTH.get(type_name, ()) if role_name == "lr_scheduler" else ()
+                errors.extend(_check_arguments(where, names[type_name], role, args, filled))
     return errors
 
 
@@ -255,7 +272,7 @@ def _entry_at(config: dict, where: str) -> Any:
     return config[role][int(index)] if index else config[role]
 
 
-def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> list[str]:
+def _check_arguments(where: str, target: Callable, role: Role, args: dict, filled: tuple[str, ...] = ()) -> list[str]:
     """Bind `args` to the constructor's signature the way the code will call it; name what does not fit."""
     label = getattr(target, "__name__", str(target))
     params = list(inspect.signature(target).parameters.values())
@@ -279,7 +296,7 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict) -> li
             known = f"; {label}'s default is {default!r}" if default is not inspect.Parameter.empty else ""
             errors.append(f"{where}.args.{key}: expected a number{known}; found {value!r}")
     for p in named:
-        if p.name not in passed_by_code and p.default is p.empty and p.name not in args:
+        if p.name not in passed_by_code and p.default is p.empty and p.name not in args and p.name not in filled:
             errors.append(f"{where}.args.{p.name}: {label} needs this argument (accepted: {', '.join(accepted)})")
     return errors
 
@@ -629,19 +646,22 @@ class ConfigParser:
             return [self._build(f"{name}.{i}", name, e, args, kwargs) for i, e in enumerate(self.config[name])]
         return self._build(name, name, self.config[name], args, kwargs)
 
-    def init_optimizer(self, param_groups: list[dict[str, Any]]) -> tuple[Any, Any]:
+    def init_optimizer(self, param_groups: list[dict[str, Any]], batches_per_epoch: int) -> tuple[Any, Any]:
         """The optimizer over `param_groups` and its lr_scheduler (or None). Each group's learning rate is the
         configured one times the group's `lr_scale` (trainer.finetuning), in the optimizer and in the scheduler's
-        per-group arguments (OneCycleLR's max_lr)."""
+        per-group arguments (OneCycleLR's max_lr); the length of the run is filled in where the scheduler needs
+        it and the config leaves it out (`run_length_args`)."""
         from trainer.finetuning import per_group_lrs, set_learning_rate
 
         optimizer = self.init_obj("optimizer", param_groups)
         set_learning_rate(optimizer, optimizer.defaults["lr"])
-        if self.config["lr_scheduler"] is None:
+        scheduler, trainer = self.config["lr_scheduler"], self.config["trainer"]
+        if scheduler is None:
             return optimizer, None
-        return optimizer, self.init_obj(
-            "lr_scheduler", optimizer, **per_group_lrs(self.config["lr_scheduler"], optimizer)
-        )
+        batches = trainer["len_epoch"] or batches_per_epoch
+        steps = math.ceil(batches / trainer["accumulate_steps"]) if trainer["scheduler_interval"] == "step" else 1
+        filled = run_length_args(scheduler, trainer["epochs"], steps)
+        return optimizer, self.init_obj("lr_scheduler", optimizer, **filled, **per_group_lrs(scheduler, optimizer))
 
     def init_ftn(self, name: str) -> Callable | dict[str, Callable]:
         """A function entry with its config args bound (the loss); for a list of function entries (the

@@ -86,7 +86,7 @@ def build_trainer(
     model, device = place_model(model, config["n_gpu"])
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
-    optimizer, lr_scheduler = config.init_optimizer(finetuning.param_groups(model))
+    optimizer, lr_scheduler = config.init_optimizer(finetuning.param_groups(model), data_loader.batches_per_epoch)
 
     trainer = Trainer(
         model, criterion, metrics, optimizer, lr_scheduler,

@@ -329,7 +329,8 @@ class BaseTrainer(abc.ABC):
         What a config breaks only when it runs -- a model's forward, the loss, a metric, the optimizer's or
         scheduler's step -- then fails here, in one line, before the run folder is made. Callbacks see this
         batch too, with a writer that writes nothing and `trainer.rehearsing` true (as Lightning's sanity check does).
-        Returns the batch's results: a dry run is this and nothing more.
+        Returns the batch's results: a dry run is this and nothing more. Later epochs where the run changes
+        (`_rehearsal_epochs`: a freezing strategy's unfreeze) get one training and one validation batch too.
         """
         epoch = self.start_epoch - (0 if self.start_batch else 1)
         snapshot = copy.deepcopy(self.state_dict(epoch, self.start_batch))
@@ -337,6 +338,9 @@ class BaseTrainer(abc.ABC):
         self.rehearsing = True
         try:
             result = self.train(dry_run=True)
+            for later in self._rehearsal_epochs():
+                self.start_epoch, self.start_batch = later, 0
+                self.train(dry_run=True)
         except UserError:
             raise
         except Exception as e:
@@ -353,6 +357,10 @@ class BaseTrainer(abc.ABC):
         unwrap_model(self.model).load_state_dict(snapshot[KEY_STATE_DICT])
         self._restore(snapshot)
         return result
+
+    def _rehearsal_epochs(self) -> list[int]:
+        """Epochs after the first whose step differs and the rehearsal also tries (none here; see Trainer)."""
+        return []
 
     def _save(self, path: Any, epoch: int, batch: int = 0) -> None:
         """Write a checkpoint (rank 0 only: every rank holds the same state)."""

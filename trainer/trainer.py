@@ -181,6 +181,10 @@ class Trainer(BaseTrainer):
         self.epoch_samples = samples
         return self.train_metrics.result()
 
+    def _rehearsal_epochs(self) -> list[int]:
+        """The epochs where a freezing strategy unfreezes a stage: the step then trains other parameters."""
+        return sorted({s.epoch for s, _ in self.finetuning.stages if self.start_epoch < s.epoch <= self.epochs})
+
     def _check_output_fits_the_classes(self, output: torch.Tensor) -> None:
         """A classifier's scores per sample must match the data's classes (their names are known for folders
         and CSV files): a head of another size would train silently and fail only when predicting."""
