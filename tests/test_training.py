@@ -143,6 +143,34 @@ def test_resume_with_a_new_learning_rate_keeps_the_backbones_scale(tiny_config, 
     assert [g["lr_scale"] for g in state["optimizer"]["param_groups"]] == [1.0, 0.1]
 
 
+def test_one_cycle_per_batch_across_an_unfreeze_with_the_run_length_filled_in(tiny_config, tmp_path):
+    """Issue 17's recipe: OneCycleLR stepped every batch, no epochs or steps_per_epoch written, the backbone
+    frozen for epoch 1 then unfrozen at a tenth of the rate; the rehearsal tries the unfreeze epoch too."""
+    from trainer.callbacks import Callback
+
+    class RehearsedEpochs(Callback):
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+
+        def on_validation_end(self, trainer, epoch: int, result: dict) -> None:
+            if trainer.rehearsing:
+                self.epochs.append(epoch)
+
+    tiny_config["trainer"].update(epochs=3, scheduler_interval="step")
+    tiny_config["optimizer"] = {"type": "AdamW", "args": {"lr": 0.003}}
+    tiny_config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.003}}
+    tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2"], "unfreeze_epoch": 2}
+    rehearsed = RehearsedEpochs()
+    result, run = train(tiny_config, tmp_path, "onecycle", callbacks=[rehearsed])
+    assert rehearsed.epochs == [1, 2] and result["last"]["epoch"] == 3
+    state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
+    scheduler = state["lr_scheduler"]
+    assert scheduler["total_steps"] == 3 * 21 and scheduler["_step_count"] == 3 * 21 + 1  # 1297 samples, batch 64
+    head, backbone = state["optimizer"]["param_groups"]
+    assert backbone["lr"] == pytest.approx(head["lr"] * 0.1) and head["max_lr"] == pytest.approx(0.003)
+    assert head["lr"] < 0.003 / 100  # annealed to the end of the cycle
+
+
 @pytest.mark.e2e
 def test_resume_refuses_a_changed_scheduler_whose_state_it_would_overwrite(tiny_config, tmp_path):
     _, run = train(tiny_config, tmp_path, "sched")

@@ -336,9 +336,10 @@ class BaseTrainer(abc.ABC):
         snapshot = copy.deepcopy(self.state_dict(epoch, self.start_batch))
         self.logger.disabled = True  # the rehearsal's epoch lines are not the run's
         self.rehearsing = True
+        later_epochs = self._rehearsal_epochs()
         try:
             result = self.train(dry_run=True)
-            for later in self._rehearsal_epochs():
+            for later in later_epochs:
                 self.start_epoch, self.start_batch = later, 0
                 self.train(dry_run=True)
         except UserError:
