@@ -16,8 +16,9 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
     from trainer.checkpoint import Checkpoint
 
 
-def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path) -> int:
-    """Predict every input with the checkpoint's model; write the rows to `out`; return how many."""
+def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path, raw_csv: bool = False) -> int:
+    """Predict every input with the checkpoint's model; write the rows to `out`; return how many. Ids and
+    class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -45,7 +46,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
     header, rows = prediction_rows(ids, outputs, None, data_loader)
-    write_csv(header, rows, out)
+    write_csv(header, rows, out, raw=raw_csv)
     logger.info("Wrote %d predictions of %s to %s", len(rows), checkpoint.path, out)
     return len(rows)
 
@@ -66,13 +67,19 @@ def build_parser() -> ArgumentParser:
         "-i", "--input", required=True, help="what to predict: an image, a folder of images, a CSV file"
     )
     parser.add_argument("-o", "--out", required=True, help="the CSV file to write (never overwritten)")
+    parser.add_argument(
+        "--raw-csv",
+        action="store_true",
+        help="write ids and class names as they are, even those a spreadsheet would run as a formula (starting "
+        "with = + - @, a tab or a carriage return); by default such a cell gets a leading single quote",
+    )
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path]:
-    """main's arguments: the validated config, the checkpoint, the inputs and the output file."""
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, bool]:
+    """main's arguments: the validated config, the checkpoint, the inputs, the output file and --raw-csv."""
     args = build_parser().parse_args(argv)
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
@@ -87,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
     config = ConfigParser.load(None, checkpoint, args.overrides)
-    return config, checkpoint, args.input, out
+    return config, checkpoint, args.input, out, args.raw_csv
 
 
 if __name__ == "__main__":

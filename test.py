@@ -19,10 +19,16 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
 
 
 def main(
-    config: ConfigParser, checkpoint: "Checkpoint", split: str, out: Path, predictions: Path | None = None
+    config: ConfigParser,
+    checkpoint: "Checkpoint",
+    split: str,
+    out: Path,
+    predictions: Path | None = None,
+    raw_csv: bool = False,
 ) -> dict:
     """Evaluate the checkpoint's model on `split`; write the per-sample averages to `out` and return them.
-    With `predictions`, also write one CSV row per sample there (id, target, prediction, probabilities)."""
+    With `predictions`, also write one CSV row per sample there (id, target, prediction, probabilities); ids
+    and class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -58,7 +64,7 @@ def main(
     if predictions is not None:  # a second pass, in the same order, keeping every output
         with worker_failures_as_data_errors():
             ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
-        write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions)
+        write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions, raw=raw_csv)
         logger.info("Per-sample predictions written to %s", predictions)
 
     write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
@@ -94,14 +100,23 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--predictions", help="also write one CSV row per sample here: id, target, prediction, probabilities"
     )
+    parser.add_argument(
+        "--raw-csv",
+        action="store_true",
+        help="with --predictions: write ids and class names as they are, even those a spreadsheet would run as a "
+        "formula (starting with = + - @, a tab or a carriage return); by default such a cell gets a leading "
+        "single quote",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, Path | None]:
-    """main's arguments: the validated config, the checkpoint, the split, the results file and the
-    predictions file (or None)."""
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, Path | None, bool]:
+    """main's arguments: the validated config, the checkpoint, the split, the results file, the
+    predictions file (or None) and --raw-csv."""
     args = build_parser().parse_args(argv)
+    if args.raw_csv and args.predictions is None:
+        raise ConfigError("--raw-csv: only with --predictions (it says how the predictions CSV is written)")
     predictions = None if args.predictions is None else Path(args.predictions)
     if predictions is not None:
         check_output_path(predictions)
@@ -120,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         args.split,
         results_path(checkpoint, args.split, args.config, args.overrides, args.out),
         predictions,
+        args.raw_csv,
     )
 
 

@@ -244,7 +244,7 @@ class InMemoryImages(Dataset):
                 f"expected images (N, C, H, W) and N targets, got {tuple(images.shape)} and {len(targets)}"
             )
         self.images = images
-        self.targets = targets.long()
+        self.targets = targets  # class indices (N,) int64, or (N, 1) float for one logit or a value
         # (x * scale - mean) / std folded into one multiply-add per pixel; a mean and std per channel
         # broadcast as (C, 1, 1).
         mean_, std_ = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in (mean, std))

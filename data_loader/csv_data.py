@@ -173,6 +173,40 @@ def class_targets(table: CsvTable, column: str, split: str, preprocessing: dict)
     return classes, torch.tensor([number[label] for label in labels], dtype=torch.int64)
 
 
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise DataError(f"data_loader.args.task: unknown task {task!r} (valid: {', '.join(TASKS)})")
+
+
+def csv_targets(
+    table: CsvTable, column: str, task: str, split: str, train_rows: torch.Tensor | None, preprocessing: dict
+) -> tuple[torch.Tensor, list[str] | None, dict]:
+    """(each row's target, the class names or None, what predictions need to read an output) for `task`:
+    - "classification": class indices (N,) int64 of the labels sorted (numerically when all are numbers);
+    - "binary": exactly two labels, the second in sorted order is 1: (N, 1) float 0/1, for one logit;
+    - "regression": the value standardized with the training rows' mean and std, (N, 1) float.
+    Rows of the split "predict" have no target: -1. Statistics and classes come from the checkpoint's
+    `preprocessing` when there is one, else from the training rows."""
+    if task == "regression":
+        values = None if split == "predict" else table.numbers(column, "target", " (task 'regression')")
+        if preprocessing:
+            mean, std = (saved(preprocessing, k, table) for k in ("target_mean", "target_std"))
+        else:
+            mean, std = (v.item() for v in mean_and_std(values[train_rows]))
+        if values is None:
+            return torch.full((len(table), 1), -1.0), None, {"target_mean": mean, "target_std": std}
+        return ((values - mean) / std).float().unsqueeze(1), None, {"target_mean": mean, "target_std": std}
+    classes, targets = class_targets(table, column, split, preprocessing)
+    if task == "binary":
+        if len(classes) != 2:
+            raise DataError(
+                f"{table.path}: column {column!r} has {len(classes)} classes ({', '.join(classes[:10])}); "
+                "task 'binary' needs exactly two (or use 'classification')"
+            )
+        targets = targets.float().unsqueeze(1)  # (N, 1) 0/1, for one logit (BCEWithLogitsLoss, bce_with_logits)
+    return targets, classes, {"classes": classes}
+
+
 class CsvDataLoader(BaseDataLoader):
     """Numeric features and one target from a CSV file: your own table, without writing a loader.
 
@@ -207,8 +241,7 @@ class CsvDataLoader(BaseDataLoader):
         inputs: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
-        if task not in TASKS:
-            raise DataError(f"data_loader.args.task: unknown task {task!r} (valid: {', '.join(TASKS)})")
+        check_task(task)
         table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
         if split != "predict":
             table.check_column(target_column, "target")
@@ -224,27 +257,8 @@ class CsvDataLoader(BaseDataLoader):
         features = ((features - mean) / std).float()
 
         self.task = task
-        if task == "regression":
-            values = None if split == "predict" else table.numbers(target_column, "target", " (task 'regression')")
-            if preprocessing:
-                target_mean, target_std = (saved(preprocessing, k, table) for k in ("target_mean", "target_std"))
-            else:
-                target_mean, target_std = (v.item() for v in mean_and_std(values[splits["train"]]))
-            self.preprocessing |= {"target_mean": target_mean, "target_std": target_std}  # predictions in its units
-            if values is None:
-                targets = torch.full((len(table), 1), -1.0)
-            else:
-                targets = ((values - target_mean) / target_std).float().unsqueeze(1)  # (N, 1): the output's shape
-        else:
-            self.classes, targets = class_targets(table, target_column, split, preprocessing)
-            if task == "binary":
-                if len(self.classes) != 2:
-                    raise DataError(
-                        f"{table.path}: column {target_column!r} has {len(self.classes)} classes "
-                        f"({', '.join(self.classes[:10])}); task 'binary' needs exactly two (or use 'classification')"
-                    )
-                targets = targets.float().unsqueeze(1)  # (N, 1) 0/1, for BCEWithLogitsLoss
-            self.preprocessing["classes"] = self.classes
+        targets, self.classes, kept = csv_targets(table, target_column, task, split, splits.get("train"), preprocessing)
+        self.preprocessing |= kept
         self.ids = table.ids(id_column)
         super().__init__(
             InMemoryTensors(features, targets), splits[split], batch_size, shuffle, num_workers, seed, split == "train"

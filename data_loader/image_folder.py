@@ -251,6 +251,35 @@ class ImageFiles(InMemoryImages):
         return torch.stack([decode(self.files[i], self.image_size, self.channels) for i in indices])
 
 
+def check_image_args(channels: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    if channels not in (1, 3):
+        raise DataError(f"data_loader.args.channels: expected 1 (grey) or 3 (RGB), found {channels!r}")
+    for key, value in (("mean", mean), ("std", std)):
+        if len(value) not in (1, channels):
+            raise DataError(f"data_loader.args.{key}: expected 1 or {channels} values, found {len(value)}")
+
+
+def image_dataset(
+    root: Path,
+    files: Sequence[Path],
+    targets: torch.Tensor,
+    image_size: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: bool,
+    in_memory: bool,
+    cache_dir: Path | None,
+) -> InMemoryImages:
+    """The images under `root`, decoded once and kept (cached in `cache_dir` unless None), or decoded a batch
+    at a time (`in_memory` false); normalized, and augmented where asked, a batch at a time."""
+    transform = flip_and_affine if augment else None
+    if not in_memory:
+        return ImageFiles(files, targets, image_size, channels, mean, std, transform)
+    images = load_decoded(root, files, image_size, channels, cache_dir)
+    return InMemoryImages(images, targets, 1 / 255, mean, std, transform)
+
+
 def new_inputs(root: Path | None, preprocessing: dict | None) -> tuple[list[Path], list[int], list[str]]:
     """(files, targets (-1: unknown), class names) of the images to predict: the file `root`, or every image
     under the folder `root`, and the classes the checkpoint was trained on."""
@@ -296,11 +325,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         inputs: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
-        if channels not in (1, 3):
-            raise DataError(f"data_loader.args.channels: expected 1 (grey) or 3 (RGB), found {channels!r}")
-        for key, value in (("mean", mean), ("std", std)):
-            if len(value) not in (1, channels):
-                raise DataError(f"data_loader.args.{key}: expected 1 or {channels} values, found {len(value)}")
+        check_image_args(channels, mean, std)
         self.root = Path(inputs if split == "predict" and inputs is not None else data_dir)
         if split == "predict":
             files, targets, classes = new_inputs(self.root if inputs is not None else None, preprocessing)
@@ -315,13 +340,10 @@ class ImageFolderDataLoader(BaseDataLoader):
             indices = split_indices(
                 [f.relative_to(self.root).as_posix() for f in files], validation_split, test_split, split_seed
             )[split]
-        transform = flip_and_affine if augment else None
-        if in_memory:
-            where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None
-            images = load_decoded(self.root, files, image_size, channels, where)
-            dataset = InMemoryImages(images, torch.tensor(targets), 1 / 255, mean, std, transform)
-        else:
-            dataset = ImageFiles(files, torch.tensor(targets), image_size, channels, mean, std, transform)
+        where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None
+        dataset = image_dataset(
+            self.root, files, torch.tensor(targets), image_size, channels, mean, std, augment, in_memory, where
+        )
         self.files = files
         self.classes = classes
         self.preprocessing = {"classes": classes}

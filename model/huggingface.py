@@ -3,12 +3,13 @@
 is built (utils/huggingface.py reads the folder; the tokenizer is the data loader's)."""
 
 import logging
+import pickle
 
 import torch
 
 from base.base_model import BaseModel
 from utils.errors import ConfigError
-from utils.huggingface import import_transformers, one_line, quiet_transformers, saved_folder
+from utils.huggingface import import_transformers, one_line, quiet_transformers, saved_folder, unsafe_weights_file
 
 logger = logging.getLogger("model")
 
@@ -27,14 +28,22 @@ class HuggingFaceModel(BaseModel):
         super().__init__()
         transformers = import_transformers("arch.type: HuggingFaceModel")
         folder = saved_folder(path, "arch.args.path")
-        with quiet_transformers(), one_line("arch.args.path", f"{path} holds no saved transformers model"):
-            self.model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-                folder,
-                num_labels=num_labels,
-                local_files_only=True,
-                ignore_mismatched_sizes=True,
-                output_loading_info=True,
-            )
+        try:
+            with quiet_transformers(), one_line("arch.args.path", f"{path} holds no saved transformers model"):
+                self.model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+                    folder,
+                    num_labels=num_labels,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    ignore_mismatched_sizes=True,
+                    output_loading_info=True,
+                )
+        except pickle.UnpicklingError:  # torch's own message advises weights_only=False: running the pickle
+            raise ConfigError(
+                f"arch.args.path: {unsafe_weights_file(folder)} is not a safe weights file (safetensors or a "
+                "weights-only state dict is): it holds other pickled objects, which are never loaded; save the "
+                "model again with save_pretrained"
+            ) from None
         new = sorted(info["missing_keys"]) + sorted(name for name, *_ in info["mismatched_keys"])
         if new:
             logger.info("%s: new, randomly initialized weights for %d labels: %s", path, num_labels, ", ".join(new))

@@ -139,6 +139,9 @@ def test_test_py_bad_input(config, tmp_path):
         cli_case(tmp_path, config, "-r", str(tmp_path / "nothing.pth"), script="test.py"), "checkpoint not found"
     )
     assert_one_error_line(cli_case(tmp_path, config, "-r", "x.pth", "--split", "all", script="test.py"), "--split")
+    assert_one_error_line(
+        cli_case(tmp_path, config, "-r", "x.pth", "--raw-csv", script="test.py"), "--raw-csv: only with --predictions"
+    )
 
 
 json_values = st.recursive(

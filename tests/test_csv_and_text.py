@@ -2,8 +2,10 @@
 TextCsvDataLoader with HuggingFaceModel (texts, a tiny BERT built here: nothing is downloaded)."""
 
 import csv
+import io
 import json
 import random
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -401,6 +403,70 @@ def test_hugging_face_errors_are_one_line(tmp_path, tiny_bert, monkeypatch):
         TextCsvDataLoader(str(path), "text", "label", str(tiny_bert))
 
 
+def test_a_folder_with_code_of_its_own_is_refused_before_anything_is_asked_or_run(
+    tmp_path, tiny_bert, monkeypatch, capsys
+):
+    """transformers would ask "run the custom code? [y/N]" on stdin, and a `y` would import the folder's evil.py."""
+    from model.huggingface import HuggingFaceModel
+
+    path = reviews(tmp_path / "reviews.csv", 10)
+    custom, marker = tmp_path / "custom", tmp_path / "ran"
+    shutil.copytree(tiny_bert, custom)
+    (custom / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        "from transformers import BertConfig, BertForSequenceClassification\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evil-bert'\n"
+        "class EvilModel(BertForSequenceClassification):\n    config_class = EvilConfig\n"
+    )
+    config = json.loads((custom / "config.json").read_text())
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    (custom / "config.json").write_text(json.dumps({**config, "model_type": "evil-bert", "auto_map": auto_map}))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))  # what a prompt would take as yes
+    refusal = r"\S*custom/config\.json has the key auto_map, which names code in the folder for transformers to run"
+    with pytest.raises(ConfigError, match=rf"^arch\.args\.path: {refusal}") as model_error:
+        HuggingFaceModel(str(custom), num_labels=2)
+    with pytest.raises(ConfigError, match=rf"^data_loader\.args\.tokenizer: {refusal}") as tokenizer_error:
+        TextCsvDataLoader(str(path), "text", "label", str(custom))
+    assert "\n" not in str(model_error.value) + str(tokenizer_error.value)
+    assert sys.stdin.read() == "y\n" and "[y/N]" not in "".join(capsys.readouterr())  # nothing was asked
+    assert not marker.exists()  # nothing was run
+    # The tokenizer's file: transformers would load its own BertTokenizerFast; refused all the same.
+    (custom / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((custom / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "evil.EvilTokenizer"]}
+    (custom / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(ConfigError, match=r"^data_loader\.args\.tokenizer: \S*custom/tokenizer_config\.json has the k"):
+        TextCsvDataLoader(str(path), "text", "label", str(custom))
+    assert not marker.exists()
+
+
+class Payload:
+    """Unpickled, this would create the file `marker`: a weights file must never be able to do that."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_weights_are_refused_as_not_a_safe_weights_file(tmp_path, tiny_bert):
+    from model.huggingface import HuggingFaceModel
+
+    pickled, marker = tmp_path / "pickled", tmp_path / "ran"
+    shutil.copytree(tiny_bert, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"classifier.weight": Payload(marker)}, pickled / "pytorch_model.bin")
+    with pytest.raises(ConfigError) as error:
+        HuggingFaceModel(str(pickled), num_labels=2)
+    message = str(error.value)
+    assert message.startswith(
+        f"arch.args.path: {pickled / 'pytorch_model.bin'} is not a safe weights file (safetensors or a weights-only "
+        "state dict is)"
+    )
+    assert "weights_only=False" not in message and "\n" not in message and not marker.exists()
+
+
 # --- end to end: train.py with the classes selected by name in a config ------------------------------------------
 
 
@@ -432,7 +498,7 @@ def test_a_tiny_bert_learns_the_sentiment_of_a_text_csv(tmp_path, tiny_bert, bas
     result, run = train(config, tmp_path)
     assert result["best"]["val_accuracy"] >= 0.95
     results = evaluate(run.checkpoint_dir)
-    assert results["n_samples"] == 48 and results["accuracy"] >= 0.95
+    assert results["n_samples"] == 45 and results["accuracy"] >= 0.95
     assert load_checkpoint(run.checkpoint_dir / BEST_NAME).state[KEY_DATA] == {"classes": ["negative", "positive"]}
     new = write_csv(tmp_path / "new.csv", ["text"], [["the acting was awful"], ["the movie is great"], ["bad"]])
     out = tmp_path / "predictions.csv"
@@ -477,6 +543,6 @@ def test_regression_on_a_users_csv_trains_and_tests_by_name(tmp_path, base_confi
     x, y = everything(loader)
     with torch.no_grad():
         output = model(x)
-    assert results["n_samples"] == 60
+    assert results["n_samples"] == 72
     assert results["r2"] == pytest.approx(sk.r2_score(y.numpy(), output.numpy()), abs=1e-5)
     assert results["r2"] >= 0.95

@@ -4,12 +4,15 @@ predictions as CSV rows (predict.py on new inputs, test.py --predictions on a la
 One row per sample: its id (a file name, a row number), the target where there is one, the prediction (a
 class name, or a value for regression) and, for classification, a probability per class. How an output is
 read is the data loader's `task`; class names and a regression target's statistics are its `preprocessing`.
+A text cell that a spreadsheet would run as a formula (an id `=HYPERLINK(...)`, a class `@SUM(A1)`) is written
+with a leading single quote unless the user asks for raw values (`--raw-csv`).
 """
 
 import contextlib
 import csv
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from trainer.metric_tracker import MetricTracker
 from utils.errors import ConfigError
+from utils.util import output_file
 
 
 def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
@@ -149,19 +153,27 @@ def _zip(ids: list, truth: list | None, *columns: list) -> Any:
     return zip(ids, truth if truth is not None else [None] * len(ids), *columns, strict=True)
 
 
-def write_csv(header: list[str], rows: list[list[Any]], path: Path) -> None:
-    """The rows as CSV, atomically (a temporary file renamed over the target)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool) -> None:
+    """The rows as CSV, written by output_file (atomically; straight through to a device or a FIFO). Unless
+    `raw`, a text cell that a spreadsheet would read as a formula gets a leading single quote."""
     try:
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
+        with output_file(path, newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
-            writer.writerows([[_cell(v) for v in row] for row in rows])
-        tmp.replace(path)
+            writer.writerows([[_cell(v, raw) for v in row] for row in rows])
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 
 
-def _cell(value: Any) -> Any:
-    return repr(value) if isinstance(value, float) and math.isfinite(value) else value
+# What a spreadsheet opening a CSV reads as the start of a formula (OWASP, "CSV Injection"), and a plain number,
+# which starts with + or - and is harmless: -1.5 stays a number.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _cell(value: Any, raw: bool) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value  # OWASP's advice: the cell is shown as the text it is, never evaluated
+    return value
