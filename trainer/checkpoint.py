@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import secrets
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -72,9 +73,10 @@ def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
     torch.save(state, buffer)
     data = buffer.getbuffer()
     for path in paths:
-        tmp = path.with_name(f".{path.name}.tmp")
+        # An unpredictable name created with O_EXCL: never a link planted at a name known in advance.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
         try:
-            with tmp.open("wb") as handle:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
