@@ -16,9 +16,17 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
     from trainer.checkpoint import Checkpoint
 
 
-def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path, raw_csv: bool = False) -> int:
+def main(
+    config: ConfigParser,
+    checkpoint: "Checkpoint",
+    inputs: str,
+    out: Path,
+    raw_csv: bool = False,
+    float_format: str = ".6g",
+) -> int:
     """Predict every input with the checkpoint's model; write the rows to `out`; return how many. Ids and
-    class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`."""
+    class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`; probabilities
+    are written with `float_format`."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -45,7 +53,7 @@ def main(config: ConfigParser, checkpoint: "Checkpoint", inputs: str, out: Path,
     amp_dtype = resolve_amp(config["trainer"]["amp"], device)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
-    header, rows = prediction_rows(ids, outputs, None, data_loader)
+    header, rows = prediction_rows(ids, outputs, None, data_loader, float_format)
     write_csv(header, rows, out, raw=raw_csv)
     logger.info("Wrote %d predictions of %s to %s", len(rows), checkpoint.path, out)
     return len(rows)
@@ -55,8 +63,10 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Predict new inputs with a checkpoint: one CSV row per input (id, prediction, probabilities).",
         epilog=(
-            "inputs: an image file or a folder of images (ImageFolderDataLoader), or a CSV file without the\n"
-            "target column (CsvDataLoader, TextCsvDataLoader).\n"
+            "inputs: an image file or a folder of images (ImageFolderDataLoader), a CSV file without the\n"
+            "target column (CsvDataLoader, TextCsvDataLoader), or a CSV file of image ids with the images in\n"
+            "the folder named like it beside it (CsvImageDataLoader: Kaggle's test.csv + test/; written as a\n"
+            "submission, <id column>,<target column>, in the file's order).\n"
             "overrides: dotted.key=value after the options, e.g. data_loader.args.batch_size=256"
         ),
     )
@@ -73,13 +83,17 @@ def build_parser() -> ArgumentParser:
         help="write ids and class names as they are, even those a spreadsheet would run as a formula (starting "
         "with = + - @, a tab or a carriage return); by default such a cell gets a leading single quote",
     )
+    parser.add_argument(
+        "--float-format", default=".6g", help="how probabilities are written, a format spec (default: .6g; e.g. .4f)"
+    )
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, bool]:
-    """main's arguments: the validated config, the checkpoint, the inputs, the output file and --raw-csv."""
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, bool, str]:
+    """main's arguments: the validated config, the checkpoint, the inputs, the output file, --raw-csv and
+    --float-format."""
     args = build_parser().parse_args(argv)
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
@@ -94,7 +108,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
     config = ConfigParser.load(None, checkpoint, args.overrides)
-    return config, checkpoint, args.input, out, args.raw_csv
+    try:
+        format(0.5, args.float_format)
+    except ValueError:
+        raise ConfigError(
+            f"--float-format {args.float_format}: not a format spec for a number (e.g. .6g, .4f)"
+        ) from None
+    return config, checkpoint, args.input, out, args.raw_csv, args.float_format
 
 
 if __name__ == "__main__":

@@ -286,7 +286,9 @@ class BaseDataLoader(DataLoader):
     - `preprocessing`: what the loader learned from the training split and needs again to read new inputs
       (class names, standardization statistics), as plain values; saved in every checkpoint and given back
       as the `preprocessing` argument of a loader that takes one (test.py, predict.py);
-    - `sample_id(index)`: the name of a sample in the rows of a predictions file (a file name, a row number).
+    - `sample_id(index)`: the name of a sample in the rows of a predictions file (a file name, a row number);
+    - `submission`: (id column, target column) to write predictions of new inputs as a competition's
+      submission (`image_name,target`: the positive class's probability, the class or the value), or None.
     A loader that can read new, unlabelled inputs (predict.py) takes `inputs` (a path) and serves them as the
     split "predict", with -1 as every target.
     """
@@ -294,6 +296,7 @@ class BaseDataLoader(DataLoader):
     task = "classification"
     classes: list[str] | None = None
     preprocessing: dict = {}  # noqa: RUF012 -- replaced, never mutated, by subclasses
+    submission: tuple[str, str] | None = None
 
     def __init__(
         self,

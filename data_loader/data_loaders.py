@@ -13,6 +13,7 @@ import torch
 from base.base_data_loader import BaseDataLoader, InMemoryImages, InMemoryTensors, split_indices
 from data_loader.augment import small_affine
 from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader  # selectable by their names
+from data_loader.csv_images import CsvImageDataLoader
 from data_loader.image_folder import ImageFolderDataLoader
 from utils.errors import DataError
 

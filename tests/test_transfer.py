@@ -314,6 +314,7 @@ class Task:
 
     def __init__(self, task: str, classes: list[str] | None = None, preprocessing: dict | None = None) -> None:
         self.task, self.classes, self.preprocessing = task, classes, preprocessing or {}
+        self.submission = None
 
 
 def test_prediction_rows_read_each_task():

@@ -114,39 +114,57 @@ def predict(
 
 
 def prediction_rows(
-    ids: list[str], outputs: torch.Tensor, targets: torch.Tensor | None, data_loader: BaseDataLoader
+    ids: list[str],
+    outputs: torch.Tensor,
+    targets: torch.Tensor | None,
+    data_loader: BaseDataLoader,
+    float_format: str = ".6g",
 ) -> tuple[list[str], list[list[Any]]]:
-    """The header and the rows of a predictions file; `targets` None leaves out the target column."""
+    """The header and the rows of a predictions file; `targets` None leaves out the target column. New inputs
+    of a loader with a `submission` layout (id column, target column) are written in it: Kaggle's
+    `image_name,target`, the probability of the positive class (binary), the class (classification) or the
+    value (regression). `float_format`: how probabilities are written (a format spec: ".6g", ".4f")."""
     task, preprocessing = data_loader.task, data_loader.preprocessing
+    submission = data_loader.submission if targets is None else None
+    id_name, target_name = submission or ("id", "target")
     if task == "regression":
         mean, std = preprocessing.get("target_mean", 0.0), preprocessing.get("target_std", 1.0)
         predicted = (outputs.reshape(len(ids), -1)[:, 0] * std + mean).tolist()
         truth = None if targets is None else (targets.reshape(len(ids), -1)[:, 0] * std + mean).tolist()
-        header = ["id", *(["target"] if truth is not None else []), "prediction"]
+        header = [id_name, *(["target"] if truth is not None else []), target_name if submission else "prediction"]
         return header, [[i, *([t] if truth is not None else []), p] for i, t, p in _zip(ids, truth, predicted)]
-    if task == "binary":
-        positive = torch.sigmoid(outputs.reshape(len(ids), -1)[:, 0])
-        probabilities = torch.stack([1 - positive, positive], dim=1)
-        classes = data_loader.classes or ["0", "1"]
-    elif task == "classification":
-        probabilities = outputs.softmax(dim=1)  # of logits or of log-probabilities alike
-        classes = data_loader.classes or [str(c) for c in range(outputs.shape[1])]
-    else:
-        raise ConfigError(
-            f"{type(data_loader).__name__}.task: unknown task {task!r} (classification, binary, regression)"
-        )
-    if len(classes) != probabilities.shape[1]:
-        raise ConfigError(
-            f"the model gives {probabilities.shape[1]} scores per sample, the data has {len(classes)} classes"
-        )
+    classes, probabilities = _class_probabilities(task, outputs.reshape(len(ids), -1), data_loader.classes)
     predicted = probabilities.argmax(dim=1).tolist()
+    if submission and task == "binary":
+        positive = probabilities[:, 1].tolist()
+        return [id_name, target_name], [[i, format(q, float_format)] for i, q in zip(ids, positive, strict=True)]
+    if submission:
+        return [id_name, target_name], [[i, classes[p]] for i, p in zip(ids, predicted, strict=True)]
     truth = None if targets is None else targets.reshape(len(ids), -1)[:, 0].long().tolist()
     header = ["id", *(["target"] if truth is not None else []), "prediction", *(f"prob_{c}" for c in classes)]
     rows = []
     for i, t, p, probs in _zip(ids, truth, predicted, probabilities.tolist()):
         target = [classes[t]] if t is not None else []
-        rows.append([i, *target, classes[p], *(f"{q:.6g}" for q in probs)])
+        rows.append([i, *target, classes[p], *(format(q, float_format) for q in probs)])
     return header, rows
+
+
+def _class_probabilities(task: str, outputs: torch.Tensor, classes: list[str] | None) -> tuple[list[str], torch.Tensor]:
+    """The class names and each sample's probabilities (N, classes) of a classifier's outputs (N, ...)."""
+    if task == "binary":
+        positive = torch.sigmoid(outputs[:, 0])
+        probabilities = torch.stack([1 - positive, positive], dim=1)
+        classes = classes or ["0", "1"]
+    elif task == "classification":
+        probabilities = outputs.softmax(dim=1)  # of logits or of log-probabilities alike
+        classes = classes or [str(c) for c in range(outputs.shape[1])]
+    else:
+        raise ConfigError(f"data_loader.task: unknown task {task!r} (classification, binary, regression)")
+    if len(classes) != probabilities.shape[1]:
+        raise ConfigError(
+            f"the model gives {probabilities.shape[1]} scores per sample, the data has {len(classes)} classes"
+        )
+    return classes, probabilities
 
 
 def _zip(ids: list, truth: list | None, *columns: list) -> Any:

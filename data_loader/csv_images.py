@@ -1,0 +1,114 @@
+"""Images named in a CSV file, in a folder beside it, labelled by another column: Kaggle's layout.
+
+    data/train.csv    image_name,target       data/test.csv    image_name
+                      ISIC_0001,0                              ISIC_1001
+    data/train/       ISIC_0001.png ...       data/test/       ISIC_1001.png ...
+
+The images are decoded, resized, cached, normalized and augmented as in ImageFolderDataLoader; the targets
+are read as in CsvDataLoader (task "binary", "classification" or "regression").
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from base.base_data_loader import BaseDataLoader, split_indices
+from data_loader.csv_data import check_task, csv_targets, read_split
+from data_loader.image_folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_image_args,
+    default_cache_dir,
+    image_dataset,
+    named,
+)
+from utils.errors import DataError
+
+
+def image_files(folder: Path, ids: list[str], extension: str, csv_path: Path) -> list[Path]:
+    """The image file of each id; one line naming the first that is missing."""
+    files = [folder / f"{name}{extension}" for name in ids]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DataError(
+            f"{named(missing[0])}: image not found ({len(missing)} of the {len(files)} images named in "
+            f"{named(csv_path)} are missing); check image_dir, id_column and extension"
+        )
+    return files
+
+
+class CsvImageDataLoader(BaseDataLoader):
+    """Images named by `id_column` of the CSV file `csv_path` (plus `extension`, e.g. ".png", where the ids have
+    none), in `image_dir` (null: the folder named like the CSV file, beside it: data/train.csv -> data/train/),
+    with their label in `target_column`.
+
+    `task`: "binary" (two labels, the second in sorted order is 1; targets (B, 1) float, for one logit:
+    bce_with_logits, BCEWithLogitsLoss), "classification" (class indices, a score per class) or "regression"
+    (the value, standardized with the training rows). A sample's split follows its id. For predictions,
+    `inputs` is a CSV file of ids (Kaggle's test.csv), its images in the folder named like it beside it; the
+    predictions file is then a submission, `<id_column>,<target_column>` in the input's order (for a binary
+    task the probability of the positive class). Image arguments as in ImageFolderDataLoader.
+    """
+
+    def __init__(
+        self,
+        csv_path: str,
+        id_column: str = "image_name",
+        target_column: str = "target",
+        task: str = "binary",
+        image_dir: str | None = None,
+        extension: str = "",
+        image_size: int = 32,
+        channels: int = 3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        test_split: float | int = 0.2,
+        split_seed: int = 0,
+        augment: bool = False,
+        in_memory: bool = True,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        split: str = "train",
+        seed: int = 0,
+        inputs: str | None = None,
+        preprocessing: dict | None = None,
+    ) -> None:
+        check_task(task)
+        check_image_args(channels, mean, std)
+        table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
+        folder = Path(image_dir) if image_dir is not None and split != "predict" else table.path.with_suffix("")
+        self.ids = table.texts(id_column, "id")
+        files = image_files(folder, self.ids, extension, table.path)
+        if split == "predict":
+            rows = {"predict": torch.arange(len(files))}
+        else:
+            table.check_column(target_column, "target")
+            rows = split_indices(self.ids, validation_split, test_split, split_seed)
+        self.task, self.submission = task, (id_column, target_column)
+        targets, self.classes, self.preprocessing = csv_targets(
+            table, target_column, task, split, rows.get("train"), preprocessing
+        )
+        where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None
+        dataset = image_dataset(folder, files, targets, image_size, channels, mean, std, augment, in_memory, where)
+        super().__init__(
+            dataset,
+            rows[split],
+            batch_size,
+            shuffle,
+            num_workers,
+            seed,
+            split == "train",
+            pin_memory,
+            persistent_workers,
+        )
+
+    def sample_id(self, index: int) -> str:
+        """The image's id, as the CSV file writes it."""
+        return self.ids[index]

@@ -1,0 +1,92 @@
+"""Issue 17's recipe: a Kaggle-style binary image competition (train.csv + train/, test.csv + test/), trained with
+a pretrained backbone frozen then unfrozen under OneCycleLR per batch, to a submission file."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from conftest import ROOT, run_script, train
+from data_loader.csv_images import CsvImageDataLoader
+from data_loader.make_digit_images import write_kaggle_layout
+from parse_config import read_config
+from utils.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("kaggle") / "digits"
+    write_kaggle_layout(folder)
+    return folder
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_kaggle_layout_is_read_by_id_with_binary_targets(competition):
+    train_rows = rows(competition / "train.csv")
+    loaders = {
+        s: CsvImageDataLoader(str(competition / "train.csv"), extension=".png", split=s, batch_size=4096)
+        for s in ("train", "valid", "test")
+    }
+    assert sum(loader.n_samples for loader in loaders.values()) == len(train_rows) == 1438
+    images, targets = next(iter(loaders["train"]))
+    assert images.shape[1:] == (3, 32, 32) and targets.dtype == torch.float32 and targets.shape[1:] == (1,)
+    truth = {r["image_name"]: float(r["target"]) for r in train_rows}
+    ids = [loaders["train"].sample_id(i) for _, b in loaders["train"].epoch_sampler.iter_batches() for i in b]
+    assert targets[:, 0].tolist() == [truth[i] for i in ids]  # each image keeps its own label
+    assert 0.05 < targets.mean() < 0.2 and loaders["train"].classes == ["0", "1"]
+
+
+def test_a_missing_image_or_column_is_one_line_naming_it(competition, tmp_path):
+    broken = tmp_path / "train.csv"
+    broken.write_text("image_name,target\nnot_there,1\n")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match=r"not_there\.png: image not found \(1 of the 1 images named in .* missing\)"):
+        CsvImageDataLoader(str(broken), extension=".png")
+    with pytest.raises(DataError, match=r"no id column 'image_id'.*did you mean 'image_name'"):
+        CsvImageDataLoader(str(competition / "train.csv"), id_column="image_id", extension=".png")
+
+
+def test_the_shipped_config_validates_with_the_run_length_left_out():
+    config = read_config(ROOT / "config_kaggle.json")
+    assert "steps_per_epoch" not in config["lr_scheduler"]["args"] and "epochs" not in config["lr_scheduler"]["args"]
+    from parse_config import ConfigParser
+
+    ConfigParser(config)
+
+
+@pytest.mark.e2e
+def test_config_kaggle_trains_across_the_unfreeze_and_writes_a_submission(competition, tmp_path):
+    weights = tmp_path / "resnet18.pth"  # a "pretrained" start: random, the digits are learnt in a few epochs
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    config = read_config(ROOT / "config_kaggle.json")
+    config["data_loader"]["args"]["csv_path"] = str(competition / "train.csv")
+    config["arch"]["args"]["weights"] = str(weights)
+    config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
+    result, run = train(config, tmp_path, "kaggle")
+    assert result["best"]["val_auroc"] >= 0.99
+
+    submission = tmp_path / "submission.csv"
+    done = run_script("predict.py", "--resume", str(run.checkpoint_dir), "--input", str(competition / "test.csv"),
+                      "--out", str(submission), "--float-format", ".5f")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = rows(submission)
+    assert list(written[0]) == ["image_name", "target"]
+    assert [r["image_name"] for r in written] == [r["image_name"] for r in rows(competition / "test.csv")]
+    assert all(len(r["target"].split(".")[1]) == 5 and 0 <= float(r["target"]) <= 1 for r in written)
+    truth = {r["image_name"]: int(r["target"]) for r in rows(competition / "solution.csv")}
+    auroc = roc_auc_score([truth[r["image_name"]] for r in written], [float(r["target"]) for r in written])
+    assert auroc >= 0.99
