@@ -39,8 +39,18 @@ def main(sweep: Sweep, resume: bool = False, address: str | None = None) -> list
     import ray
 
     from sweep.ray_tune import make_tuner, restore_tuner, start_ray, trial_records
-    from sweep.space import previously_stopped, write_hparams_of_stopped, write_outputs
+    from sweep.space import (
+        check_ray_state,
+        previously_stopped,
+        sign_ray_state,
+        state_key,
+        write_hparams_of_stopped,
+        write_outputs,
+    )
 
+    key = state_key()  # this machine's, for Ray's state: read (or made) before anything starts
+    if resume:  # before Ray starts and reads its state: it unpickles that state
+        check_ray_state(sweep.folder, key)
     print(f"Sweep {sweep.folder}: {sweep.search} search, {sweep.scheduler} scheduler; starting Ray", flush=True)
     start_ray(address, sweep)
     try:
@@ -57,6 +67,8 @@ def main(sweep: Sweep, resume: bool = False, address: str | None = None) -> list
         ) from None
     finally:
         ray.shutdown()
+        if sweep.folder.is_dir():
+            sign_ray_state(sweep.folder, key)  # what a --resume will unpickle: as this run leaves it, nothing else
     stopped_before = previously_stopped(sweep)
     best = write_outputs(records, sweep)
     write_hparams_of_stopped(records, sweep, stopped_before)

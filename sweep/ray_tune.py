@@ -197,17 +197,31 @@ def start_ray(address: str | None, sweep: Sweep) -> None:
 
 
 def check_reachable(address: str) -> None:
-    """Refuse at once a cluster address where nothing answers: Ray itself retries it for minutes."""
+    """Refuse at once a cluster address where nothing answers, or something other than Ray does: Ray itself
+    retries either for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--address {address}: expected HOST:PORT of the head node (e.g. 10.0.0.1:6379), or auto")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        connection = socket.create_connection((host, int(port)), timeout=5)
     except OSError as e:
         raise ConfigError(
             f"--address {address}: nothing answers there ({e.strerror or e}); start the cluster with "
             "ray start --head on that machine, or leave --address out to start Ray here"
         ) from None
+    # Ray's head and its client server speak gRPC, which is HTTP/2: a server answers a client's preface and
+    # SETTINGS frame with a SETTINGS frame of its own (a 9-byte header, frame type 4 at byte 3).
+    with connection:
+        try:
+            connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            answer = connection.recv(9)
+        except OSError:
+            answer = b""
+    if answer[3:4] != b"\x04":
+        raise ConfigError(
+            f"--address {address}: something answers there, but not Ray (it does not speak gRPC); pass the head "
+            "node's port (ray start --head prints it: 6379 by default, not the dashboard's 8265), or auto"
+        )
 
 
 def final_trials(sweep: Sweep) -> list[Trial]:

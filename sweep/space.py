@@ -19,16 +19,20 @@ of the command line does, so a space is checked by the same rules. The sweep's f
         log/<name>/trial_NNNN/                 its info.log, metrics.csv and TensorBoard events
         trials.csv, best.json                  one row per trial; the best trial, its config and checkpoint
         ray/                                   Ray Tune's own state, read by --resume
+        ray_signatures.json                    an HMAC of every file in ray/, by a key of this machine
 
 Ray is not imported here (sweep/ray_tune.py holds what runs on it): the space is checked before Ray starts.
 """
 
 import copy
 import csv
+import hmac
 import json
 import math
+import os
+import secrets
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,7 @@ SET_BY_SWEEP = {
 }
 OPTIONS_NAME, CONFIG_NAME, SPACE_NAME = "sweep.json", "config.json", "space.json"
 TRIALS_NAME, BEST_NAME, RAY_FOLDER = "trials.csv", "best.json", "ray"
+SIGNATURES_NAME = "ray_signatures.json"
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,7 @@ class Sweep:
         if not (folder / OPTIONS_NAME).is_file():
             raise ConfigError(f"{folder}: not a sweep folder (it has no {OPTIONS_NAME}); pass saved/sweeps/<name>/<id>")
         options = read_json(folder / OPTIONS_NAME)
+        check_options(options, folder / OPTIONS_NAME)
         space = read_space(folder / SPACE_NAME)
         config = ConfigParser.load(folder / CONFIG_NAME).config
         return cls(folder.resolve(), config, space, **options)
@@ -219,6 +225,105 @@ class Sweep:
 
     def run_folder(self, trial: str, values: dict[str, Any]) -> RunFolder:
         return RunFolder.for_new_run(self.folder, values.get("name", self.config["name"]), trial)
+
+
+def check_options(options: Any, path: Path) -> None:
+    """sweep.json as Sweep.save writes it: an object of Sweep's options, each of its type; all problems in one
+    ConfigError naming the file."""
+    types = {f.name: f.type for f in fields(Sweep) if f.name not in ("folder", "config", "space")}
+    if not isinstance(options, dict):
+        raise ConfigError(
+            f"{path}: expected an object of the sweep's options ({', '.join(types)}); found {shown(options)}"
+        )
+    choices = {"search": SEARCHES, "scheduler": SCHEDULERS}
+    errors = []
+    for key, value in options.items():
+        if key not in types:
+            errors.append(f"unknown key {quoted(key)}{did_you_mean(key, types)} (valid keys: {', '.join(types)})")
+            continue
+        expected = (int, float) if types[key] is float else types[key]  # 4 is a float option's value too
+        if isinstance(value, bool) or not isinstance(value, expected):
+            errors.append(f"{key}: expected {types[key].__name__}, found {shown(value)}")
+        elif key in choices and value not in choices[key]:
+            errors.append(f"{key}: expected one of {', '.join(choices[key])}, found {shown(value)}")
+    if errors:
+        raise ConfigError(f"{path}: {'; '.join(errors)}")
+
+
+# Ray Tune's state in <sweep>/ray is pickles (tuner.pkl, the searcher's state, the trials inside
+# experiment_state-*.json), and unpickling runs whatever code a pickle names. A sweep folder is data that people
+# share, so --resume hands that state to Ray only when every file in it is as this machine signed it when the
+# sweep stopped: an HMAC of each file by a key that stays in this user's cache, outside every sweep folder.
+
+
+def state_key() -> bytes:
+    """This machine's key for the signatures, made on first use (readable by this user only)."""
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytorch_template" / "sweep_state.key"
+    try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+            try:
+                os.link(tmp, path)  # whole when it appears, and never replaces a key another sweep made meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(
+            f"{path}: cannot make or read the key that signs sweeps' Ray state ({e.strerror or e}); "
+            "set XDG_CACHE_HOME to a folder of yours"
+        ) from None
+
+
+def ray_state_signatures(folder: Path, key: bytes) -> dict[str, str]:
+    """The HMAC of every file under <folder>/ray and of its path from the sweep's folder, by that path."""
+    signatures = {}
+    for path in sorted((folder / RAY_FOLDER).rglob("*")):
+        if path.is_symlink():  # signed as a link: rglob does not follow one into a folder (Ray makes none)
+            content = b"a link to " + os.fsencode(os.readlink(path))
+        elif path.is_file():
+            content = path.read_bytes()
+        elif path.is_dir():
+            continue
+        else:  # a FIFO or a device: never read (a FIFO would block), and Ray makes none
+            content = b"neither a file nor a folder"
+        name = path.relative_to(folder).as_posix()
+        signatures[name] = hmac.new(key, name.encode() + b"\0" + content, "sha256").hexdigest()
+    return signatures
+
+
+def sign_ray_state(folder: Path, key: bytes) -> None:
+    """Sign Ray Tune's state as this run leaves it, for check_ray_state on --resume."""
+    write_json(ray_state_signatures(folder, key), folder / SIGNATURES_NAME)
+
+
+def check_ray_state(folder: Path, key: bytes) -> None:
+    """A ConfigError naming the first file of Ray Tune's state that is not as this machine signed it."""
+    path = folder / SIGNATURES_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: not found: this machine signs Ray Tune's state in {RAY_FOLDER}/ when a sweep stops, and "
+            "resumes no other (a sweep killed at once, or saved elsewhere, cannot be resumed); start a new sweep"
+        )
+    signed = read_json(path)
+    if not isinstance(signed, dict):
+        raise ConfigError(f"{path}: expected an object of file names and signatures, found {shown(signed)}")
+    found = ray_state_signatures(folder, key)
+    for name in sorted(signed.keys() | found.keys()):
+        expected = signed.get(name)
+        if name not in found:
+            problem = "removed since this machine signed the sweep's state"
+        elif not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), found[name].encode()):
+            problem = (
+                "not as this machine signed it when the sweep stopped (changed or added since, or saved elsewhere)"
+            )
+        else:
+            continue
+        raise ConfigError(f"{folder / name}: {problem}; --resume unpickles no such file (it could run any code)")
 
 
 # What a sweep leaves: one record per trial, read from its run folder (the source of truth: its checkpoints).

@@ -50,7 +50,7 @@ def ddp_config(tiny_config: dict) -> dict:
     config = copy.deepcopy(tiny_config)
     config["arch"]["args"]["dropout"] = 0.0
     config["optimizer"] = {"type": "SGD", "args": {"lr": 0.05, "momentum": 0.9}}
-    config["data_loader"]["args"]["validation_split"] = 158
+    config["data_loader"]["args"]["validation_split"] = 169  # 1797 - 348 (test) - 169 = 1280
     config["trainer"].update(epochs=1, monitor="max val_accuracy")
     return config
 
@@ -105,7 +105,7 @@ def _start_training(config_path: Path | None, *args: str) -> subprocess.Popen:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_run(signum, tiny_config, tmp_path):
-    tiny_config["data_loader"]["args"].update(batch_size=8, augment=True)  # 162 batches an epoch
+    tiny_config["data_loader"]["args"].update(batch_size=8, augment=True)  # 163 batches an epoch (1297 samples)
     tiny_config["trainer"].update(epochs=2, log_step=1000)
     path = write(tiny_config, tmp_path / "config.json")
     straight = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "straight")
@@ -124,8 +124,8 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
     run = Path(tiny_config["save_dir"]) / "models" / "Digits_CNN" / "stopped"
     assert f"resume with: python train.py --resume {run / LAST_NAME}" in lines[0]
     state = load_checkpoint(run / LAST_NAME).state
-    assert state[KEY_EPOCH] == 2 and 0 < state[KEY_BATCH] < 162, "the signal should land inside epoch 2"
-    assert state[KEY_STEP] == 162 + state[KEY_BATCH]
+    assert state[KEY_EPOCH] == 2 and 0 < state[KEY_BATCH] < 163, "the signal should land inside epoch 2"
+    assert state[KEY_STEP] == 163 + state[KEY_BATCH]
 
     resumed = run_script(str(ROOT / "train.py"), "--resume", str(run / LAST_NAME))
     assert resumed.returncode == 0, resumed.stderr

@@ -29,7 +29,7 @@ def ddp_config(tiny_config: dict) -> dict:
     config = copy.deepcopy(tiny_config)
     config["arch"]["args"]["dropout"] = 0.0
     config["optimizer"] = {"type": "SGD", "args": {"lr": 0.05, "momentum": 0.9}}
-    config["data_loader"]["args"]["validation_split"] = 158
+    config["data_loader"]["args"]["validation_split"] = 169  # 1797 - 348 (test) - 169 = 1280
     config["trainer"].update(epochs=1, monitor="max val_accuracy")
     return config
 

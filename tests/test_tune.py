@@ -5,12 +5,15 @@ does, in a subprocess that starts a local Ray (e2e tier; skipped without Ray ins
 """
 
 import csv
+import http.server
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -442,3 +445,114 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_co
     info = (folder / "log" / "Digits_CNN" / "trial_0001" / "info.log").read_text()
     assert f"Resuming: training continues at epoch {done_at_stop + 1}, batch 1." in info
     assert metric_column(folder / "log" / "Digits_CNN" / "trial_0001", "epoch") == list(range(1, 13))
+
+
+# --resume reads a sweep folder as data: Ray Tune's state (pickles) only as this machine signed it.
+
+
+class Planted:
+    """A pickle that creates `marker` when it is unpickled: what a malicious tuner.pkl would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture
+def stopped_sweep(sweep_config, write_space, monkeypatch, tmp_path) -> Path:
+    """A sweep folder as a stopped sweep leaves it, without running one: its plain files and a harmless Ray
+    state, signed with this machine's key (the test's own, in its cache folder)."""
+    from sweep.space import RAY_FOLDER, sign_ray_state, state_key
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the command inherits it
+    _, config_path = sweep_config
+    space = write_space({"optimizer.args.lr": {"loguniform": [0.001, 0.01]}})
+    sweep, _ = parse("-c", config_path, "--space", space, "--sweep-id", "stopped")
+    sweep.folder.mkdir(parents=True)
+    sweep.save()
+    (sweep.folder / RAY_FOLDER / "trial_0000").mkdir(parents=True)
+    (sweep.folder / RAY_FOLDER / "tuner.pkl").write_bytes(pickle.dumps({"harmless": True}))
+    (sweep.folder / RAY_FOLDER / "experiment_state-1.json").write_text('{"trial_data": []}')
+    sign_ray_state(sweep.folder, state_key())
+    assert (tmp_path / "cache" / "pytorch_template" / "sweep_state.key").stat().st_mode & 0o777 == 0o600
+    return sweep.folder
+
+
+def forge_signature(folder: Path, name: str) -> None:
+    """List `name` in ray_signatures.json with an HMAC made by a key other than this machine's."""
+    from sweep.space import SIGNATURES_NAME, ray_state_signatures
+
+    signed = json.loads((folder / SIGNATURES_NAME).read_text())
+    signed[name] = ray_state_signatures(folder, b"another machine's key")[name]
+    (folder / SIGNATURES_NAME).write_text(json.dumps(signed))
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The message of a command that ended with one error line, exit code 1 and no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0].removeprefix("error: ")
+
+
+@needs_ray
+@pytest.mark.e2e
+@pytest.mark.parametrize("planted", ["replaces tuner.pkl", "is added, with a forged signature"])
+def test_resume_never_unpickles_a_pickle_planted_in_the_sweep_folder(planted, stopped_sweep, tmp_path):
+    marker = tmp_path / "the planted pickle ran"
+    name = "ray/tuner.pkl" if planted == "replaces tuner.pkl" else "ray/searcher-state-1.pkl"
+    (stopped_sweep / name).write_bytes(pickle.dumps(Planted(marker)))
+    if planted != "replaces tuner.pkl":
+        forge_signature(stopped_sweep, name)
+    result = sweep_cli("--resume", stopped_sweep, timeout=120)
+    assert not marker.exists(), "tune.py --resume unpickled the planted file"
+    line = one_error_line(result)
+    assert line.startswith(f"{stopped_sweep / name}: not as this machine signed it when the sweep stopped"), line
+
+
+DAMAGED = [  # (file, its new content or None to remove it, the problem named)
+    ("ray/experiment_state-1.json", '{"trial_da', "not as this machine signed it when the sweep stopped"),
+    ("ray/experiment_state-1.json", None, "removed since this machine signed the sweep's state"),
+    ("ray_signatures.json", '{"ray/tuner.pkl": ', "not valid JSON"),
+    ("ray_signatures.json", None, "not found: this machine signs Ray Tune's state"),
+    ("sweep.json", '{"sampels": 8}', "unknown key 'sampels'; did you mean 'samples'? (valid keys: samples, search,"),
+    ("sweep.json", '[["samples", 8]]', "expected an object of the sweep's options (samples, search, scheduler,"),
+    ("sweep.json", '{"samples": "8", "search": "tpe"}', 'samples: expected int, found "8"; search: expected one of'),
+]
+
+
+@needs_ray
+@pytest.mark.e2e
+@pytest.mark.parametrize(("name", "content", "expected"), DAMAGED, ids=[f"{n}: {e[:24]}" for n, _, e in DAMAGED])
+def test_resume_refuses_a_damaged_sweep_folder_with_one_line(name, content, expected, stopped_sweep):
+    path = stopped_sweep / name
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    line = one_error_line(sweep_cli("--resume", stopped_sweep, timeout=120))
+    assert line.startswith(f"{path}: {expected}"), line
+
+
+@needs_ray
+@pytest.mark.e2e
+def test_an_address_where_something_else_answers_is_one_line_at_once(sweep_config, write_space):
+    _, config_path = sweep_config
+    space = write_space({"optimizer.args.lr": {"loguniform": [0.001, 0.01]}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    started = time.perf_counter()
+    try:
+        result = sweep_cli("-c", config_path, "--space", space, "--address", address, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    seconds = time.perf_counter() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --address {address}: something answers there, but not Ray (it does not speak gRPC); pass the "
+        "head node's port (ray start --head prints it: 6379 by default, not the dashboard's 8265), or auto"
+    ]
+    assert seconds < 20, f"{seconds:.1f} s: Ray retries such an address for minutes"

@@ -147,7 +147,8 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, lr_scheduler:
     """The one writer of the learning rates: each parameter group gets `lr` times its `lr_scale` (1 unless a
     freezing strategy set one), as its current rate and, when a scheduler is attached, as the scheduler's base."""
     for i, group in enumerate(optimizer.param_groups):
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        scale = group.get("lr_scale", 1.0)
+        group["lr"] = lr if scale == 1.0 else lr * scale  # as given where unscaled: bitwise the configured value
         if "initial_lr" in group:
             group["initial_lr"] = group["lr"]
         if hasattr(lr_scheduler, "base_lrs"):
