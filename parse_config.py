@@ -342,6 +342,9 @@ def _as_tensor(values: list) -> Any:
 # --- Reading a config: files, "extends", overrides, the schema.
 
 
+MAX_EXTENDS = 20  # configs in one chain of "extends": a longer one is a mistake (and its error line unreadable)
+
+
 def read_config(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     """Read a config file; `"extends": "base.json"` (relative to the file) starts from that config and
     merges this one's keys into it."""
@@ -353,17 +356,22 @@ def read_config(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
         return config
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(f"{path}: extends: expected the file name of another config, found {shown(base_name)}")
-    chain = (*extended_by, path.resolve())
+    if len(extended_by) >= MAX_EXTENDS:
+        raise ConfigError(f"{path}: extends {base_name}: more than {MAX_EXTENDS} configs in a chain of extends")
     base_path = path.parent / base_name
-    if base_path.resolve() in chain:
-        cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+    try:
+        chain, resolved = (*extended_by, path.resolve()), base_path.resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic link loop
+        raise ConfigError(f"{path}: extends {base_name}: cannot follow it ({e})") from None
+    if resolved in chain:
+        cycle = " -> ".join(p.name for p in (*chain, resolved))
         raise ConfigError(
             f"{path}: extends {base_name}: a cycle ({cycle}); a config cannot extend itself, directly or through others"
         )
     try:
         base = read_config(base_path, chain)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: extends {base_name}: {e}") from None
+    except ConfigError as e:  # named from the file the user gave: the innermost problem, once
+        raise ConfigError(str(e) if extended_by else f"{path}: extends {base_name}: {e}") from None
     return merge(base, config)
 
 

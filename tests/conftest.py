@@ -23,6 +23,13 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def private_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a run caches (decoded images, the key that signs a sweep's state) goes under this test's own folder,
+    never into the user's ~/.cache; subprocesses inherit it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 def shrink(config: dict, save_dir: Path, epochs: int = 2) -> dict:
     """The real config, made small: a few epochs, output under save_dir, no TensorBoard."""
     config = copy.deepcopy(config)

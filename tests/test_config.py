@@ -345,7 +345,8 @@ def test_readme_documents_every_config_key():
     keys = [k for k in schema["properties"] if k != "trainer"] + ["trainer"]
     keys += [f"trainer.{k}" for k in schema["properties"]["trainer"]["properties"]]
     readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([\w.]+)` \|", readme, flags=re.MULTILINE))
+    reference = readme.split("## Config reference", 1)[1].split("\n## ", 1)[0]  # the reference table's section
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", reference, flags=re.MULTILINE))
     assert set(keys) - {"trainer"} <= documented
     loader_args = {"data_dir", "download", "pin_memory", "persistent_workers", "dataset"}
     assert documented - set(keys) <= set(inspect.signature(DigitsDataLoader).parameters) | loader_args
@@ -387,6 +388,20 @@ def test_bad_extends_are_one_line(tmp_path, files, message):
         (tmp_path / name).write_text(json.dumps(content))
     with pytest.raises(ConfigError, match=message):
         ConfigParser.load(tmp_path / "a.json")
+
+
+def test_extends_through_a_link_loop_or_a_chain_too_long_is_one_short_line(tmp_path):
+    (tmp_path / "loop1.json").symlink_to("loop2.json")
+    (tmp_path / "loop2.json").symlink_to("loop1.json")
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "loop1.json"}))
+    with pytest.raises(ConfigError, match=r"a\.json: extends loop1\.json: cannot follow it \(Symlink loop"):
+        ConfigParser.load(tmp_path / "a.json")
+    for i in range(1500):  # a chain of 1,500 files: refused at the 21st, in a line of its own size
+        (tmp_path / f"c{i}.json").write_text(json.dumps({"extends": f"c{i + 1}.json"}))
+    with pytest.raises(ConfigError) as error:
+        ConfigParser.load(tmp_path / "c0.json")
+    assert str(error.value).endswith("c21.json: more than 20 configs in a chain of extends")
+    assert len(str(error.value)) < 300
 
 
 VICTORESQUE_CONFIG = {
