@@ -15,6 +15,7 @@ from data_loader.augment import small_affine
 from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader  # selectable by their names
 from data_loader.csv_images import CsvImageDataLoader
 from data_loader.image_folder import ImageFolderDataLoader
+from data_loader.torchvision_data import TorchvisionDataLoader
 from utils.errors import DataError
 
 if TYPE_CHECKING:
