@@ -271,7 +271,9 @@ class ResourceProbe(Callback):
 def test_soak_200_epochs_stay_bounded(tiny_config, tmp_path):
     tiny_config["tensorboard"] = True
     tiny_config["data_loader"]["args"]["validation_split"] = 64
-    tiny_config["trainer"].update(epochs=200, len_epoch=1, save_period=1, keep_last=3, monitor="min val_loss")
+    tiny_config["trainer"].update(
+        epochs=200, len_epoch=1, save_period=1, keep_last=3, monitor="min val_loss", early_stop=0
+    )  # all 200 epochs: no early stop
     probe = ResourceProbe()
     _, run = train(tiny_config, tmp_path, "soak", callbacks=[probe])
     samples = probe.samples

@@ -234,6 +234,7 @@ def test_gradient_accumulation_equals_one_larger_batch(tiny_config, tmp_path):
     tiny_config["optimizer"] = {"type": "SGD", "args": {"lr": 0.1}}
     big = shrink(tiny_config, tmp_path / "saved", epochs=1)
     big["data_loader"]["args"]["batch_size"] = 64
+    big["data_loader"]["args"]["validation_split"] = 154  # 1295 training samples: 20 x 64 + 15 = 80 x 16 + 15
     small = copy.deepcopy(big)
     small["data_loader"]["args"]["batch_size"] = 16
     small["trainer"]["accumulate_steps"] = 4
