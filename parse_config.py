@@ -191,6 +191,21 @@ def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[
     return {}
 
 
+def check_schedule_length(saved: dict, config: dict) -> None:
+    """A resumed run whose scheduler got the run's length from trainer.epochs (`run_length_args`) keeps that
+    length: its state was laid out for it, and stepping past it fails."""
+    scheduler = config["lr_scheduler"]
+    if scheduler is None or not run_length_args(scheduler, 1, 1):
+        return
+    then, now = saved["trainer"]["epochs"], config["trainer"]["epochs"]
+    if then != now:
+        raise ConfigError(
+            f"trainer.epochs: {scheduler['type']}'s schedule was laid out for the {then} epochs the run started with; "
+            f"a resumed run keeps it (trainer.epochs={then}); add -c CONFIG to fine-tune from its weights with a new "
+            "schedule"
+        )
+
+
 def valid_names(role: Role) -> dict[str, Any]:
     """Every name the role accepts, with its object: the project module's first, then the libraries'."""
     found: dict[str, Any] = {}

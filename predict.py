@@ -5,6 +5,7 @@ python predict.py --resume saved/models/<name>/<run_id> --input rows.csv --out p
 """
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,9 @@ def build_parser() -> ArgumentParser:
         "with = + - @, a tab or a carriage return); by default such a cell gets a leading single quote",
     )
     parser.add_argument(
-        "--float-format", default=".6g", help="how probabilities are written, a format spec (default: .6g; e.g. .4f)"
+        "--float-format",
+        default=".6g",
+        help="how probabilities are written: .<digits> then e, f, g or %% (default: .6g; e.g. .4f)",
     )
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -99,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         import torch  # noqa: F401
     from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
+    if not re.fullmatch(r"\.\d{1,2}[efg%]", args.float_format):  # a width or 1e9 digits would never end
+        raise ConfigError(f"--float-format {args.float_format!r}: expected .<digits><e, f, g or %>, e.g. .6g or .4f")
     out = Path(args.out)
     check_output_path(out)
     if str(out) == "-":
@@ -108,12 +113,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
     config = ConfigParser.load(None, checkpoint, args.overrides)
-    try:
-        format(0.5, args.float_format)
-    except ValueError:
-        raise ConfigError(
-            f"--float-format {args.float_format}: not a format spec for a number (e.g. .6g, .4f)"
-        ) from None
     return config, checkpoint, args.input, out, args.raw_csv, args.float_format
 
 

@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         check_output_path(predictions)
         if str(predictions) == "-":
             raise ConfigError("--predictions: a file name is needed (predictions are a CSV file)")
+        if args.out is not None and Path(args.out).absolute() == predictions.absolute():
+            raise ConfigError(f"--predictions {predictions}: the same file as --out; give each its own")
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
     from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint

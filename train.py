@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from logger.run_folder import check_run_id
-from parse_config import ArgumentParser, ConfigParser, select_devices, shortcut_overrides
+from parse_config import ArgumentParser, ConfigParser, check_schedule_length, select_devices, shortcut_overrides
 from utils.errors import ConfigError, interrupts_held, one_line_errors
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
     if resuming:
         check_resume(checkpoint, config.config)
+        check_schedule_length(checkpoint.state["config"], config.config)
     else:
         check_run_id(config.config, args.run_id)
     return (

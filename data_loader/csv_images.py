@@ -29,6 +29,10 @@ from utils.errors import DataError
 def image_files(folder: Path, ids: list[str], extension: str, csv_path: Path) -> list[Path]:
     """The image file of each id; one line naming the first that is missing."""
     files = [folder / f"{name}{extension}" for name in ids]
+    inside = folder.resolve()
+    outside = [f for f in files if not f.resolve().is_relative_to(inside)]
+    if outside:  # an id such as ../../secret: a CSV file names images in its folder, nowhere else
+        raise DataError(f"{named(csv_path)}: the id {named(outside[0].name)} names a file outside {named(folder)}")
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise DataError(
@@ -36,6 +40,20 @@ def image_files(folder: Path, ids: list[str], extension: str, csv_path: Path) ->
             f"{named(csv_path)} are missing); check image_dir, id_column and extension"
         )
     return files
+
+
+def split_rows(
+    ids: list[str], split: str, validation_split: float | int, test_split: float | int, seed: int, csv_path: Path
+) -> dict[str, torch.Tensor]:
+    """The rows of each split, by id; every row, in the file's order, for the split "predict"."""
+    if split == "predict":
+        return {"predict": torch.arange(len(ids))}
+    rows = split_indices(ids, validation_split, test_split, seed)
+    if len(rows["train"]) == 0:
+        raise DataError(
+            f"{named(csv_path)}: {len(ids)} images leave none for training; lower validation_split or test_split"
+        )
+    return rows
 
 
 class CsvImageDataLoader(BaseDataLoader):
@@ -81,16 +99,14 @@ class CsvImageDataLoader(BaseDataLoader):
         preprocessing: dict | None = None,
     ) -> None:
         check_task(task)
-        check_image_args(channels, mean, std)
+        check_image_args(channels, mean, std, image_size)
         table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
         folder = Path(image_dir) if image_dir is not None and split != "predict" else table.path.with_suffix("")
         self.ids = table.texts(id_column, "id")
         files = image_files(folder, self.ids, extension, table.path)
-        if split == "predict":
-            rows = {"predict": torch.arange(len(files))}
-        else:
+        if split != "predict":
             table.check_column(target_column, "target")
-            rows = split_indices(self.ids, validation_split, test_split, split_seed)
+        rows = split_rows(self.ids, split, validation_split, test_split, split_seed, table.path)
         self.task, self.submission = task, (id_column, target_column)
         targets, self.classes, self.preprocessing = csv_targets(
             table, target_column, task, split, rows.get("train"), preprocessing

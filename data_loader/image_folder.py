@@ -32,6 +32,7 @@ import torch
 from base.base_data_loader import BaseDataLoader, BatchTransform, InMemoryImages, split_indices
 from data_loader.augment import flip_and_affine
 from utils.errors import DataError
+from utils.util import new_temporary
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -219,9 +220,13 @@ def load_decoded(
         try:
             for old in cache_dir.glob(f"{glob.escape(prefix)}-*.pt"):  # the files changed: it is stale
                 old.unlink()
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save({"listing": key, "images": images}, tmp)
-            tmp.replace(path)
+            descriptor, tmp = new_temporary(path)  # never a name known in advance (a planted link)
+            try:
+                with os.fdopen(descriptor, "wb") as handle:
+                    torch.save({"listing": key, "images": images}, handle)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
             logger.info("Cached them in %s (%.1f MB)", named(path), path.stat().st_size / 2**20)
         except OSError as e:
             logger.info("Not caching the decoded images (%s: %s)", named(cache_dir), e.strerror or e)
@@ -251,7 +256,9 @@ class ImageFiles(InMemoryImages):
         return torch.stack([decode(self.files[i], self.image_size, self.channels) for i in indices])
 
 
-def check_image_args(channels: int, mean: Sequence[float], std: Sequence[float]) -> None:
+def check_image_args(channels: int, mean: Sequence[float], std: Sequence[float], image_size: int = 1) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DataError(f"data_loader.args.image_size: expected a whole number >= 1, found {image_size!r}")
     if channels not in (1, 3):
         raise DataError(f"data_loader.args.channels: expected 1 (grey) or 3 (RGB), found {channels!r}")
     for key, value in (("mean", mean), ("std", std)):
@@ -325,7 +332,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         inputs: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
-        check_image_args(channels, mean, std)
+        check_image_args(channels, mean, std, image_size)
         self.root = Path(inputs if split == "predict" and inputs is not None else data_dir)
         if split == "predict":
             files, targets, classes = new_inputs(self.root if inputs is not None else None, preprocessing)

@@ -14,6 +14,7 @@ from typing import Any
 from logger.run_folder import RunFolder
 from logger.visualization import Writer, make_writer
 from utils.distributed import is_main_process
+from utils.errors import ConfigError
 from utils.util import read_json
 
 CONFIG_PATH = Path(__file__).resolve().parent / "logger_config.json"
@@ -69,7 +70,11 @@ def start_run_logging(run: RunFolder | None, config: dict) -> Writer:
                 if record.levelno >= file.level:
                     file.handle(record)
         handler.close()
-    return make_writer(run.log_dir, config)
+    try:
+        return make_writer(run.log_dir, config)
+    except ConfigError:
+        run.remove_unused()  # a new run that cannot start its writer leaves no folder behind
+        raise
 
 
 def log_run_header(config: dict) -> None:

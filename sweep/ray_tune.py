@@ -200,7 +200,7 @@ def check_reachable(address: str) -> None:
     """Refuse at once a cluster address where nothing answers, or something other than Ray does: Ray itself
     retries either for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--address {address}: expected HOST:PORT of the head node (e.g. 10.0.0.1:6379), or auto")
     try:
         connection = socket.create_connection((host, int(port)), timeout=5)

@@ -16,7 +16,7 @@ from conftest import evaluate, shrink, train
 from trainer.checkpoint import LAST_NAME
 from trainer.evaluation import write_csv
 from utils.errors import ConfigError
-from utils.util import write_json
+from utils.util import output_file, write_json
 
 # Each writer with what it writes, as bytes on disk.
 WRITERS: dict[str, tuple[Callable[[Path], None], bytes]] = {
@@ -76,7 +76,8 @@ def test_a_link_at_a_temporary_name_is_never_followed_and_a_failure_leaves_nothi
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(os, "replace", disk_full)
+        patch.setattr(os, "replace", disk_full)  # a file a run owns (config.json) is renamed into place,
+        patch.setattr(os, "link", disk_full)  # an output the user named is linked: never over another file
         with pytest.raises((ConfigError, OSError), match="No space left on device"):
             write(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # the failed write left nothing, removed nothing
@@ -175,3 +176,13 @@ def test_predictions_go_through_a_fifo_with_formulas_quoted_unless_raw_csv(base_
     raw = rows_of((tmp_path / "raw.csv").read_bytes())
     assert [r["id"] for r in raw] == ["=1+1", "@SUM(A1)", "-7"]
     assert [r["prediction"] for r in raw] == [r["prediction"][1:] for r in predicted]
+
+
+def test_an_output_that_appears_while_it_is_written_is_kept(tmp_path):
+    """An output the user named is never overwritten, also when another program creates it meanwhile."""
+    path = tmp_path / "p.csv"
+    appeared = r"p\.csv: a file appeared there while this one was written; it is kept"
+    with pytest.raises(ConfigError, match=appeared), output_file(path, newline="", replace=False) as handle:
+        handle.write("ours\n")
+        path.write_text("precious\n")  # another program, meanwhile
+    assert path.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]

@@ -300,7 +300,7 @@ class BaseTrainer(abc.ABC):
         that the run's config.json says what ran (`--resume RUN --lr 0.5` trains at 0.5)."""
         try:
             self._restore(state)
-        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
             raise CheckpointError(f"the checkpoint's training state does not fit: {describe_exception(e)}") from None
         self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
 

@@ -10,7 +10,6 @@ import os
 import pickle
 import random
 import re
-import secrets
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 
 from logger.run_folder import RunFolder
 from utils.errors import CheckpointError, ConfigError, shown
+from utils.util import new_temporary
 
 FORMAT_VERSION = 1
 
@@ -73,16 +73,17 @@ def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
     torch.save(state, buffer)
     data = buffer.getbuffer()
     for path in paths:
-        # An unpredictable name created with O_EXCL: never a link planted at a name known in advance.
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
+        tmp = None
         try:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
+            descriptor, tmp = new_temporary(path)  # never a name known in advance (a planted link)
+            with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
 
 

@@ -175,7 +175,7 @@ def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool
     """The rows as CSV, written by output_file (atomically; straight through to a device or a FIFO). Unless
     `raw`, a text cell that a spreadsheet would read as a formula gets a leading single quote."""
     try:
-        with output_file(path, newline="") as handle:
+        with output_file(path, newline="", replace=False) as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows([[_cell(v, raw) for v in row] for row in rows])

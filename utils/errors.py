@@ -51,7 +51,10 @@ def one_line_errors(interrupted: str) -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        print(f"{e.label}: {e}", file=sys.stderr)
+        # One line whatever the message quotes: a path or a name holding a newline or another control character
+        # is shown escaped, as a repr would show it.
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        print(f"{e.label}: {text}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)

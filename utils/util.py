@@ -7,6 +7,7 @@ validating a config (which use read_json) answer without loading torch.
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -57,7 +58,13 @@ def strict_json_loads(text: str) -> Any:
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not a number a config can hold")
 
-    return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):  # 1e400: beyond a float's range, it would read as Infinity
+            raise ValueError(f"{number} is beyond the range of a number a config can hold")
+        return value
+
+    return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant, parse_float=finite)
 
 
 def write_json(content: Any, path: str | Path) -> None:
@@ -67,29 +74,41 @@ def write_json(content: Any, path: str | Path) -> None:
         handle.write("\n")
 
 
+def new_temporary(path: Path) -> tuple[int, Path]:
+    """(a descriptor open for writing, its path) of a new temporary file beside `path`, with an unpredictable
+    name created with O_EXCL: never an existing file, nor a link planted at a name known in advance
+    (`.p.csv.tmp` was, and was followed). Not tempfile.mkstemp: its files are private (0600), and an output or a
+    run's config.json keeps the permissions the user's umask gives a new file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+
+
 @contextlib.contextmanager
-def output_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+def output_file(path: Path, newline: str | None = None, replace: bool = True) -> Iterator[TextIO]:
     """A UTF-8 text handle whose content becomes the file `path` when the block ends. A regular file is
-    written into a new temporary file beside it and renamed over it: a reader never sees half a file, and a
-    failure leaves no temporary. A device or a FIFO is written straight through: a rename would put a regular
-    file in its place (as root, `--out /dev/null` would replace the system's /dev/null)."""
+    written into a new temporary file beside it, then renamed over it (`replace`) or linked to its name, which
+    fails if a file appeared there meanwhile (an output the user named is never overwritten): a reader never
+    sees half a file, and a failure leaves no temporary. A device or a FIFO is written straight through: a
+    rename would put a regular file in its place (as root, `--out /dev/null` would replace the system's)."""
     if _is_device_or_fifo(path):
         # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
         descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
             yield handle
         return
-    # An unpredictable name, created with O_EXCL: never an existing file, nor a link planted at a name known in
-    # advance (`.p.csv.tmp` was, and was followed). Not tempfile.mkstemp: its files are private (0600), and an
-    # output or a run's config.json keeps the permissions the user's umask gives a new file, as before.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
-    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    descriptor, tmp = new_temporary(path)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ConfigError(f"{path}: a file appeared there while this one was written; it is kept") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -134,7 +153,9 @@ def write_output(content: Any, path: Path) -> None:
         print(json.dumps(content, indent=4))
         return
     try:
-        write_json(content, path)
+        with output_file(path, replace=False) as handle:
+            json.dump(content, handle, indent=4)
+            handle.write("\n")
     except OSError as e:
         raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 

@@ -1,0 +1,93 @@
+"""Issue 18's attack on the final state: each failure it found, as a case that fails on the code it attacked."""
+
+import json
+
+import pytest
+import torch
+from test_cli import assert_one_error_line
+
+from conftest import ROOT, run_script, train
+from data_loader.csv_images import CsvImageDataLoader
+from data_loader.image_folder import ImageFolderDataLoader
+from data_loader.make_digit_images import save_png
+from parse_config import ConfigParser
+from trainer.checkpoint import LAST_NAME, load_checkpoint
+from utils.errors import ConfigError, DataError
+from utils.util import strict_json_loads
+
+
+def test_a_number_beyond_a_floats_range_is_refused_like_infinity(base_config):
+    with pytest.raises(ValueError, match="1e400 is beyond the range"):
+        strict_json_loads('{"min_delta": 1e400}')
+    base_config["trainer"]["monitor"] = "min val_loss\n"  # `$` let a trailing newline through
+    with pytest.raises(ConfigError, match=r"trainer\.monitor"):
+        ConfigParser(base_config)
+
+
+def test_a_name_holding_a_newline_still_makes_one_error_line(tmp_path):
+    result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "no\nsuch.json"), cwd=tmp_path)
+    assert_one_error_line(result, "no\\nsuch.json")
+
+
+def test_a_csv_id_cannot_name_a_file_outside_its_folder_and_training_needs_rows(tmp_path):
+    (tmp_path / "secret.png").write_bytes(b"")
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "train" / "a.png")
+    (tmp_path / "train.csv").write_text("image_name,target\n../secret,1\na,0\n")
+    with pytest.raises(DataError, match=r"train\.csv: the id secret\.png names a file outside .*train"):
+        CsvImageDataLoader(str(tmp_path / "train.csv"), extension=".png", image_size=8)
+    (tmp_path / "train.csv").write_text("image_name,target\na,0\n")
+    with pytest.raises(DataError, match=r"1 images leave none for training"):
+        CsvImageDataLoader(str(tmp_path / "train.csv"), extension=".png", image_size=8, test_split=0.99)
+    with pytest.raises(DataError, match=r"image_size: expected a whole number >= 1, found 0"):
+        ImageFolderDataLoader(str(tmp_path), image_size=0)
+
+
+def test_the_image_cache_never_follows_a_link_at_a_temporary_name(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        save_png(torch.full((3, 8, 8), 40, dtype=torch.uint8), root / c / "0.png")
+    ImageFolderDataLoader(str(root), image_size=8)  # the cache's file name, to plant a link beside it
+    [made] = (cache / "pytorch_template").glob("*.pt")
+    made.unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (made.parent / f".{made.name}.tmp").symlink_to(victim)
+    ImageFolderDataLoader(str(root), image_size=8)
+    assert victim.read_text() == "keep me" and made.is_file() and not made.is_symlink()
+
+
+@pytest.mark.e2e
+def test_bad_requests_around_a_finished_run_are_one_line(tiny_config, tmp_path, monkeypatch):
+    tiny_config["lr_scheduler"] = {"type": "CosineAnnealingLR", "args": {}}  # T_max from trainer.epochs
+    tiny_config["trainer"]["epochs"] = 1
+    _, cosine = train(tiny_config, tmp_path, "cosine")
+    # A schedule laid out for the run's epochs cannot be stretched by a resume.
+    result = run_script(str(ROOT / "train.py"), "--resume", str(cosine.checkpoint_dir / LAST_NAME), "trainer.epochs=2")
+    assert_one_error_line(result, "CosineAnnealingLR's schedule was laid out for the 1 epochs the run started with")
+    tiny_config["lr_scheduler"] = None
+    _, run = train(tiny_config, tmp_path, "plain")
+    last = run.checkpoint_dir / LAST_NAME
+    # test.py: one file for both outputs would lose one of them.
+    out = str(tmp_path / "same.out")
+    assert_one_error_line(run_script(str(ROOT / "test.py"), "-r", str(last), "--out", out, "--predictions", out),
+                          "the same file as --out")  # fmt: skip
+    # A checkpoint whose RNG state is out of range: one line, the file unchanged.
+    state = load_checkpoint(last).state
+    state["rng"]["python"][1][5] = 2**70
+    crafted = run.checkpoint_dir.parent / "crafted" / LAST_NAME
+    crafted.parent.mkdir()
+    torch.save(state, crafted)
+    before = crafted.read_bytes()
+    result = run_script(str(ROOT / "train.py"), "--resume", str(crafted), "trainer.epochs=2")
+    assert_one_error_line(result, "training state does not fit")
+    assert crafted.read_bytes() == before
+    # wandb.init's own refusal: one line, and no run folder left behind.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tiny_config["wandb"] = {"project": "a/b"}
+    path = tmp_path / "wandb.json"
+    path.write_text(json.dumps(tiny_config))
+    result = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "refused")
+    assert_one_error_line(result, "wandb: wandb.init refused its arguments: Invalid project name")
+    assert not (run.checkpoint_dir.parent / "refused").exists()
