@@ -14,6 +14,7 @@ read new rows as training did.
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -134,13 +135,34 @@ def rows_of(
     return splits
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What each value of a checkpoint's preprocessing must be: a checkpoint is input like any other.
+SAVED_CHECKS = {
+    "target_mean": (_number, "a finite number"),
+    "target_std": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "means": (lambda v: isinstance(v, list) and all(map(_number, v)), "a list of numbers"),
+    "stds": (lambda v: isinstance(v, list) and all(_number(x) and x > 0 for x in v), "a list of numbers > 0"),
+    "columns": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of column names"),
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v) and v, "a list of class names"),
+}
+
+
 def saved(preprocessing: dict, key: str, table: CsvTable) -> list | float:
-    """A value of the checkpoint's preprocessing; one line when the checkpoint was made by another loader."""
+    """A value of the checkpoint's preprocessing; one line when the checkpoint was made by another loader, or
+    the value is not what this loader saves there."""
     if key not in preprocessing:
         raise DataError(
             f"{table.path}: the checkpoint's data preprocessing has no {key!r} (it was made by another data "
             "loader or task); evaluate it with the data loader it was trained with"
         )
+    check, expected = SAVED_CHECKS[key]
+    if not check(preprocessing[key]):
+        raise DataError(f"the checkpoint's data preprocessing: {key!r} should be {expected}")
+    if key in ("means", "stds") and len(preprocessing[key]) != len(preprocessing.get("columns", [])):
+        raise DataError(f"the checkpoint's data preprocessing: {key!r} should hold one value per feature column")
     return preprocessing[key]
 
 

@@ -91,3 +91,20 @@ def test_bad_requests_around_a_finished_run_are_one_line(tiny_config, tmp_path, 
     result = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "refused")
     assert_one_error_line(result, "wandb: wandb.init refused its arguments: Invalid project name")
     assert not (run.checkpoint_dir.parent / "refused").exists()
+
+
+def test_a_checkpoints_preprocessing_of_the_wrong_kind_is_one_line(tmp_path):
+    from data_loader.csv_data import CsvDataLoader
+
+    rows = tmp_path / "new.csv"
+    rows.write_text("a,b\n1,2\n3,4\n")
+    good = {"columns": ["a", "b"], "means": [0.0, 0.0], "stds": [1.0, 1.0], "target_mean": 1.0, "target_std": 2.0}
+    args = dict(csv_path=str(rows), target_column="y", task="regression", split="predict", inputs=str(rows))
+    assert CsvDataLoader(**args, preprocessing=good).n_samples == 2
+    for key, value, message in (
+        ("target_mean", "x", "'target_mean' should be a finite number"),
+        ("means", [0.0], "'means' should hold one value per feature column"),
+        ("stds", [1.0, 0.0], "'stds' should be a list of numbers > 0"),
+    ):
+        with pytest.raises(DataError, match=message):
+            CsvDataLoader(**args, preprocessing={**good, key: value})
