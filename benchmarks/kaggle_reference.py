@@ -94,7 +94,7 @@ def reference(data: Path, weights: Path, config: dict) -> dict[str, float]:
 
 def template(data: Path, weights: Path, work: Path) -> dict[str, float]:
     """config_kaggle.json through train.py, then predict.py's submission; returns it by image name."""
-    overrides = [f"data_loader.args.csv_path={data / 'train.csv'}", f"arch.args.weights={weights}",
+    overrides = [f"data_loader.args.data_dir={data}", f"arch.args.weights={weights}",
                  f"save_dir={work / 'saved'}", "tensorboard=false", "verbosity=0"]  # fmt: skip
     train = [sys.executable, str(ROOT / "train.py"), "-c", str(ROOT / "config_kaggle.json"), "--run-id", "bench"]
     subprocess.run([*train, *overrides], check=True, cwd=ROOT, capture_output=True)

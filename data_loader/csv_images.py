@@ -57,9 +57,9 @@ def split_rows(
 
 
 class CsvImageDataLoader(BaseDataLoader):
-    """Images named by `id_column` of the CSV file `csv_path` (plus `extension`, e.g. ".png", where the ids have
-    none), in `image_dir` (null: the folder named like the CSV file, beside it: data/train.csv -> data/train/),
-    with their label in `target_column`.
+    """Images named by `id_column` of the CSV file `csv_file` in the folder `data_dir` (plus `extension`, e.g.
+    ".png", where the ids have none), in `image_dir` of `data_dir` (null: the folder named like the CSV file:
+    train.csv -> train/), with their label in `target_column`.
 
     `task`: "binary" (two labels, the second in sorted order is 1; targets (B, 1) float, for one logit:
     bce_with_logits, BCEWithLogitsLoss), "classification" (class indices, a score per class) or "regression"
@@ -71,7 +71,8 @@ class CsvImageDataLoader(BaseDataLoader):
 
     def __init__(
         self,
-        csv_path: str,
+        data_dir: str,
+        csv_file: str = "train.csv",
         id_column: str = "image_name",
         target_column: str = "target",
         task: str = "binary",
@@ -100,8 +101,12 @@ class CsvImageDataLoader(BaseDataLoader):
     ) -> None:
         check_task(task)
         check_image_args(channels, mean, std, image_size)
-        table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
-        folder = Path(image_dir) if image_dir is not None and split != "predict" else table.path.with_suffix("")
+        csv_path = Path(data_dir) / csv_file
+        table, preprocessing = read_split(str(csv_path), split, inputs, preprocessing)
+        if image_dir is not None and split != "predict":
+            folder = Path(data_dir) / image_dir
+        else:
+            folder = table.path.with_suffix("")  # data/train.csv -> data/train/
         self.ids = table.texts(id_column, "id")
         files = image_files(folder, self.ids, extension, table.path)
         if split != "predict":

@@ -35,7 +35,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 def test_the_kaggle_layout_is_read_by_id_with_binary_targets(competition):
     train_rows = rows(competition / "train.csv")
     loaders = {
-        s: CsvImageDataLoader(str(competition / "train.csv"), extension=".png", split=s, batch_size=4096)
+        s: CsvImageDataLoader(str(competition), extension=".png", split=s, batch_size=4096)
         for s in ("train", "valid", "test")
     }
     assert sum(loader.n_samples for loader in loaders.values()) == len(train_rows) == 1438
@@ -52,9 +52,9 @@ def test_a_missing_image_or_column_is_one_line_naming_it(competition, tmp_path):
     broken.write_text("image_name,target\nnot_there,1\n")
     (tmp_path / "train").mkdir()
     with pytest.raises(DataError, match=r"not_there\.png: image not found \(1 of the 1 images named in .* missing\)"):
-        CsvImageDataLoader(str(broken), extension=".png")
+        CsvImageDataLoader(str(tmp_path), extension=".png")
     with pytest.raises(DataError, match=r"no id column 'image_id'.*did you mean 'image_name'"):
-        CsvImageDataLoader(str(competition / "train.csv"), id_column="image_id", extension=".png")
+        CsvImageDataLoader(str(competition), id_column="image_id", extension=".png")
 
 
 def test_the_shipped_config_validates_with_the_run_length_left_out():
@@ -73,7 +73,7 @@ def test_config_kaggle_trains_across_the_unfreeze_and_writes_a_submission(compet
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     config = read_config(ROOT / "config_kaggle.json")
-    config["data_loader"]["args"]["csv_path"] = str(competition / "train.csv")
+    config["data_loader"]["args"]["data_dir"] = str(competition)
     config["arch"]["args"]["weights"] = str(weights)
     config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
     result, run = train(config, tmp_path, "kaggle")
