@@ -108,3 +108,13 @@ def test_a_checkpoints_preprocessing_of_the_wrong_kind_is_one_line(tmp_path):
     ):
         with pytest.raises(DataError, match=message):
             CsvDataLoader(**args, preprocessing={**good, key: value})
+
+
+def test_a_key_ending_in_a_newline_is_quoted_so_the_message_stays_one_line():
+    """Found by the random-documents test: `$` matched before a trailing newline, so {"0\\n": null} was named raw."""
+    from utils.errors import key_text, quoted
+
+    assert key_text("0\n") == '"0\\n"' and quoted("a\n") == '"a\\n"' and key_text("ok") == "ok"
+    with pytest.raises(ConfigError) as error:
+        ConfigParser({"0\n": None})
+    assert "\n" not in str(error.value)

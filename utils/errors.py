@@ -109,7 +109,7 @@ class TrainingInterrupted(UserError):
 
 # How a one-line message names things.
 
-PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
 
 
 def describe_exception(error: BaseException) -> str:
