@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from utils.errors import ConfigError, UserError, describe_exception, did_you_mean, dotted, key_text, quoted, shown
+from utils.errors import (
+    ConfigError,
+    UserError,
+    describe_exception,
+    did_you_mean,
+    dotted,
+    escaped,
+    key_text,
+    quoted,
+    shown,
+)
 from utils.util import read_json, strict_json_loads
 
 if TYPE_CHECKING:  # torch is imported only once a config is validated, so that --help answers without it
@@ -438,7 +448,7 @@ def apply_override(config: dict, override: str) -> None:
     the constructor instead.
     """
     key, sep, raw = override.partition("=")
-    written = "".join(c if c.isprintable() else repr(c)[1:-1] for c in override)  # one line, whatever it holds
+    written = escaped(override)  # one line, whatever it holds
     if not sep or not key.strip():
         raise ConfigError(f"override '{written}': expected key=value, e.g. trainer.epochs=3")
     parts = key.strip().split(".")

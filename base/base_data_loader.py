@@ -78,6 +78,11 @@ def split_indices(
     }
 
 
+def index_keys(n: int) -> list[str]:
+    """Split keys for a data set that never changes (a library's bundled data, MNIST's files): the index."""
+    return [str(i) for i in range(n)]
+
+
 @contextlib.contextmanager
 def worker_failures_as_data_errors(logger: logging.Logger | None = None) -> Iterator[None]:
     """Turn a DataLoader worker that raised or died into one DataError line; any other error passes through.

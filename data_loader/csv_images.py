@@ -11,15 +11,12 @@ are read as in CsvDataLoader (task "binary", "classification" or "regression").
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from base.base_data_loader import BaseDataLoader, split_indices
-from data_loader.csv_data import check_task, csv_targets, read_split
+from base.base_data_loader import BaseDataLoader
+from data_loader.csv_data import check_task, csv_targets, read_split, rows_of
 from data_loader.image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_image_args,
-    default_cache_dir,
     image_dataset,
     named,
 )
@@ -40,20 +37,6 @@ def image_files(folder: Path, ids: list[str], extension: str, csv_path: Path) ->
             f"{named(csv_path)} are missing); check image_dir, id_column and extension"
         )
     return files
-
-
-def split_rows(
-    ids: list[str], split: str, validation_split: float | int, test_split: float | int, seed: int, csv_path: Path
-) -> dict[str, torch.Tensor]:
-    """The rows of each split, by id; every row, in the file's order, for the split "predict"."""
-    if split == "predict":
-        return {"predict": torch.arange(len(ids))}
-    rows = split_indices(ids, validation_split, test_split, seed)
-    if len(rows["train"]) == 0:
-        raise DataError(
-            f"{named(csv_path)}: {len(ids)} images leave none for training; lower validation_split or test_split"
-        )
-    return rows
 
 
 class CsvImageDataLoader(BaseDataLoader):
@@ -111,24 +94,15 @@ class CsvImageDataLoader(BaseDataLoader):
         files = image_files(folder, self.ids, extension, table.path)
         if split != "predict":
             table.check_column(target_column, "target")
-        rows = split_rows(self.ids, split, validation_split, test_split, split_seed, table.path)
+        rows = rows_of(table, id_column, split, validation_split, test_split, split_seed)  # by id
         self.task, self.submission = task, (id_column, target_column)
         targets, self.classes, self.preprocessing = csv_targets(
             table, target_column, task, split, rows.get("train"), preprocessing
         )
-        where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None
-        dataset = image_dataset(folder, files, targets, image_size, channels, mean, std, augment, in_memory, where)
-        super().__init__(
-            dataset,
-            rows[split],
-            batch_size,
-            shuffle,
-            num_workers,
-            seed,
-            split == "train",
-            pin_memory,
-            persistent_workers,
-        )
+        dataset = image_dataset(folder, files, targets, image_size, channels, mean, std, augment, in_memory,
+                                cache and split != "predict", cache_dir)  # fmt: skip
+        super().__init__(dataset, rows[split], batch_size, shuffle, num_workers, seed, split == "train", pin_memory,
+                         persistent_workers)  # fmt: skip
 
     def sample_id(self, index: int) -> str:
         """The image's id, as the CSV file writes it."""

@@ -10,21 +10,16 @@ from urllib.error import URLError
 
 import torch
 
-from base.base_data_loader import BaseDataLoader, InMemoryImages, InMemoryTensors, split_indices
+from base.base_data_loader import BaseDataLoader, InMemoryImages, InMemoryTensors, index_keys, split_indices
 from data_loader.augment import small_affine
 from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader  # selectable by their names
 from data_loader.csv_images import CsvImageDataLoader
 from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.torchvision_data import TorchvisionDataLoader
-from utils.errors import DataError
+from utils.errors import DataError, first_line
 
 if TYPE_CHECKING:
     from torchvision import datasets
-
-
-def index_keys(n: int) -> list[str]:
-    """Split keys for a data set that never changes (a library's bundled data, MNIST's files): the index."""
-    return [str(i) for i in range(n)]
 
 
 class DigitsDataLoader(BaseDataLoader):
@@ -73,8 +68,7 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> "datasets.MNIST":
     try:
         return datasets.MNIST(data_dir, train=train, download=True)
     except (RuntimeError, URLError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(_missing_mnist(data_dir, f"download failed: {reason}")) from None
+        raise DataError(_missing_mnist(data_dir, f"download failed: {first_line(e)}")) from None
 
 
 def _missing_mnist(data_dir: str, reason: str) -> str:

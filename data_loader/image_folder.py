@@ -31,8 +31,8 @@ import torch
 
 from base.base_data_loader import BaseDataLoader, BatchTransform, InMemoryImages, split_indices
 from data_loader.augment import flip_and_affine
-from utils.errors import DataError
-from utils.util import new_temporary
+from utils.errors import DataError, first_line
+from utils.util import cache_home, new_temporary
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -114,8 +114,7 @@ def decode(path: Path, image_size: int, channels: int) -> torch.Tensor:
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)  # antialiased
             pixels = np.array(image)  # (H, W, C) or (H, W), a copy torch may own
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{named(path)}: unreadable image ({reason})") from None
+        raise DataError(f"{named(path)}: unreadable image ({first_line(e)})") from None
     return torch.from_numpy(pixels).reshape(image_size, image_size, channels).permute(2, 0, 1)
 
 
@@ -143,11 +142,6 @@ def cache_key(data_dir: Path, files: Sequence[Path], image_size: int, channels: 
         entry = [path.relative_to(data_dir).as_posix(), info.st_size, info.st_mtime_ns, info.st_ctime_ns]
         digest.update(b"\n" + json.dumps(entry).encode())  # JSON: a name holding a newline cannot fake an entry
     return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """Where decoded images are cached unless `cache_dir` says otherwise: the user's cache folder."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytorch_template"
 
 
 def private_cache_dir(cache_dir: Path) -> Path | None:
@@ -276,14 +270,17 @@ def image_dataset(
     std: Sequence[float],
     augment: bool,
     in_memory: bool,
-    cache_dir: Path | None,
+    cache: bool,
+    cache_dir: str | None,
 ) -> InMemoryImages:
-    """The images under `root`, decoded once and kept (cached in `cache_dir` unless None), or decoded a batch
-    at a time (`in_memory` false); normalized, and augmented where asked, a batch at a time."""
+    """The images under `root`, decoded once and kept (with `cache`, cached in `cache_dir`, null: the user's
+    cache folder), or decoded a batch at a time (`in_memory` false); normalized, and augmented where asked, a
+    batch at a time."""
     transform = flip_and_affine if augment else None
     if not in_memory:
         return ImageFiles(files, targets, image_size, channels, mean, std, transform)
-    images = load_decoded(root, files, image_size, channels, cache_dir)
+    where = (Path(cache_dir) if cache_dir else cache_home()) if cache else None
+    images = load_decoded(root, files, image_size, channels, where)
     return InMemoryImages(images, targets, 1 / 255, mean, std, transform)
 
 
@@ -347,10 +344,10 @@ class ImageFolderDataLoader(BaseDataLoader):
             indices = split_indices(
                 [f.relative_to(self.root).as_posix() for f in files], validation_split, test_split, split_seed
             )[split]
-        where = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache and split != "predict" else None
         dataset = image_dataset(
-            self.root, files, torch.tensor(targets), image_size, channels, mean, std, augment, in_memory, where
-        )
+            self.root, files, torch.tensor(targets), image_size, channels, mean, std, augment, in_memory,
+            cache and split != "predict", cache_dir,
+        )  # fmt: skip
         self.files = files
         self.classes = classes
         self.preprocessing = {"classes": classes}

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from base.base_data_loader import BaseDataLoader, InMemoryImages, split_indices
+from base.base_data_loader import BaseDataLoader, InMemoryImages, index_keys, split_indices
 from data_loader.augment import flip_and_affine
 from data_loader.image_folder import check_image_args
-from utils.errors import DataError, did_you_mean
+from utils.errors import DataError, did_you_mean, first_line
 
 # Data sets whose files are Python pickles, which torchvision unpickles: a planted file would run its code.
 PICKLED = ("CIFAR10", "CIFAR100")
@@ -36,8 +36,9 @@ def load_torchvision(
     try:
         dataset = cls(root, **which, **({"download": False} if "download" in parameters else {}))
     except (RuntimeError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"data_loader.args.root: {name} not found in {root} ({reason}); put its files there") from None
+        raise DataError(
+            f"data_loader.args.root: {name} not found in {root} ({first_line(e)}); put its files there"
+        ) from None
     images, targets = as_tensors(dataset)
     classes = [str(c) for c in getattr(dataset, "classes", None) or range(int(targets.max()) + 1)]
     return images, targets, classes
@@ -97,7 +98,7 @@ class TorchvisionDataLoader(BaseDataLoader):
         if split == "test":
             indices = torch.arange(len(images))
         else:
-            indices = split_indices([str(i) for i in range(len(images))], validation_split, 0, split_seed)[split]
+            indices = split_indices(index_keys(len(images)), validation_split, 0, split_seed)[split]
         self.preprocessing = {"classes": self.classes}
         super().__init__(
             data, indices, batch_size, shuffle, num_workers, seed, split == "train", pin_memory, persistent_workers

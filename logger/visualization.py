@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from utils.errors import ConfigError, did_you_mean
+from utils.errors import ConfigError, did_you_mean, first_line
 
 
 class Writer:
@@ -174,8 +174,7 @@ def make_writer(log_dir: Path, config: dict) -> Writer:
         try:
             wandb_run = wandb.init(dir=str(log_dir), config=flatten_config(config), **config["wandb"])
         except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"wandb: wandb.init refused its arguments: {first}") from None
+            raise ConfigError(f"wandb: wandb.init refused its arguments: {first_line(e)}") from None
     return Writer(log_dir if config["tensorboard"] else None, wandb_run)
 
 

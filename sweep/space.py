@@ -39,7 +39,7 @@ from typing import Any
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser, apply_override, move_victoresque_keys, read_config
 from utils.errors import ConfigError, did_you_mean, quoted, shown
-from utils.util import read_json, write_json
+from utils.util import cache_home, new_temporary, read_json, write_json
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHES = ("random", "optuna")  # random: grid values in turn, the other distributions drawn at random
@@ -258,12 +258,12 @@ def check_options(options: Any, path: Path) -> None:
 
 def state_key() -> bytes:
     """This machine's key for the signatures, made on first use (readable by this user only)."""
-    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytorch_template" / "sweep_state.key"
+    path = cache_home() / "sweep_state.key"
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+            descriptor, tmp = new_temporary(path, mode=0o600)
+            with os.fdopen(descriptor, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
             try:
                 os.link(tmp, path)  # whole when it appears, and never replaces a key another sweep made meanwhile

@@ -36,7 +36,7 @@ def test_a_csv_id_cannot_name_a_file_outside_its_folder_and_training_needs_rows(
     with pytest.raises(DataError, match=r"train\.csv: the id secret\.png names a file outside .*train"):
         CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8)
     (tmp_path / "train.csv").write_text("image_name,target\na,0\n")
-    with pytest.raises(DataError, match=r"1 images leave none for training"):
+    with pytest.raises(DataError, match=r"train\.csv: 1 rows leave none for training"):
         CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8, test_split=0.99)
     with pytest.raises(DataError, match=r"image_size: expected a whole number >= 1, found 0"):
         ImageFolderDataLoader(str(tmp_path), image_size=0)

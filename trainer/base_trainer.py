@@ -55,12 +55,26 @@ from utils.errors import (
     CheckpointError,
     ConfigError,
     DataError,
-    OutOfMemory,
     TrainingInterrupted,
     UserError,
     describe_exception,
 )
 from utils.monitor import Monitor
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory; the message says what to try."""
+
+    @classmethod
+    def advice(cls, epoch: int, batch_size: Any, device: torch.device) -> "OutOfMemory":
+        peak = ""
+        if device.type == "cuda":
+            peak = f", {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at the peak on {device}"
+        return cls(
+            f"out of memory in epoch {epoch} with data_loader.args.batch_size {batch_size}{peak}; try a smaller "
+            "batch_size with trainer.accumulate_steps to keep the batch per optimizer step, trainer.amp=true, or "
+            "a smaller model (checkpoints of finished epochs are kept)"
+        )
 
 
 class BaseTrainer(abc.ABC):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from logger.run_folder import RunFolder
-from utils.errors import CheckpointError, ConfigError, shown
+from utils.errors import CheckpointError, ConfigError, first_line, shown
 from utils.util import new_temporary
 
 FORMAT_VERSION = 1
@@ -134,7 +134,7 @@ def load_checkpoint(path: str | Path, in_folder: tuple[str, ...] = (LAST_NAME,))
             f"{path}: refused, {what}; a checkpoint must hold only tensors and plain values (weights_only=True)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not a checkpoint of this project (keys {', '.join(REQUIRED_KEYS)} expected)")
     version = state[KEY_FORMAT]
@@ -154,7 +154,7 @@ def _verify_checksums(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if damaged is not None:
         raise CheckpointError(
             f"{path}: checkpoint is corrupted ({damaged} fails its checksum); use another checkpoint of the run"
@@ -240,11 +240,6 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
         )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint, strict: bool = True) -> None:
     """Load the checkpoint's weights into `model`.
 
@@ -273,7 +268,7 @@ def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint, strict: boo
     try:
         model.load_state_dict({k: state_dict[k] for k in fits}, strict=strict)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the configured model ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({first_line(e)})") from None
     skipped = [f"{k}: {tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched]
     skipped += [f"{k}: not there" for k in missing] + [f"{k}: not here" for k in unexpected]
     if skipped:

@@ -51,10 +51,7 @@ def one_line_errors(interrupted: str) -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        # One line whatever the message quotes: a path or a name holding a newline or another control character
-        # is shown escaped, as a repr would show it.
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
-        print(f"{e.label}: {text}", file=sys.stderr)
+        print(f"{e.label}: {escaped(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
@@ -80,23 +77,6 @@ class CallbackError(UserError):
     """A configured callback raised; its traceback goes to info.log."""
 
 
-class OutOfMemory(UserError):
-    """The device ran out of memory; the message says what to try."""
-
-    @classmethod
-    def advice(cls, epoch: int, batch_size: Any, device: Any) -> "OutOfMemory":
-        import torch
-
-        peak = ""
-        if device.type == "cuda":
-            peak = f", {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at the peak on {device}"
-        return cls(
-            f"out of memory in epoch {epoch} with data_loader.args.batch_size {batch_size}{peak}; try a smaller "
-            "batch_size with trainer.accumulate_steps to keep the batch per optimizer step, trainer.amp=true, or "
-            "a smaller model (checkpoints of finished epochs are kept)"
-        )
-
-
 class TrainingInterrupted(UserError):
     """SIGINT or SIGTERM stopped training after a step; the exact state was saved."""
 
@@ -110,6 +90,17 @@ class TrainingInterrupted(UserError):
 # How a one-line message names things.
 
 PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
+
+
+def escaped(text: str) -> str:
+    """`text` on one line whatever it quotes: a newline or another control character shown as a repr shows it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def describe_exception(error: BaseException) -> str:

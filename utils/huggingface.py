@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -95,8 +95,7 @@ def one_line(key: str, problem: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError) as e:
-        text = str(e).strip()
-        reason = re.split(r"(?<=\S)\. ", text.splitlines()[0])[0].rstrip(" :") if text else type(e).__name__
+        reason = re.split(r"(?<=\S)\. ", first_line(e))[0].rstrip(" :")  # its first sentence
         raise ConfigError(f"{key}: {problem} ({reason}); {SAVE_ADVICE}") from None
 
 

@@ -6,7 +6,6 @@ validating a config (which use read_json) answer without loading torch.
 
 import contextlib
 import json
-import logging
 import math
 import os
 import random
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from utils.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def read_json(path: str | Path) -> Any:
@@ -67,29 +64,32 @@ def strict_json_loads(text: str) -> Any:
     return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant, parse_float=finite)
 
 
-def write_json(content: Any, path: str | Path) -> None:
+def write_json(content: Any, path: str | Path, replace: bool = True) -> None:
     """Write JSON through output_file: atomically, and straight through to a device or a FIFO."""
-    with output_file(Path(path)) as handle:
+    with output_file(Path(path), replace=replace) as handle:
         json.dump(content, handle, indent=4)
         handle.write("\n")
 
 
-def new_temporary(path: Path) -> tuple[int, Path]:
-    """(a descriptor open for writing, its path) of a new temporary file beside `path`, with an unpredictable
-    name created with O_EXCL: never an existing file, nor a link planted at a name known in advance
-    (`.p.csv.tmp` was, and was followed). Not tempfile.mkstemp: its files are private (0600), and an output or a
-    run's config.json keeps the permissions the user's umask gives a new file."""
+def cache_home() -> Path:
+    """This template's folder in the user's cache: decoded images, the key that signs sweeps' state."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytorch_template"
+
+
+def new_temporary(path: Path, mode: int = 0o666) -> tuple[int, Path]:
+    """(descriptor, path) of a new temporary file beside `path`: an unpredictable name made with O_EXCL, never an
+    existing file nor a planted link; `mode` 0o666 keeps the umask's permissions (mkstemp's are 0600)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
 
 
 @contextlib.contextmanager
 def output_file(path: Path, newline: str | None = None, replace: bool = True) -> Iterator[TextIO]:
-    """A UTF-8 text handle whose content becomes the file `path` when the block ends. A regular file is
-    written into a new temporary file beside it, then renamed over it (`replace`) or linked to its name, which
-    fails if a file appeared there meanwhile (an output the user named is never overwritten): a reader never
-    sees half a file, and a failure leaves no temporary. A device or a FIFO is written straight through: a
-    rename would put a regular file in its place (as root, `--out /dev/null` would replace the system's)."""
+    """A UTF-8 text handle whose content becomes the file `path` when the block ends: written into a new temporary file
+    beside it, then renamed over it (`replace`) or linked to its name, which fails if a file appeared there meanwhile
+    (an output the user named is never overwritten). A reader never sees half a file; a failure leaves no temporary. A
+    device or a FIFO is written straight through: a rename would put a regular file in its place (as root, `--out
+    /dev/null` would replace the system's)."""
     if _is_device_or_fifo(path):
         # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
         descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -153,9 +153,7 @@ def write_output(content: Any, path: Path) -> None:
         print(json.dumps(content, indent=4))
         return
     try:
-        with output_file(path, replace=False) as handle:
-            json.dump(content, handle, indent=4)
-            handle.write("\n")
+        write_json(content, path, replace=False)
     except OSError as e:
         raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 
