@@ -605,6 +605,8 @@ def validate(config: dict) -> None:
         from trainer.finetuning import Finetuning
 
         errors.extend(Finetuning(**config["finetune"]).check())
+    if config["wandb"] is None and config["trainer"]["log_model"]:
+        errors.append('trainer.log_model: checkpoints go to W&B; add a "wandb" section, or set log_model false')
     if config["wandb"] is not None and importlib.util.find_spec("wandb") is None:
         errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
     elif config["wandb"] is not None:

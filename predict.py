@@ -5,6 +5,7 @@ python predict.py --resume saved/models/<name>/<run_id> --input rows.csv --out p
 """
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,10 +25,11 @@ def main(
     out: Path,
     raw_csv: bool = False,
     float_format: str = ".6g",
+    strip_extension: bool = False,
 ) -> int:
     """Predict every input with the checkpoint's model; write the rows to `out`; return how many. Ids and
     class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`; probabilities
-    are written with `float_format`."""
+    are written with `float_format`; `strip_extension` writes file ids without their extension (a/b.png -> a/b)."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -54,6 +56,8 @@ def main(
     amp_dtype = resolve_amp(config["trainer"]["amp"], device)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
+    if strip_extension:
+        ids = [os.path.splitext(i)[0] for i in ids]
     header, rows = prediction_rows(ids, outputs, None, data_loader, float_format)
     write_csv(header, rows, out, raw=raw_csv)
     logger.info("Wrote %d predictions of %s to %s", len(rows), checkpoint.path, out)
@@ -89,14 +93,19 @@ def build_parser() -> ArgumentParser:
         default=".6g",
         help="how probabilities are written: .<digits> then e, f, g or %% (default: .6g; e.g. .4f)",
     )
+    parser.add_argument(
+        "--strip-extension",
+        action="store_true",
+        help="write each id without its file extension (cats/0001.png -> cats/0001), as a submission may want",
+    )
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, bool, str]:
-    """main's arguments: the validated config, the checkpoint, the inputs, the output file, --raw-csv and
-    --float-format."""
+def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, bool, str, bool]:
+    """main's arguments: the validated config, the checkpoint, the inputs, the output file, --raw-csv,
+    --float-format and --strip-extension."""
     args = build_parser().parse_args(argv)
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
@@ -113,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
     config = ConfigParser.load(None, checkpoint, args.overrides)
-    return config, checkpoint, args.input, out, args.raw_csv, args.float_format
+    return config, checkpoint, args.input, out, args.raw_csv, args.float_format, args.strip_extension
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def main(
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
-    from trainer.checkpoint import KEY_DATA
+    from logger.visualization import add_to_wandb_summary
+    from trainer.checkpoint import KEY_DATA, wandb_run_id
     from trainer.evaluation import evaluate, loader_arguments, predict, prediction_rows, trained_model, write_csv
     from utils.distributed import place_model
     from utils.util import write_output
@@ -70,7 +71,23 @@ def main(
     write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
     logger.info("%s", json.dumps(results, indent=4))
     logger.info("Results written to %s", "standard output" if to_stdout else out)
+    if config["wandb"] is not None and wandb_run_id(checkpoint) is not None:  # the run that trained it used W&B
+        summary = {f"{key}/{split}": value for key, value in results.items() if not isinstance(value, list)}
+        add_to_wandb_summary(wandb_dir(checkpoint), config["wandb"], wandb_run_id(checkpoint), summary)
+        logger.info("Results added to the summary of W&B run %s", wandb_run_id(checkpoint))
     return results
+
+
+def wandb_dir(checkpoint: "Checkpoint") -> Path:
+    """Where W&B keeps its files when test.py reports to a run: the run's log folder, or beside the checkpoint
+    when it was taken out of its run folder."""
+    from logger.run_folder import RunFolder
+
+    try:
+        log_dir = RunFolder.of_checkpoint(checkpoint.path).log_dir
+    except ConfigError:
+        return checkpoint.path.parent
+    return log_dir if log_dir.is_dir() else checkpoint.path.parent
 
 
 def build_parser() -> ArgumentParser:

@@ -39,6 +39,7 @@ def main(
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import log_summary, setup_logging, start_run_logging
     from logger.run_folder import run_folder
+    from trainer.checkpoint import wandb_run_id
     from utils.distributed import distributed_session, is_main_process
     from utils.util import seed_everything
 
@@ -54,7 +55,8 @@ def main(
         if not dry_run:
             # everything is valid: only now make the run folder, start info.log and TensorBoard, and train
             with run_folder(config.config, run_id, resume.path if resume else None) as folder:
-                result = trainer.train(folder, start_run_logging(folder, config.config))
+                writer = start_run_logging(folder, config.config, wandb_run_id(resume) if resume else None)
+                result = trainer.train(folder, writer)
     log_summary(result, config["trainer"]["monitor"], folder.checkpoint_dir if folder else None)
     return result
 

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
 
@@ -44,20 +45,44 @@ def _unit_hash(seed: int, salt: str, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _take(split: float | int, scores: torch.Tensor, available: torch.Tensor, key: str) -> torch.Tensor:
+def _take(
+    split: float | int, scores: torch.Tensor, available: torch.Tensor, key: str, strata: torch.Tensor | None
+) -> torch.Tensor:
     """The samples a split takes among the available ones (a mask): a fraction f takes those whose score is
-    below f; a count n the n of lowest score."""
+    below f; a count n the n of lowest score. With `strata` (each sample's class as a number), each class gives
+    its share: round(f * size) of lowest score, or a count shared out in proportion to the classes' sizes."""
     _check_split(split, int(available.sum()), key)
-    if isinstance(split, float):
+    if strata is None and isinstance(split, float):
         return available & (scores < split)
+    if strata is None:
+        return _lowest(scores, available, int(split))
+    groups = [available & (strata == stratum) for stratum in strata.unique()]
+    sizes = [int(group.sum()) for group in groups]
+    wanted = [split * size if isinstance(split, float) else split * size / sum(sizes) for size in sizes]
+    counts = [round(w) if isinstance(split, float) else math.floor(w) for w in wanted]
+    if not isinstance(split, float):  # exactly n: the largest remainders get one more
+        for i in sorted(range(len(sizes)), key=lambda i: counts[i] - wanted[i])[: int(split) - sum(counts)]:
+            counts[i] += 1
+    taken = torch.zeros_like(available)
+    for group, count in zip(groups, counts, strict=True):
+        taken |= _lowest(scores, group, count)
+    return taken
+
+
+def _lowest(scores: torch.Tensor, available: torch.Tensor, count: int) -> torch.Tensor:
+    """A mask of the `count` available samples of lowest score."""
     taken = torch.zeros_like(available)
     candidates = available.nonzero().flatten()
-    taken[candidates[scores[candidates].argsort()[: int(split)]]] = True
+    taken[candidates[scores[candidates].argsort()[:count]]] = True
     return taken
 
 
 def split_indices(
-    keys: Sequence[str], validation_split: float | int, test_split: float | int, seed: int
+    keys: Sequence[str],
+    validation_split: float | int,
+    test_split: float | int,
+    seed: int,
+    strata: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Split samples into disjoint "train", "valid" and "test" index sets by each sample's key: its id (a file
     name, an id column's value, a row's content, its index in a data set that never changes).
@@ -67,12 +92,18 @@ def split_indices(
     takes the samples whose hash is below f (about f of them); a count n takes the n of lowest hash (exactly n:
     a new sample can move the one at the edge). The test set is taken first, from its own hash, so changing
     `validation_split` never moves a sample into or out of it; the validation set takes its fraction of the rest.
+    `strata` (each sample's label: a stratified split) makes every split take its share of each label exactly;
+    a new sample then can move the one at the edge of its own label.
     """
     everything = torch.ones(len(keys), dtype=torch.bool)
     scores = {salt: torch.tensor([_unit_hash(seed, salt, k) for k in keys], dtype=torch.float64) for salt in
               ("test", "valid")}  # fmt: skip
-    test = _take(test_split, scores["test"], everything, "test_split")
-    valid = _take(validation_split, scores["valid"], ~test, "validation_split")
+    codes = None
+    if strata is not None:
+        numbers = {label: i for i, label in enumerate(sorted(set(strata)))}
+        codes = torch.tensor([numbers[label] for label in strata], dtype=torch.long)
+    test = _take(test_split, scores["test"], everything, "test_split", codes)
+    valid = _take(validation_split, scores["valid"], ~test, "validation_split", codes)
     return {
         name: mask.nonzero().flatten() for name, mask in (("test", test), ("valid", valid), ("train", ~(test | valid)))
     }

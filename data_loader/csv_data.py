@@ -121,13 +121,16 @@ def rows_of(
     validation_split: float | int,
     test_split: float | int,
     seed: int,
+    stratify_by: str | None = None,
 ) -> dict:
     """The row indices of each split: {"train", "valid", "test"}, or every row as "predict". A row's split
-    follows its id column's value, or without one its content: never its position in the file."""
+    follows its id column's value, or without one its content: never its position in the file. With
+    `stratify_by` (the target column), each split takes its share of every label."""
     if split == "predict":
         return {"predict": torch.arange(len(table))}
     keys = table.texts(id_column, "id") if id_column is not None else [",".join(row) for row in table.rows]
-    splits = split_indices(keys, validation_split, test_split, seed)
+    strata = table.texts(stratify_by, "target") if stratify_by is not None else None
+    splits = split_indices(keys, validation_split, test_split, seed, strata)
     if len(splits["train"]) == 0:
         raise DataError(
             f"{table.path}: {len(table)} rows leave none for training; lower validation_split or test_split"
@@ -195,9 +198,11 @@ def class_targets(table: CsvTable, column: str, split: str, preprocessing: dict)
     return classes, torch.tensor([number[label] for label in labels], dtype=torch.int64)
 
 
-def check_task(task: str) -> None:
+def check_task(task: str, stratify: bool = False) -> None:
     if task not in TASKS:
         raise DataError(f"data_loader.args.task: unknown task {task!r} (valid: {', '.join(TASKS)})")
+    if stratify and task == "regression":
+        raise DataError("data_loader.args.stratify: a regression target has no labels to stratify by; set it false")
 
 
 def csv_targets(
@@ -257,18 +262,20 @@ class CsvDataLoader(BaseDataLoader):
         validation_split: float | int = 0.1,
         test_split: float | int = 0.2,
         split_seed: int = 0,
+        stratify: bool = False,
         num_workers: int = 0,
         split: str = "train",
         seed: int = 0,
         inputs: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
-        check_task(task)
+        check_task(task, stratify)
         table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
         if split != "predict":
             table.check_column(target_column, "target")
         columns = self._feature_columns(table, target_column, feature_columns, id_column, preprocessing)
-        splits = rows_of(table, id_column, split, validation_split, test_split, split_seed)
+        strata = target_column if stratify else None
+        splits = rows_of(table, id_column, split, validation_split, test_split, split_seed, strata)
         features = torch.stack([table.numbers(c, "feature", NOT_A_FEATURE) for c in columns], dim=1)  # (N, F) f64
         if preprocessing:
             mean = torch.tensor(saved(preprocessing, "means", table), dtype=torch.float64)

@@ -46,7 +46,8 @@ class CsvImageDataLoader(BaseDataLoader):
 
     `task`: "binary" (two labels, the second in sorted order is 1; targets (B, 1) float, for one logit:
     bce_with_logits, BCEWithLogitsLoss), "classification" (class indices, a score per class) or "regression"
-    (the value, standardized with the training rows). A sample's split follows its id. For predictions,
+    (the value, standardized with the training rows). A sample's split follows its id; `stratify` gives each
+    split its share of every label (binary and classification). For predictions,
     `inputs` is a CSV file of ids (Kaggle's test.csv), its images in the folder named like it beside it; the
     predictions file is then a submission, `<id_column>,<target_column>` in the input's order (for a binary
     task the probability of the positive class). Image arguments as in ImageFolderDataLoader.
@@ -70,6 +71,7 @@ class CsvImageDataLoader(BaseDataLoader):
         validation_split: float | int = 0.1,
         test_split: float | int = 0.2,
         split_seed: int = 0,
+        stratify: bool = False,
         augment: bool = False,
         in_memory: bool = True,
         cache: bool = True,
@@ -82,7 +84,7 @@ class CsvImageDataLoader(BaseDataLoader):
         inputs: str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
-        check_task(task)
+        check_task(task, stratify)
         check_image_args(channels, mean, std, image_size)
         csv_path = Path(data_dir) / csv_file
         table, preprocessing = read_split(str(csv_path), split, inputs, preprocessing)
@@ -94,7 +96,8 @@ class CsvImageDataLoader(BaseDataLoader):
         files = image_files(folder, self.ids, extension, table.path)
         if split != "predict":
             table.check_column(target_column, "target")
-        rows = rows_of(table, id_column, split, validation_split, test_split, split_seed)  # by id
+        strata = target_column if stratify else None
+        rows = rows_of(table, id_column, split, validation_split, test_split, split_seed, strata)  # by id
         self.task, self.submission = task, (id_column, target_column)
         targets, self.classes, self.preprocessing = csv_targets(
             table, target_column, task, split, rows.get("train"), preprocessing

@@ -296,7 +296,8 @@ def new_inputs(root: Path | None, preprocessing: dict | None) -> tuple[list[Path
 
 
 class ImageFolderDataLoader(BaseDataLoader):
-    """Labelled images in one sub-folder per class; seeded "train", "valid" and "test" splits of the whole.
+    """Labelled images in one sub-folder per class; seeded "train", "valid" and "test" splits of the whole, by each
+    file's path (`stratify`: each split takes its share of every class).
 
     `image_size`: every image is resized to image_size x image_size. `channels`: 3 (RGB) or 1 (grey).
     `mean`/`std` per channel: ImageNet's by default, what torchvision's pretrained weights expect.
@@ -317,6 +318,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         validation_split: float | int = 0.1,
         test_split: float | int = 0.2,
         split_seed: int = 0,
+        stratify: bool = False,
         augment: bool = False,
         in_memory: bool = True,
         cache: bool = True,
@@ -341,9 +343,9 @@ class ImageFolderDataLoader(BaseDataLoader):
                     f"{named(self.root)}: the class folders ({', '.join(map(named, classes))}) are not the classes "
                     f"the model was trained on ({', '.join(map(named, preprocessing.get('classes', [])))})"
                 )
-            indices = split_indices(
-                [f.relative_to(self.root).as_posix() for f in files], validation_split, test_split, split_seed
-            )[split]
+            keys = [f.relative_to(self.root).as_posix() for f in files]
+            strata = [str(t) for t in targets] if stratify else None
+            indices = split_indices(keys, validation_split, test_split, split_seed, strata)[split]
         dataset = image_dataset(
             self.root, files, torch.tensor(targets), image_size, channels, mean, std, augment, in_memory,
             cache and split != "predict", cache_dir,

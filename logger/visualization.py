@@ -74,6 +74,16 @@ class Writer:
 
             self._add_to_row(epoch, tag, wandb.Histogram(values.numpy()))
 
+    def add_checkpoint(self, path: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
+        """A checkpoint file as a new version of the W&B model artifact `model-<run id>` (as Lightning's
+        WandbLogger names it). W&B copies the file at once, so the trainer may overwrite it next epoch."""
+        if self.wandb is not None:
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path))
+            self.wandb.log_artifact(artifact, aliases=aliases)
+
     def add_hparams(self, hparams: dict, metrics: dict) -> None:
         """The flat config beside the final results: TensorBoard's HPARAMS tab, the W&B run's summary (its
         config went in at wandb.init)."""
@@ -164,18 +174,35 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def make_writer(log_dir: Path, config: dict) -> Writer:
+def make_writer(log_dir: Path, config: dict, wandb_run_id: str | None = None) -> Writer:
     """The writer a config asks for: TensorBoard (`tensorboard`), W&B (`wandb`: wandb.init's arguments), both,
-    or neither. W&B's files go to `<log_dir>/wandb`; `WANDB_MODE=offline` keeps everything on disk."""
+    or neither. W&B's files go to `<log_dir>/wandb`; `WANDB_MODE=offline` keeps everything on disk. With
+    `wandb_run_id` (a resumed run), W&B goes on with the run of that id."""
     wandb_run = None
     if config["wandb"] is not None:
-        import wandb  # imported here: W&B is optional
-
-        try:
-            wandb_run = wandb.init(dir=str(log_dir), config=flatten_config(config), **config["wandb"])
-        except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
-            raise ConfigError(f"wandb: wandb.init refused its arguments: {first_line(e)}") from None
+        wandb_run = init_wandb(log_dir, config["wandb"], wandb_run_id, config=flatten_config(config))
     return Writer(log_dir if config["tensorboard"] else None, wandb_run)
+
+
+def init_wandb(log_dir: Path, args: dict[str, Any], run_id: str | None, **more: Any) -> Any:
+    """wandb.init with the config's arguments, continuing the run `run_id` if given; a refusal is one line."""
+    import wandb  # imported here: W&B is optional
+
+    if run_id is not None:
+        args = {**args, "id": run_id, "resume": "allow"}
+    try:
+        return wandb.init(dir=str(log_dir), **args, **more)
+    except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
+        raise ConfigError(f"wandb: wandb.init refused its arguments: {first_line(e)}") from None
+
+
+def add_to_wandb_summary(log_dir: Path, args: dict[str, Any], run_id: str, values: dict[str, Any]) -> None:
+    """Add `values` to the summary of the W&B run `run_id` (test.py's results to the run that trained the model)."""
+    run = init_wandb(log_dir, args, run_id)
+    try:
+        run.summary.update(values)
+    finally:
+        run.finish()
 
 
 def wandb_errors(args: dict[str, Any]) -> list[str]:

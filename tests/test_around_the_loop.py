@@ -4,12 +4,13 @@ import csv
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script, train, tree_snapshot
+from conftest import ROOT, evaluate, run_script, train, tree_snapshot
 from parse_config import ConfigParser
 from trainer.base_trainer import OutOfMemory
 from trainer.callbacks import Callback
@@ -266,7 +267,7 @@ def read_wandb_run(path: Path) -> dict[str, dict]:
             pending += chunk
             if kind == 4:
                 chunks.append(pending)
-    run: dict[str, dict] = {"summary": {}, "history": {}, "config": {}}
+    run: dict[str, Any] = {"summary": {}, "history": {}, "config": {}, "artifacts": []}
     for chunk in chunks:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(chunk)
@@ -278,6 +279,12 @@ def read_wandb_run(path: Path) -> dict[str, dict]:
                 run["history"].setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
         elif kind == "run":
             run["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+        elif kind == "artifact":
+            artifact = record.artifact
+            files = [entry.path for entry in artifact.manifest.contents]
+            metadata = json.loads(artifact.metadata or "{}")
+            aliases = list(artifact.aliases)
+            run["artifacts"].append({"name": artifact.name, "aliases": aliases, "files": files, **metadata})
     return run
 
 
@@ -287,6 +294,7 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
     monkeypatch.setenv("WANDB_SILENT", "true")
     tiny_config["wandb"] = {"project": "digits", "name": "offline-test"}
     tiny_config["callbacks"] = [{"type": "ImagePredictionLogger", "args": {"max_images": 4}}]
+    tiny_config["trainer"]["log_model"] = True
     result, folder = train(tiny_config, tmp_path, "wandb")
     runs = list((folder.log_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
@@ -296,6 +304,13 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
     assert len(run["history"]["accuracy/valid"]) == 2
     assert any(key.startswith("predictions/images") for key in run["history"])  # an image: nested keys
     assert run["config"]["name"] == "Digits_CNN" and run["config"]["trainer.epochs"] == 2
+    # log_model true: at the end, last.pth as "latest" and model_best.pth as "best", with their epochs' results.
+    # (W&B gives every newly logged version the alias "latest" too.)
+    artifacts = [(a["files"], set(a["aliases"]), a["epoch"], a["val_loss"]) for a in run["artifacts"]]
+    assert artifacts == [
+        (["last.pth"], {"latest"}, 2, pytest.approx(result["last"]["val_loss"])),
+        (["model_best.pth"], {"latest", "best"}, result["best"]["epoch"], pytest.approx(result["best"]["val_loss"])),
+    ]
     # One row per epoch on an explicit epoch axis, one per logged training step on the global-step axis.
     assert run["history"]["epoch"] == [1, 2]
     steps = run["history"]["global_step"]
@@ -308,6 +323,51 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
     assert len(images) == 2  # one grid an epoch
     pixels = torch.from_numpy(np.asarray(Image.open(images[-1]).convert("L"))).float()
     assert pixels.mean() > 30 and pixels.max() == 255
+
+
+def wandb_runs(log_dir: Path, run_id: str) -> list[Path]:
+    """The offline files of W&B run `run_id`, oldest first (one folder per process that logged to it; a second
+    in the same second gets a -1 suffix, so names do not sort in time)."""
+    return sorted(log_dir.glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb"), key=lambda p: p.stat().st_mtime_ns)
+
+
+@pytest.mark.e2e
+def test_wandb_run_goes_on_at_resume_gets_checkpoints_and_test_results(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tiny_config["wandb"] = {"project": "digits", "job_type": "train"}
+    tiny_config["trainer"].update(monitor="max val_accuracy", log_model="all")
+    _, folder = train(tiny_config, tmp_path, "wandb")
+    run_id = torch.load(folder.checkpoint_dir / "last.pth", weights_only=True)["wandb_run_id"]
+    first = read_wandb_run(wandb_runs(folder.log_dir, run_id)[0])
+    # One version of model-<run id> after each epoch: last.pth, with the epoch's results; "best" where it improved.
+    assert [a["epoch"] for a in first["artifacts"]] == [1, 2]
+    assert {a["name"] for a in first["artifacts"]} == {f"model-{run_id}"}
+    assert all(a["files"] == ["last.pth"] and "latest" in a["aliases"] for a in first["artifacts"])
+    assert "best" in first["artifacts"][0]["aliases"]
+
+    # A resume goes on with the same W&B run (a second offline folder of the same id, to sync into it).
+    train(None, tmp_path, resume=folder.checkpoint_dir / "last.pth", overrides=["trainer.epochs=3"])
+    runs = wandb_runs(folder.log_dir, run_id)
+    assert len(runs) == 2
+    assert read_wandb_run(runs[1])["history"]["epoch"] == [3]
+
+    # test.py adds its results to that run's summary, as <metric>/test.
+    results = evaluate(folder.checkpoint_dir / "model_best.pth")
+    runs = wandb_runs(folder.log_dir, run_id)
+    assert len(runs) == 3
+    summary = read_wandb_run(runs[2])["summary"]
+    assert summary["accuracy/test"] == pytest.approx(results["accuracy"], abs=1e-9)
+    assert summary["n_samples/test"] == results["n_samples"] > 0
+    # W&B's own switch keeps an evaluation out of the run.
+    evaluate(folder.checkpoint_dir / "model_best.pth", "--out", str(tmp_path / "r.json"), "wandb.mode=disabled")
+    assert len(list((folder.log_dir / "wandb").glob("offline-run-*"))) == 3
+
+
+def test_log_model_without_a_wandb_section_is_refused(tiny_config):
+    tiny_config["trainer"]["log_model"] = True
+    with pytest.raises(ConfigError, match=r"trainer.log_model: checkpoints go to W&B; add a \"wandb\" section"):
+        ConfigParser(tiny_config)
 
 
 def test_the_wandb_section_takes_any_argument_of_wandb_init(tiny_config):

@@ -196,6 +196,7 @@ def test_resume_checks_every_field_and_writes_only_in_the_checkpoints_own_run_fo
             "the checkpoint's training state does not fit",
         ),
         "monitor_nan": ({"monitor_best": float("nan")}, "field 'monitor_best' should be a number"),
+        "wandb_run_a_path": ({"wandb_run_id": "../../x"}, "field 'wandb_run_id' should be a W&B run id or null"),
         "batch_beyond_the_epoch": (
             {"batch_in_epoch": 10_000, "partial_epoch_metrics": {"sums": {}, "counts": {}}},
             "the checkpoint stopped after batch 10000 of epoch 2, which has 41 batches with this config",

@@ -43,6 +43,22 @@ def test_a_samples_split_follows_its_id_not_its_position():
     assert sum(v == "test" for v in before.values()) == pytest.approx(100, abs=25)
 
 
+def test_a_stratified_split_gives_each_split_its_share_of_every_label():
+    labels = ["rare"] * 30 + ["common"] * 970  # 3 % positives, as in an imbalanced competition
+    keys = [f"id_{i}" for i in range(1000)]
+    parts = split_indices(keys, 0.1, 0.2, seed=0, strata=labels)
+    counts = {name: sum(labels[i] == "rare" for i in part.tolist()) for name, part in parts.items()}
+    assert counts == {"test": 6, "valid": 2, "train": 22}  # round(0.2 * 30), round(0.1 * 24), the rest
+    assert [len(part) for part in parts.values()] == [200, 80, 720]
+    # A count is shared out in proportion to the labels: exactly that many in all.
+    counted = split_indices(keys, 33, 0.2, seed=0, strata=labels)["valid"]
+    assert len(counted) == 33 and sum(labels[i] == "rare" for i in counted.tolist()) == 1
+    # Within a label the split still follows the ids: the same ids in another order land in the same splits.
+    order = list(range(999, -1, -1))
+    again = split_indices([keys[i] for i in order], 0.1, 0.2, seed=0, strata=[labels[i] for i in order])
+    assert sorted(order[i] for i in again["test"].tolist()) == parts["test"].tolist()
+
+
 @pytest.mark.parametrize(
     ("validation_split", "message"),
     [

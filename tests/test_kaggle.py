@@ -47,6 +47,23 @@ def test_the_kaggle_layout_is_read_by_id_with_binary_targets(competition):
     assert 0.05 < targets.mean() < 0.2 and loaders["train"].classes == ["0", "1"]
 
 
+def test_a_stratified_split_keeps_the_positive_share_in_every_split(competition):
+    positives = sum(r["target"] == "1" for r in rows(competition / "train.csv"))
+    loaders = {
+        s: CsvImageDataLoader(str(competition), extension=".png", split=s, stratify=True, batch_size=4096)
+        for s in ("train", "valid", "test")
+    }
+    shares = {s: float(next(iter(loader))[1].sum()) for s, loader in loaders.items()}
+    test_positives = round(0.2 * positives)
+    assert shares == {
+        "train": positives - test_positives - round(0.1 * (positives - test_positives)),
+        "valid": round(0.1 * (positives - test_positives)),
+        "test": test_positives,
+    }
+    with pytest.raises(DataError, match=r"data_loader\.args\.stratify: a regression target has no labels"):
+        CsvImageDataLoader(str(competition), extension=".png", task="regression", stratify=True)
+
+
 def test_a_missing_image_or_column_is_one_line_naming_it(competition, tmp_path):
     broken = tmp_path / "train.csv"
     broken.write_text("image_name,target\nnot_there,1\n")

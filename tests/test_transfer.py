@@ -406,6 +406,12 @@ def test_transfer_example_freezes_then_unfreezes_reaches_090_and_predicts(digit_
     assert sum(int(r["prediction"]) == truth[int(r["id"][3:7])] for r in rows) / len(rows) >= 0.9
     assert all(abs(sum(float(r[f"prob_{d}"]) for d in range(10)) - 1) < 1e-4 for r in rows)
     assert result["best"]["val_accuracy"] >= 0.9
+    # --strip-extension: the same rows, each id without its file extension.
+    bare = tmp_path / "bare.csv"
+    done = run_script("predict.py", "--resume", str(run.checkpoint_dir), "--input", str(digit_folders["new"]),
+                      "--out", str(bare), "--strip-extension")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in csv.DictReader(bare.open())] == [r["id"].rsplit(".", 1)[0] for r in rows]
 
 
 @pytest.mark.e2e

@@ -42,6 +42,7 @@ from trainer.checkpoint import (
     KEY_RNG,
     KEY_SCHEDULER,
     KEY_STATE_DICT,
+    KEY_WANDB_RUN,
     LAST_NAME,
     apply_changed_optimizer_args,
     capture_rng_state,
@@ -94,6 +95,7 @@ class BaseTrainer(abc.ABC):
         min_delta: float = 0.0,
         early_stop: int = 0,
         scheduler_interval: str = "epoch",
+        log_model: bool | str = False,
     ) -> None:
         """Builds the loop and writes nothing: where the run writes is given to `train`."""
         self.logger = logging.getLogger("trainer")
@@ -112,6 +114,7 @@ class BaseTrainer(abc.ABC):
         self.min_delta = min_delta
         self.early_stop = early_stop
         self.scheduler_interval = scheduler_interval
+        self.log_model = log_model  # checkpoints to W&B: False, True (model_best and last at the end), "all"
         self.metrics_csv: MetricsCsv | None = None
 
         self.monitor_best = self.monitor.worst
@@ -169,6 +172,8 @@ class BaseTrainer(abc.ABC):
                 self.best_result = last
             self.start_epoch = epoch + 1
             self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
+            if self.log_model == "all":
+                self._checkpoint_to_wandb(LAST_NAME, last, ["latest", *(["best"] if improved else [])])
             # After the checkpoints: a callback that reports the epoch elsewhere (Ray Tune, which may stop the
             # trial inside its report) leaves the epoch saved.
             self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, last)
@@ -180,6 +185,10 @@ class BaseTrainer(abc.ABC):
             if epoch < last_epoch and self._stop_agreed(share=True):
                 self._interrupt(epoch, 0)
         outcome = {"last": last, "best": self.best_result}
+        if self.log_model is True and last:
+            self._checkpoint_to_wandb(LAST_NAME, last, ["latest"])
+            if self.best_result is not None:
+                self._checkpoint_to_wandb(BEST_NAME, self.best_result, ["best"])
         write_hparams(self.writer, self.config, outcome)
         self._call_hooks([c.on_train_end for c in self.callbacks], outcome)
         self.writer.flush()
@@ -305,6 +314,7 @@ class BaseTrainer(abc.ABC):
             KEY_BEST_RESULT: self.best_result,
             KEY_RNG: capture_rng_state(),
             KEY_CONFIG: self.config,
+            KEY_WANDB_RUN: self.writer.wandb.id if self.writer.wandb is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -381,6 +391,12 @@ class BaseTrainer(abc.ABC):
         """Write a checkpoint (rank 0 only: every rank holds the same state)."""
         if self.is_main and self.run is not None:
             save_checkpoint(self.state_dict(epoch, batch), path)
+
+    def _checkpoint_to_wandb(self, name: str, result: dict[str, Any], aliases: list[str]) -> None:
+        """The run's checkpoint `name` as a version of its W&B model artifact, with its epoch's results."""
+        if self.is_main and self.run is not None:
+            metadata = {key: value for key, value in result.items() if not isinstance(value, list)}
+            self.writer.add_checkpoint(self.run.checkpoint_dir / name, aliases, metadata)
 
     def _save_epoch(self, epoch: int, periodic: bool, best: bool) -> None:
         """The end-of-epoch checkpoints: last.pth always, checkpoint-epoch<N>.pth every save_period epochs,

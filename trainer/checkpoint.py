@@ -43,6 +43,7 @@ KEY_BEST_RESULT = "best_result"
 KEY_RNG = "rng"
 KEY_CONFIG = "config"
 KEY_DATA = "data_preprocessing"  # the training loader's `preprocessing` (class names, statistics), for predictions
+KEY_WANDB_RUN = "wandb_run_id"  # the W&B run the training logged to, or None: a resume and test.py add to it
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ARCH, KEY_EPOCH, KEY_STATE_DICT, KEY_CONFIG)  # to evaluate or fine-tune
 RESUME_KEYS = (
     *REQUIRED_KEYS,
@@ -191,6 +192,10 @@ FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     KEY_RNG: (lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v), "the random states"),
     KEY_PARTIAL: (lambda v: isinstance(v, dict) and {"sums", "counts"} <= set(v), "partial epoch metrics"),
     KEY_DATA: (lambda v: isinstance(v, dict), "the data loader's preprocessing (a dict)"),
+    KEY_WANDB_RUN: (
+        lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", v) is not None),
+        "a W&B run id or null",
+    ),
 }
 
 
@@ -200,6 +205,12 @@ def _check_fields(path: Path, state: dict, keys: tuple[str, ...]) -> None:
         if not check(state[key]):
             shown = repr(state[key]) if not isinstance(state[key], (dict, list)) else type(state[key]).__name__
             raise CheckpointError(f"{path}: field {key!r} should be {expected}, found {shown[:60]}")
+
+
+def wandb_run_id(checkpoint: Checkpoint) -> str | None:
+    """The id of the W&B run that the checkpoint's training logged to; None without one (or from an older version)."""
+    _check_fields(checkpoint.path, checkpoint.state, (KEY_WANDB_RUN,) if KEY_WANDB_RUN in checkpoint.state else ())
+    return checkpoint.state.get(KEY_WANDB_RUN)
 
 
 def check_resume(checkpoint: Checkpoint, config: dict) -> None:
@@ -221,6 +232,7 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
         _check_fields(path, state, needed)
         if not state[KEY_BATCH]:  # the partial epoch's metrics only when it stopped in the middle of one
             break
+    wandb_run_id(checkpoint)
     saved = state[KEY_CONFIG]
     for key, then, now in (
         ("arch.type", state[KEY_ARCH], config["arch"]["type"]),
