@@ -354,6 +354,11 @@ class TextCsvDataLoader(BaseDataLoader):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:  # [CLS] and [SEP]
             raise DataError(f"data_loader.args.max_length: expected a whole number >= 2, found {max_length!r}")
         tokenize = load_tokenizer(tokenizer)
+        if max_length > tokenize.model_max_length:  # longer than the model reads: positions it has no embedding for
+            raise DataError(
+                f"data_loader.args.max_length: {max_length} tokens, but the tokenizer's model reads at most "
+                f"{tokenize.model_max_length}; use {tokenize.model_max_length} or fewer"
+            )
         table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
         texts = table.texts(text_column, "text")
         splits = rows_of(table, id_column, split, validation_split, test_split, split_seed)

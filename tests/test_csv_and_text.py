@@ -392,6 +392,14 @@ def test_hugging_face_errors_are_one_line(tmp_path, tiny_bert, monkeypatch):
         TextCsvDataLoader(str(path), "text", "label", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"reviews\.csv: no text column 'txt'; .*did you mean 'text'\?$"):
         TextCsvDataLoader(str(path), "txt", "label", str(tiny_bert))
+    # A tokenizer that knows its model's length refuses a longer max_length before it tokenizes (1e9 would pad
+    # every text to a billion tokens).
+    bounded = tmp_path / "bounded"
+    shutil.copytree(tiny_bert, bounded)
+    settings = json.loads((bounded / "tokenizer_config.json").read_text())
+    (bounded / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 64}))
+    with pytest.raises(DataError, match=r"^data_loader\.args\.max_length: 1000000000 tokens, but the tokenizer's mo"):
+        TextCsvDataLoader(str(path), "text", "label", str(bounded), max_length=10**9)
     model = HuggingFaceModel(str(tiny_bert), num_labels=2)
     long = TextCsvDataLoader(str(path), "text", "label", str(tiny_bert), max_length=100, validation_split=0)
     with pytest.raises(ConfigError, match=r"^data_loader\.args\.max_length: 100 tokens, but the model in \S+ reads"):
