@@ -82,6 +82,11 @@ def test_image_folder_splits_every_image_once_with_its_class(tmp_path):
     brightness = images.mean(dim=(1, 2, 3))
     assert all(brightness[targets == 0].max() < brightness[targets == 1].min() for _ in [0])
     assert brightness[targets == 1].max() < brightness[targets == 2].min()
+    # stratify: a count of 3 takes one image of each class.
+    counts = {"validation_split": 3, "test_split": 3}
+    for s in ("valid", "test"):
+        loader = ImageFolderDataLoader(str(root), image_size=8, split=s, **counts, stratify=True)
+        assert sorted(batches(loader)[0][1].tolist()) == [0, 1, 2]
 
 
 def test_image_folder_resizes_normalizes_and_keeps_grey_images_grey(tmp_path):
