@@ -1,16 +1,11 @@
-"""What a sweep runs on Ray Tune: the trial (a normal run that reports every epoch), the search, the scheduler,
-and the console lines that follow the trials. Imported only once the space is checked and Ray is needed.
+"""What a sweep runs on Ray Tune: the trial (train.main in a Ray worker, reporting every epoch), the search,
+the scheduler, and the console lines that follow the trials. Imported only once the space is checked."""
 
-A trial is `train.main` in a Ray worker, in a run folder of the sweep's own folder named after its Tune trial
-(trial_0003). It reports each epoch's results to Tune from the `on_epoch_end` hook, which comes once the
-epoch's checkpoints are written. A trial that the scheduler stops is ended by Tune inside that report, so it
-keeps the checkpoint and the metrics.csv row of the last epoch it reported; its run folder is what
-trials.csv and best.json are read from.
-"""
-
-import functools
+import csv
 import logging
 import os
+import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -25,16 +20,51 @@ from sweep.space import (
     RAY_FOLDER,
     Sweep,
     TrialRecord,
-    format_value,
-    last_results,
+    as_text,
+    check_ray_state,
     read_trial,
-    remove_unstarted_run,
     run_is_finished,
+    sign_ray_state,
+    state_key,
 )
 from trainer.callbacks import Callback
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, TrainingInterrupted, UserError, first_line
+from utils.util import read_json
 
 PROCESS_WIDE = ("deterministic", "num_threads")  # what train.main turns on for the process and never off
+
+
+def run_sweep(sweep: Sweep, resume: bool, address: str | None) -> list[TrialRecord]:
+    """Run the sweep's trials (resuming: those Tune has not ended) on Ray; one record per trial."""
+    key = state_key()  # this machine's, for Ray's state: read (or made) before anything starts
+    if resume:  # before Ray starts and reads its state: it unpickles that state
+        check_ray_state(sweep.folder, key)
+    print(f"Sweep {sweep.folder}: {sweep.search} search, {sweep.scheduler} scheduler; starting Ray", flush=True)
+    start_ray(address, sweep)
+    try:
+        if not resume:  # only now: everything is valid and Ray runs
+            sweep.folder.mkdir(parents=True)
+            sweep.save()
+        tuner = make_tuner(sweep, resume)
+        # Tune stops on Ctrl-C: it saves its state, the trials keep their checkpoints; kill (SIGTERM) does the same
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+        try:
+            tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        records = []  # while Ray runs: a trial's error is read through it
+        for t in tune.ExperimentAnalysis(str(sweep.folder / RAY_FOLDER)).trials:  # as Tune saved them last: one
+            error = error_line(t) if t.status == Trial.ERROR else ""  # interrupted is still RUNNING there, not ended
+            records.append(read_trial(sweep, Path(t.path).name, t.config, t.status == Trial.TERMINATED, error))
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, with the state it saved last
+        raise TrainingInterrupted(
+            f"stopped at once; continue the sweep with: python tune.py --resume {sweep.folder}", signal.SIGINT
+        ) from None
+    finally:
+        ray.shutdown()
+        if sweep.folder.is_dir():
+            sign_ray_state(sweep.folder, key)  # what a --resume will unpickle: as this run leaves it, nothing else
+    return records
 
 
 class ReportToTune(Callback):
@@ -47,13 +77,8 @@ class ReportToTune(Callback):
 
 
 def run_trial(values: dict[str, Any], sweep_dir: str, workdir: str) -> None:
-    """One trial: a normal run of the base config with the drawn `values`, in the sweep's folder.
-
-    It runs in `workdir`, the folder tune.py was started in (on every machine: the code is at the same path),
-    so that a relative path in the config (data_dir) means what it means to train.py. A trial that a resumed
-    sweep starts again continues its run from last.pth; a run that had already ended reports its last epoch
-    again, without training.
-    """
+    """One trial: a normal run of the base config with the drawn `values`, in the sweep's folder, from `workdir`
+    (where tune.py started: a relative data_dir means what it means to train.py), or resumed from its last.pth."""
     import train
     from parse_config import ConfigParser
     from trainer.checkpoint import KEY_BEST_RESULT, LAST_NAME, check_resume, load_checkpoint
@@ -63,28 +88,24 @@ def run_trial(values: dict[str, Any], sweep_dir: str, workdir: str) -> None:
     trial = Path(tune.get_context().get_trial_dir()).name  # trial_NNNN, from trial_dirname below
     run = sweep.run_folder(trial, values)
     last = run.checkpoint_dir / LAST_NAME
-    if not last.is_file():
-        if run.exists():  # stopped before its first checkpoint: it starts again
-            remove_unstarted_run(run)
+    if not last.is_file():  # a new trial, or one stopped before its first checkpoint: it starts again
+        if any(run.checkpoint_dir.glob("*.pth")):
+            raise ConfigError(f"{run.checkpoint_dir}: has checkpoints but no last.pth; remove the folder to rerun it")
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(run.log_dir, ignore_errors=True)
         config = ConfigParser.load(sweep.folder / CONFIG_NAME, None, sweep.trial_overrides(values))
         train.main(config, run_id=trial, callbacks=[ReportToTune()])
         return
     checkpoint = load_checkpoint(last)
-    if run_is_finished(checkpoint.state):  # the sweep was killed after the run ended, before Tune saved that
-        tune.report(last_results(run, list(checkpoint.state[KEY_BEST_RESULT])))
+    if run_is_finished(checkpoint.state):  # the sweep was killed after the run ended, before Tune saved that:
+        with (run.log_dir / "metrics.csv").open(newline="") as handle:  # report its last epoch again
+            row = list(csv.DictReader(handle))[-1]
+        keys = [k for k in checkpoint.state[KEY_BEST_RESULT] if row.get(k, "") != ""]
+        tune.report({k: int(row[k]) if k == "epoch" else float(row[k]) for k in keys})
         return
     config = ConfigParser.load(None, checkpoint)
     check_resume(checkpoint, config.config)
     train.main(config, resume=checkpoint, callbacks=[ReportToTune()])
-
-
-def trial_dirname(trial: Trial, first: int) -> str:
-    """trial_0000, trial_0001, ...: Tune's experiment tag starts with the trial's number (from `first`)."""
-    return f"trial_{int(trial.experiment_tag.split('_')[0]) - first:04d}"
-
-
-def trial_name(trial: Trial) -> str:
-    return Path(trial.path).name
 
 
 def error_line(trial: Trial) -> str:
@@ -99,52 +120,49 @@ def error_line(trial: Trial) -> str:
     if isinstance(cause, UserError):
         return str(cause)
     if cause is not None:
-        text = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {text[0] if text else ''}"
-    lines = [line for line in (trial.get_error() or "").splitlines() if line.strip()]
+        return f"{type(cause).__name__}: {first_line(cause)}"
+    lines = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]  # the traceback's text
     return lines[-1] if lines else "failed (no error was recorded)"
 
 
-def param_space(sweep: Sweep) -> dict[str, Any]:
-    """The space as Tune's distributions."""
-    draw = {
-        "uniform": lambda v: tune.uniform(*v),
-        "loguniform": lambda v: tune.loguniform(*v),
-        "randint": lambda v: tune.randint(*v),
-        "choice": lambda v: tune.choice(list(v)),
-        "grid": lambda v: tune.grid_search(list(v)),
-    }
-    return {d.key: draw[d.kind](d.values) for d in sweep.space}
-
-
-def make_tuner(sweep: Sweep) -> tune.Tuner:
-    """A new sweep's Tuner: metric and mode from trainer.monitor, Ray's state in <sweep>/ray, quiet console."""
+def make_tuner(sweep: Sweep, resume: bool) -> tune.Tuner:
+    """The sweep's Tuner: metric and mode from trainer.monitor, Ray's state in <sweep>/ray, quiet console.
+    Resuming, ended and failed trials stay as they are; the others run again (see run_trial)."""
+    trial = tune.with_parameters(run_trial, sweep_dir=str(sweep.folder), workdir=os.getcwd())
+    trainable = tune.with_resources(trial, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
+    state = str(sweep.folder / RAY_FOLDER)
+    if resume and not tune.Tuner.can_restore(state):
+        raise ConfigError(f"{sweep.folder}: Ray Tune saved no state there (stopped as it began?); start a new sweep")
+    if resume:
+        return tune.Tuner.restore(state, trainable, resume_unfinished=True, resume_errored=False)
     mode, metric = sweep.monitor
     seed = sweep.config["seed"]  # the same config and space draw the same trials
     if sweep.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search.optuna import OptunaSearch  # imported only here: Optuna is optional
 
-        search, first = OptunaSearch(seed=seed), 1
+        search, first = OptunaSearch(seed=seed), 1  # Optuna's trials are numbered from 1
     else:
         search, first = tune.search.BasicVariantGenerator(random_state=seed), 0
     scheduler = None
     if sweep.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
         # A trial that reaches max_t is stopped by ASHA inside its last report, before its run has ended:
         # one epoch more than any trial runs lets every trial that is not behind end as a normal run.
         epochs = [v for d in sweep.space if d.key == "trainer.epochs" for v in d.corners()]
-        epochs.append(sweep.config["trainer"]["epochs"])
-        scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=max(epochs) + 1, grace_period=sweep.grace_period,
-            reduction_factor=sweep.reduction_factor,
-        )  # fmt: skip
+        max_t = max([*epochs, sweep.config["trainer"]["epochs"]]) + 1
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="epoch", max_t=max_t, grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor
+        )
+    lists = {"choice": tune.choice, "grid": tune.grid_search}  # the ranges: tune.uniform(low, high) and the like
+    draw = {
+        d.key: lists[d.kind](list(d.values)) if d.kind in lists else getattr(tune, d.kind)(*d.values)
+        for d in sweep.space
+    }
     return tune.Tuner(
-        trainable(sweep),
-        param_space=param_space(sweep),
+        trainable,
+        param_space=draw,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, search_alg=search, scheduler=scheduler, num_samples=sweep.samples,
-            trial_dirname_creator=functools.partial(trial_dirname, first=first),
+            trial_dirname_creator=lambda trial: f"trial_{int(trial.experiment_tag.split('_')[0]) - first:04d}",
             # A worker that ran a trial runs the next one, without importing torch again (seconds per trial).
             # train.main sets everything a run depends on, except these process-wide switches: a space that
             # varies one of them gets a fresh process per trial.
@@ -156,49 +174,30 @@ def make_tuner(sweep: Sweep) -> tune.Tuner:
     )  # fmt: skip
 
 
-def restore_tuner(sweep: Sweep) -> tune.Tuner:
-    """An interrupted sweep's Tuner: finished, stopped and failed trials stay as they are; the others run
-    (from their run's last.pth, see run_trial)."""
-    path = str(sweep.folder / RAY_FOLDER)
-    if not tune.Tuner.can_restore(path):
-        raise ConfigError(f"{sweep.folder}: Ray Tune saved no state there (stopped as it began?); start a new sweep")
-    return tune.Tuner.restore(path, trainable(sweep), resume_unfinished=True, resume_errored=False)
-
-
-def trainable(sweep: Sweep) -> Any:
-    resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
-    trial = tune.with_parameters(run_trial, sweep_dir=str(sweep.folder), workdir=os.getcwd())
-    return tune.with_resources(trial, resources)
-
-
 def start_ray(address: str | None, sweep: Sweep) -> None:
     """Join the cluster at `address`, or start a local Ray on every core; refuse trials that cannot fit."""
     # Each trial's console goes to its info.log; the driver prints one line per trial instead.
     options: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
         options.update(num_cpus=os.cpu_count(), include_dashboard=False)
-    elif address != "auto":
+    elif address != "auto":  # Ray itself retries for minutes where nothing answers, or something else does
         check_reachable(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"--address {address}: cannot join a Ray cluster there ({str(e).splitlines()[0]})") from None
-    # Tune logs every failed trial's traceback; the driver prints its one line instead (the traceback is in
-    # the trial's ray/<trial>/error.txt).
+        raise ConfigError(f"--address {address}: cannot join a Ray cluster there ({first_line(e)})") from None
+    # Tune logs every failed trial's traceback; the driver prints its one line (the traceback is in ray/<trial>).
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     cluster = ray.cluster_resources()
-    for flag, need, kind in (
-        ("--cpus-per-trial", sweep.cpus_per_trial, "CPU"),
-        ("--gpus-per-trial", sweep.gpus_per_trial, "GPU"),
-    ):
+    for kind, need in (("CPU", sweep.cpus_per_trial), ("GPU", sweep.gpus_per_trial)):
         if need > cluster.get(kind, 0):
             ray.shutdown()
-            raise ConfigError(f"{flag} {need:g}: the Ray cluster has {cluster.get(kind, 0):g} {kind}(s)")
+            raise ConfigError(
+                f"--{kind.lower()}s-per-trial {need:g}: the Ray cluster has {cluster.get(kind, 0):g} {kind}(s)"
+            )
 
 
 def check_reachable(address: str) -> None:
-    """Refuse at once a cluster address where nothing answers, or something other than Ray does: Ray itself
-    retries either for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--address {address}: expected HOST:PORT of the head node (e.g. 10.0.0.1:6379), or auto")
@@ -224,65 +223,50 @@ def check_reachable(address: str) -> None:
         )
 
 
-def final_trials(sweep: Sweep) -> list[Trial]:
-    """The trials as Tune saved them last: an interrupted sweep's running trials are still RUNNING there."""
-    return tune.ExperimentAnalysis(str(sweep.folder / RAY_FOLDER)).trials
-
-
-def trial_records(sweep: Sweep) -> list[TrialRecord]:
-    return [
-        read_trial(sweep, trial_name(t), t.config, t.status, error_line(t) if t.status == Trial.ERROR else "")
-        for t in final_trials(sweep)
-    ]
-
-
 class Progress(tune.Callback):
-    """The sweep on the console: a line when a trial starts, ends or fails, and every `every` seconds a count
-    with the best result so far."""
+    """The sweep on the console: a line when a trial starts, ends or fails, and every 30 s a count with the best
+    result so far. A trial the scheduler stops never reaches its run's end, where a run writes its config and
+    results to TensorBoard's HPARAMS tab: they are written here, so that it is compared with the rest."""
 
-    def __init__(self, sweep: Sweep, every: float = 30.0) -> None:
+    def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
-        self.every = every
-        self.total: int | None = None
-        self.best: tuple[float, str] | None = None  # (monitored value, trial)
-        self.started = self.last_line = time.monotonic()
 
-    def setup(self, total_num_samples: int | None = None, **info: Any) -> None:
-        self.total = total_num_samples
-        self.started = self.last_line = time.monotonic()
+    def setup(self, total_num_samples: int | None = None, **info: Any) -> None:  # a resumed sweep's too
+        self.total, self.started, self.last_line = total_num_samples, time.monotonic(), time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        values = ", ".join(f"{k}={format_value(v)}" for k, v in trial.config.items())
-        self._say(f"{trial_name(trial)} started: {values}")
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        mode, metric = self.sweep.monitor
-        if metric not in result:
-            return
-        sign = 1 if mode == "min" else -1
-        if self.best is None or sign * result[metric] < sign * self.best[0]:
-            self.best = (result[metric], trial_name(trial))
+        values = ", ".join(f"{k}={as_text(v, 4)}" for k, v in trial.config.items())
+        self._say(f"{Path(trial.path).name} started: {values}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        record = read_trial(self.sweep, trial_name(trial), trial.config, Trial.TERMINATED)
+        from logger.visualization import Writer, write_hparams
+
+        record = read_trial(self.sweep, Path(trial.path).name, trial.config, ended=True)
         metric = self.sweep.monitor[1]
-        self._say(
-            f"{record.trial} {record.status}: {record.epochs} epoch(s), "
-            f"best {metric} {format_value(record.best_value(metric))}"
-        )
+        best = as_text(record.best and record.best[metric], 4)
+        self._say(f"{record.trial} {record.status}: {record.epochs} epoch(s), best {metric} {best}")
+        if record.status != "stopped" or record.best is None:
+            return
+        config = read_json(record.run_folder / "config.json")
+        if config["tensorboard"]:
+            writer = Writer(self.sweep.run_folder(record.trial, record.values).log_dir)
+            last = {k: trial.last_result[k] for k in record.best if k in trial.last_result}
+            write_hparams(writer, config, {"last": last, "best": record.best})
+            writer.close()
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._say(f"{trial_name(trial)} failed: {error_line(trial)}")
+        self._say(f"{Path(trial.path).name} failed: {error_line(trial)}")
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        if time.monotonic() - self.last_line < self.every:
+        if time.monotonic() - self.last_line < 30:
             return
+        mode, metric = self.sweep.monitor  # Tune keeps each trial's min and max of every metric it reported
+        scored = [(t.metric_analysis[metric][mode], Path(t.path).name) for t in trials if metric in t.metric_analysis]
+        best = (min if mode == "min" else max)(scored, default=None)
         ended = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
         running = sum(t.status == Trial.RUNNING for t in trials)
-        best = (
-            f"; best {self.sweep.monitor[1]} so far {format_value(self.best[0])} ({self.best[1]})" if self.best else ""
-        )
-        self._say(f"{ended} of {self.total or len(trials)} trials ended, {running} running{best}")
+        so_far = f"; best {metric} so far {as_text(best[0], 4)} ({best[1]})" if best else ""
+        self._say(f"{ended} of {self.total or len(trials)} trials ended, {running} running{so_far}")
 
     def _say(self, line: str) -> None:
         seconds = int(time.monotonic() - self.started)

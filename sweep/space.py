@@ -1,37 +1,13 @@
-"""Hyper-parameter sweeps: the search space, checked as overrides are, and what a sweep leaves in its folder.
+"""A sweep without Ray (imported later, once the space is checked): its space, checked as overrides are, its options,
+the signatures of Ray's state, and what it leaves (trials.csv, best.json) read from each trial's run folder."""
 
-A space file maps dotted config keys to one distribution each:
-
-    {"optimizer.args.lr": {"loguniform": [0.0001, 0.1]}, "data_loader.args.batch_size": {"choice": [32, 64]}}
-
-    uniform [low, high]      a number in [low, high)
-    loguniform [low, high]   a number whose logarithm is uniform; 0 < low
-    randint [low, high]      a whole number in [low, high): high is excluded, as in range()
-    choice [a, b, ...]       one of the values, drawn for each trial
-    grid [a, b, ...]         every value in turn: the grid's product runs once per sample
-
-A sampled value reaches a trial's config as the override `key=<the value as JSON>`, exactly as a `key=value`
-of the command line does, so a space is checked by the same rules. The sweep's folder:
-
-    <save_dir>/sweeps/<name>/<sweep_id>/
-        sweep.json, config.json, space.json    what runs: the options, the base config (overrides applied), the space
-        models/<name>/trial_NNNN/              each trial's run folder (checkpoints), as for train.py
-        log/<name>/trial_NNNN/                 its info.log, metrics.csv and TensorBoard events
-        trials.csv, best.json                  one row per trial; the best trial, its config and checkpoint
-        ray/                                   Ray Tune's own state, read by --resume
-        ray_signatures.json                    an HMAC of every file in ray/, by a key of this machine
-
-Ray is not imported here (sweep/ray_tune.py holds what runs on it): the space is checked before Ray starts.
-"""
-
+import contextlib
 import copy
 import csv
 import hmac
 import json
-import math
 import os
 import secrets
-import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,44 +15,29 @@ from typing import Any
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser, apply_override, move_victoresque_keys, read_config
 from utils.errors import ConfigError, did_you_mean, quoted, shown
-from utils.util import cache_home, new_temporary, read_json, write_json
+from utils.util import cache_home, new_temporary, output_file, read_json, write_json
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHES = ("random", "optuna")  # random: grid values in turn, the other distributions drawn at random
 SCHEDULERS = ("fifo", "asha")  # fifo: every trial runs all its epochs
-EXAMPLE = '{"optimizer.args.lr": {"loguniform": [0.0001, 0.1]}}'
-# Keys a space cannot vary, and why.
-SET_BY_SWEEP = {
+STATUSES = ("finished", "stopped", "error", "unfinished")  # stopped: by the scheduler
+SET_BY_SWEEP = {  # keys a space cannot vary, and why
     "save_dir": "the sweep puts every trial's run inside its own folder",
     "trainer.monitor": "trials are compared on one monitored metric",
 }
 OPTIONS_NAME, CONFIG_NAME, SPACE_NAME = "sweep.json", "config.json", "space.json"
-TRIALS_NAME, BEST_NAME, RAY_FOLDER = "trials.csv", "best.json", "ray"
-SIGNATURES_NAME = "ray_signatures.json"
+TRIALS_NAME, BEST_NAME, RAY_FOLDER, SIGNATURES_NAME = "trials.csv", "best.json", "ray", "ray_signatures.json"
 
 
 @dataclass(frozen=True)
 class Dimension:
-    """One key of the space and its distribution: (low, high) for uniform, loguniform and randint; the values
-    for choice and grid."""
-
     key: str
-    kind: str
-    values: tuple
+    kind: str  # one of DISTRIBUTIONS
+    values: tuple  # (low, high) of a range; the values of choice and grid
 
     def corners(self) -> list:
         """The values checked before the sweep starts: both ends of a range, every value of a list."""
-        if self.kind == "randint":
-            return [self.values[0], self.values[1] - 1]
-        return list(self.values)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        return [self.values[0], self.values[1] - 1] if self.kind == "randint" else list(self.values)
 
 
 def parse_dimension(key: str, spec: Any) -> Dimension:
@@ -96,9 +57,11 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
             raise ConfigError(f"{key}: {kind} takes a non-empty list of values; found {shown(values)}")
         return Dimension(key, kind, tuple(values))
     whole = kind == "randint"
-    if not (isinstance(values, list) and len(values) == 2 and all(map(_is_whole if whole else _is_number, values))):
-        what = "whole numbers" if whole else "numbers"
-        raise ConfigError(f"{key}: {kind} takes [low, high], two {what}; found {shown(values)}")
+    two = isinstance(values, list) and len(values) == 2  # of finite numbers: read_json refuses NaN and Infinity
+    if not (two and all(isinstance(v, int if whole else (int, float)) and not isinstance(v, bool) for v in values)):
+        raise ConfigError(
+            f"{key}: {kind} takes [low, high], two {'whole ' if whole else ''}numbers; found {shown(values)}"
+        )
     low, high = values
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{key}: loguniform takes bounds > 0 (it draws the logarithm); found {shown(values)}")
@@ -112,7 +75,8 @@ def read_space(path: str | Path) -> list[Dimension]:
     """A space file, every entry checked; all problems in one ConfigError naming the file."""
     space = read_json(path)
     if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{path}: expected an object of config keys and distributions, e.g. {EXAMPLE}")
+        example = '{"optimizer.args.lr": {"loguniform": [0.0001, 0.1]}}'
+        raise ConfigError(f"{path}: expected an object of config keys and distributions, e.g. {example}")
     dimensions, errors = [], []
     for key, spec in space.items():
         try:
@@ -122,10 +86,6 @@ def read_space(path: str | Path) -> list[Dimension]:
     if errors:
         raise ConfigError(f"{path}: {'; '.join(errors)}")
     return dimensions
-
-
-def space_as_json(space: list[Dimension]) -> dict:
-    return {d.key: {d.kind: list(d.values)} for d in space}
 
 
 def plain(value: Any) -> Any:
@@ -141,10 +101,8 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 def check_space(space: list[Dimension], space_path: str | Path, config_path: str | Path, overrides: list[str]) -> dict:
     """Check a space against a config before anything starts; return the validated base config.
 
-    First every key, as an override on the config as read (cheap: no torch): it must exist, or be an
-    argument inside "args". Then the base config and a few drawn configs through the ConfigParser's whole
-    validation (schema, names, constructor signatures): the first value of every key together, then each
-    other end of a range and each other value of a list in turn.
+    First every key as an override on the config as read (cheap: no torch). Then a few drawn configs through
+    the whole validation: the first value of every key together, then each other corner of a key in turn.
     """
     raw = read_config(Path(config_path))
     move_victoresque_keys(raw)
@@ -199,25 +157,38 @@ class Sweep:
         mode, metric = self.config["trainer"]["monitor"].split()
         return mode, metric
 
-    def options(self) -> dict[str, Any]:
-        fields = asdict(self)
-        return {k: v for k, v in fields.items() if k not in ("folder", "config", "space")}
-
     def save(self) -> None:
-        write_json(self.options(), self.folder / OPTIONS_NAME)
+        options = {k: v for k, v in asdict(self).items() if k not in ("folder", "config", "space")}
+        write_json(options, self.folder / OPTIONS_NAME)
         write_json(self.config, self.folder / CONFIG_NAME)
-        write_json(space_as_json(self.space), self.folder / SPACE_NAME)
+        write_json({d.key: {d.kind: list(d.values)} for d in self.space}, self.folder / SPACE_NAME)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Sweep":
         folder = Path(folder)
         if not (folder / OPTIONS_NAME).is_file():
             raise ConfigError(f"{folder}: not a sweep folder (it has no {OPTIONS_NAME}); pass saved/sweeps/<name>/<id>")
-        options = read_json(folder / OPTIONS_NAME)
-        check_options(options, folder / OPTIONS_NAME)
-        space = read_space(folder / SPACE_NAME)
+        path, options = folder / OPTIONS_NAME, read_json(folder / OPTIONS_NAME)
+        types = {f.name: f.type for f in fields(cls) if f.name not in ("folder", "config", "space")}
+        if not isinstance(options, dict):
+            raise ConfigError(
+                f"{path}: expected an object of the sweep's options ({', '.join(types)}); found {shown(options)}"
+            )
+        choices = {"search": SEARCHES, "scheduler": SCHEDULERS}
+        errors = []
+        for key, value in options.items():
+            if key not in types:
+                errors.append(f"unknown key {quoted(key)}{did_you_mean(key, types)} (valid keys: {', '.join(types)})")
+                continue
+            expected = (int, float) if types[key] is float else types[key]  # 4 is a float option's value too
+            if isinstance(value, bool) or not isinstance(value, expected):
+                errors.append(f"{key}: expected {types[key].__name__}, found {shown(value)}")
+            elif key in choices and value not in choices[key]:
+                errors.append(f"{key}: expected one of {', '.join(choices[key])}, found {shown(value)}")
+        if errors:
+            raise ConfigError(f"{path}: {'; '.join(errors)}")
         config = ConfigParser.load(folder / CONFIG_NAME).config
-        return cls(folder.resolve(), config, space, **options)
+        return cls(folder.resolve(), config, read_space(folder / SPACE_NAME), **options)
 
     def trial_overrides(self, values: dict[str, Any]) -> list[str]:
         """A trial's overrides of the base config: its drawn values, and its run inside the sweep's folder."""
@@ -225,29 +196,6 @@ class Sweep:
 
     def run_folder(self, trial: str, values: dict[str, Any]) -> RunFolder:
         return RunFolder.for_new_run(self.folder, values.get("name", self.config["name"]), trial)
-
-
-def check_options(options: Any, path: Path) -> None:
-    """sweep.json as Sweep.save writes it: an object of Sweep's options, each of its type; all problems in one
-    ConfigError naming the file."""
-    types = {f.name: f.type for f in fields(Sweep) if f.name not in ("folder", "config", "space")}
-    if not isinstance(options, dict):
-        raise ConfigError(
-            f"{path}: expected an object of the sweep's options ({', '.join(types)}); found {shown(options)}"
-        )
-    choices = {"search": SEARCHES, "scheduler": SCHEDULERS}
-    errors = []
-    for key, value in options.items():
-        if key not in types:
-            errors.append(f"unknown key {quoted(key)}{did_you_mean(key, types)} (valid keys: {', '.join(types)})")
-            continue
-        expected = (int, float) if types[key] is float else types[key]  # 4 is a float option's value too
-        if isinstance(value, bool) or not isinstance(value, expected):
-            errors.append(f"{key}: expected {types[key].__name__}, found {shown(value)}")
-        elif key in choices and value not in choices[key]:
-            errors.append(f"{key}: expected one of {', '.join(choices[key])}, found {shown(value)}")
-    if errors:
-        raise ConfigError(f"{path}: {'; '.join(errors)}")
 
 
 # Ray Tune's state in <sweep>/ray is pickles (tuner.pkl, the searcher's state, the trials inside
@@ -266,9 +214,8 @@ def state_key() -> bytes:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
             try:
-                os.link(tmp, path)  # whole when it appears, and never replaces a key another sweep made meanwhile
-            except FileExistsError:
-                pass
+                with contextlib.suppress(FileExistsError):  # a key another sweep made meanwhile is kept
+                    os.link(tmp, path)  # whole when it appears
             finally:
                 tmp.unlink()
         return path.read_bytes()
@@ -297,7 +244,6 @@ def ray_state_signatures(folder: Path, key: bytes) -> dict[str, str]:
 
 
 def sign_ray_state(folder: Path, key: bytes) -> None:
-    """Sign Ray Tune's state as this run leaves it, for check_ray_state on --resume."""
     write_json(ray_state_signatures(folder, key), folder / SIGNATURES_NAME)
 
 
@@ -328,13 +274,6 @@ def check_ray_state(folder: Path, key: bytes) -> None:
 
 # What a sweep leaves: one record per trial, read from its run folder (the source of truth: its checkpoints).
 
-STATUSES = {
-    "finished": "ran all its epochs, or stopped early by trainer.early_stop",
-    "stopped": "stopped by the scheduler: behind the others at an epoch end",
-    "error": "failed; the error column says why",
-    "unfinished": "the sweep was interrupted; --resume continues it",
-}
-
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -346,9 +285,6 @@ class TrialRecord:
     run_folder: Path
     error: str = ""
 
-    def best_value(self, metric: str) -> float | None:
-        return None if self.best is None else self.best[metric]
-
 
 def run_is_finished(state: dict[str, Any]) -> bool:
     """Whether a run's checkpoint ends its training: its last epoch, or early stopping."""
@@ -359,140 +295,63 @@ def run_is_finished(state: dict[str, Any]) -> bool:
     return state[KEY_BATCH] == 0 and (state[KEY_EPOCH] >= trainer["epochs"] or bool(early_stop))
 
 
-def read_trial(sweep: Sweep, trial: str, values: dict[str, Any], tune_status: str, error: str = "") -> TrialRecord:
-    """A trial's record from its run folder and Tune's status (TERMINATED, ERROR, PENDING, RUNNING, PAUSED)."""
+def read_trial(sweep: Sweep, trial: str, values: dict[str, Any], ended: bool, error: str = "") -> TrialRecord:
+    """A trial's record from its run folder; `ended`: Tune ended it (its run returned, or the scheduler stopped it)."""
     from trainer.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, LAST_NAME, load_checkpoint
 
     run = sweep.run_folder(trial, values)
     last = run.checkpoint_dir / LAST_NAME
     state = load_checkpoint(last).state if last.is_file() else None
-    if tune_status == "ERROR":
-        status = "error"
-    elif tune_status != "TERMINATED":
-        status = "unfinished"
-    else:
-        status = "finished" if state is not None and run_is_finished(state) else "stopped"
-    epochs = state[KEY_EPOCH] if state is not None else 0
-    best = state[KEY_BEST_RESULT] if state is not None else None
+    finished = state is not None and run_is_finished(state)
+    status = "error" if error else "unfinished" if not ended else "finished" if finished else "stopped"
+    epochs, best = (state[KEY_EPOCH], state[KEY_BEST_RESULT]) if state is not None else (0, None)
     return TrialRecord(trial, values, status, epochs, best, run.checkpoint_dir, error)
 
 
-def last_results(run: RunFolder, keys: list[str]) -> dict[str, float]:
-    """The last epoch's results as metrics.csv holds them (`keys`: the result columns, without lr and timings)."""
-    with (run.log_dir / "metrics.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {k: int(rows[-1][k]) if k == "epoch" else float(rows[-1][k]) for k in keys if rows[-1].get(k, "") != ""}
-
-
-def remove_unstarted_run(run: RunFolder) -> None:
-    """Remove the folders of a trial's run stopped before its first checkpoint, so that it starts again."""
-    if any(run.checkpoint_dir.glob("*.pth")):
-        raise ConfigError(f"{run.checkpoint_dir}: has checkpoints but no last.pth; remove the folder to rerun it")
-    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-    shutil.rmtree(run.log_dir, ignore_errors=True)
-
-
-def ranked(records: list[TrialRecord], mode: str, metric: str) -> list[TrialRecord]:
-    """The trials with a result, best first (of equal ones, the first trial)."""
-    sign = -1 if mode == "max" else 1
-    scored = [r for r in records if r.best_value(metric) is not None]
-    return sorted(scored, key=lambda r: (sign * r.best_value(metric), r.trial))
-
-
-def write_trials_csv(records: list[TrialRecord], sweep: Sweep, path: Path) -> None:
-    metric = sweep.monitor[1]
-    fields = ["trial", *(d.key for d in sweep.space), "status", "epochs", f"best_{metric}", "best_epoch"]
-    fields += ["run_folder", "error"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(fields)
-        for r in sorted(records, key=lambda r: r.trial):
-            best = r.best or {}
-            values = [csv_value(r.values.get(d.key)) for d in sweep.space]
-            row = [r.trial, *values, r.status, r.epochs, best.get(metric, ""), best.get("epoch", "")]
-            writer.writerow([*row, r.run_folder, r.error])
-    tmp.replace(path)
-
-
-def csv_value(value: Any) -> Any:
-    """A drawn value in a CSV cell: numbers and strings as they are, lists and objects as JSON."""
+def as_text(value: Any, digits: int | None = None) -> str:
+    """A drawn value in a CSV cell or a table: strings as they are, floats to `digits` if given, the rest as JSON."""
     value = plain(value)
-    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else value
-
-
-def best_summary(best: TrialRecord, sweep: Sweep) -> dict[str, Any]:
-    """best.json: the best trial, its monitored value, its values, its checkpoint and its whole config."""
-    from trainer.checkpoint import BEST_NAME as BEST_CHECKPOINT
-
-    mode, metric = sweep.monitor
-    checkpoint = best.run_folder / BEST_CHECKPOINT
-    return {
-        "trial": best.trial,
-        "status": best.status,
-        "monitor": f"{mode} {metric}",
-        "value": best.best_value(metric),
-        "epoch": best.best["epoch"] if best.best else None,
-        "values": {k: plain(v) for k, v in best.values.items()},
-        "metrics": best.best,
-        "run_folder": str(best.run_folder),
-        "checkpoint": str(checkpoint),
-        "test_command": f"python test.py --resume {checkpoint}",
-        "config": read_json(best.run_folder / "config.json"),
-    }
-
-
-def write_outputs(records: list[TrialRecord], sweep: Sweep) -> TrialRecord | None:
-    """trials.csv, and best.json for the best trial (none before any trial has finished an epoch)."""
-    write_trials_csv(records, sweep, sweep.folder / TRIALS_NAME)
-    order = ranked(records, *sweep.monitor)
-    if order:
-        write_json(best_summary(order[0], sweep), sweep.folder / BEST_NAME)
-    return order[0] if order else None
-
-
-def format_value(value: Any) -> str:
-    value = plain(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if isinstance(value, float) and digits is not None:
+        return f"{value:.{digits}g}"
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def top_table(records: list[TrialRecord], sweep: Sweep, top: int = 5) -> str:
-    """The best trials as a text table, best first."""
-    metric = sweep.monitor[1]
-    header = ["trial", "status", "epochs", f"best {metric}", *(d.key for d in sweep.space)]
-    rows = [header]
-    for r in ranked(records, *sweep.monitor)[:top]:
-        values = [format_value(r.values[d.key]) for d in sweep.space]
-        rows.append([r.trial, r.status, str(r.epochs), format_value(r.best_value(metric)), *values])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+def write_outputs(records: list[TrialRecord], sweep: Sweep, top: int = 5) -> TrialRecord | None:
+    """Write trials.csv, and best.json once a trial has finished an epoch; print how many trials ended how and
+    the best trials, best first (of equal ones, the first trial); return the best."""
+    from trainer.checkpoint import BEST_NAME as BEST_CHECKPOINT
 
-
-def previously_stopped(sweep: Sweep) -> set[str]:
-    """The trials an earlier trials.csv of this sweep already called stopped."""
-    path = sweep.folder / TRIALS_NAME
-    if not path.is_file():
-        return set()
-    with path.open(newline="") as handle:
-        return {row["trial"] for row in csv.DictReader(handle) if row.get("status") == "stopped"}
-
-
-def write_hparams_of_stopped(records: list[TrialRecord], sweep: Sweep, already: set[str]) -> None:
-    """A run writes its config and results to TensorBoard's HPARAMS tab when its training ends, which a trial
-    stopped by the scheduler never reaches: write them for it here, once, so that it is compared with the rest."""
-    from logger.visualization import Writer, write_hparams
-    from trainer.checkpoint import LAST_NAME
-
-    for record in records:
-        if record.status != "stopped" or record.best is None or record.trial in already:
-            continue
-        config = read_json(record.run_folder / "config.json")
-        if not config["tensorboard"]:
-            continue
-        run = RunFolder.of_checkpoint(record.run_folder / LAST_NAME)
-        writer = Writer(run.log_dir)
-        write_hparams(writer, config, {"last": last_results(run, list(record.best)), "best": record.best})
-        writer.close()
+    mode, metric = sweep.monitor
+    keys = [d.key for d in sweep.space]
+    with output_file(sweep.folder / TRIALS_NAME, newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", *keys, "status", "epochs", f"best_{metric}", "best_epoch", "run_folder", "error"])
+        for r in sorted(records, key=lambda r: r.trial):
+            best = r.best or {}
+            values = [as_text(r.values.get(key)) for key in keys]
+            row = [r.trial, *values, r.status, r.epochs, best.get(metric, ""), best.get("epoch", "")]
+            writer.writerow([*row, r.run_folder, r.error])
+    counts = ", ".join(f"{sum(r.status == s for r in records)} {s}" for s in STATUSES)
+    print(f"\n{len(records)} trials: {counts}; {sweep.folder / TRIALS_NAME}")
+    sign = -1 if mode == "max" else 1
+    order = sorted((r for r in records if r.best is not None), key=lambda r: (sign * r.best[metric], r.trial))
+    if not order:
+        return None
+    rows = [["trial", "status", "epochs", f"best {metric}", *keys]]
+    for r in order[:top]:
+        values = [as_text(r.values[key], 4) for key in keys]
+        rows.append([r.trial, r.status, str(r.epochs), as_text(r.best[metric], 4), *values])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    best, checkpoint = order[0], order[0].run_folder / BEST_CHECKPOINT
+    print(f"Best: {best.trial}, {metric} {best.best[metric]:.6g} at epoch {best.best['epoch']} ({mode})")
+    print(f"Evaluate it on the test split: python test.py --resume {checkpoint}")
+    summary = {
+        "trial": best.trial, "status": best.status, "monitor": f"{mode} {metric}", "value": best.best[metric],
+        "epoch": best.best["epoch"], "values": {k: plain(v) for k, v in best.values.items()}, "metrics": best.best,
+        "run_folder": str(best.run_folder), "checkpoint": str(checkpoint),
+        "test_command": f"python test.py --resume {checkpoint}", "config": read_json(best.run_folder / "config.json"),
+    }  # fmt: skip
+    write_json(summary, sweep.folder / BEST_NAME)
+    return best
