@@ -104,12 +104,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
         raise ConfigError("a new sweep needs -c CONFIG and --space SPACE; continue one with --resume SWEEP_FOLDER")
     space = read_space(args.space)
     for d in space if given.get("search") == "optuna" else []:
+        where = f"{args.space}: {d.key}"
         if d.kind == "grid":
-            raise ConfigError(
-                f"{args.space}: {d.key}: Optuna draws every value and runs no grid; use choice or random search"
-            )
+            raise ConfigError(f"{where}: Optuna draws every value and runs no grid; use choice or random search")
         if d.kind == "choice" and any(isinstance(v, (list, dict)) for v in d.values):
-            raise ConfigError(f"{args.space}: {d.key}: Optuna chooses among numbers, strings, booleans and null only")
+            raise ConfigError(f"{where}: Optuna chooses among numbers, strings, booleans and null only")
     config = check_space(space, args.space, args.config, [*shortcut_overrides(args), *args.overrides])
     if config["trainer"]["monitor"] == "off":
         raise ConfigError(
