@@ -16,18 +16,18 @@ from typing import Any
 
 from logger.run_folder import RUN_ID_PATTERN
 from parse_config import ArgumentParser, shortcut_overrides
-from sweep.space import SCHEDULERS, SEARCHES, Sweep, TrialRecord, check_space, read_space, write_outputs
+from sweep.space import LIMITS, SCHEDULERS, SEARCHES, Sweep, TrialRecord, check_space, read_space, write_outputs
 from utils.errors import ConfigError, TrainingInterrupted, one_line_errors
 
 INSTALL = "pip install -r requirements-tune.txt"
-OPTIONS = {  # Sweep's options (their defaults live there) as flags: type, help, and a check of a value with its text
-    "samples": (int, "trials drawn, for each combination of grid values", lambda v: v >= 1, "at least 1"),
-    "search": (str, "random: grid values in turn, the others drawn at random; optuna: TPE", None, ""),
-    "scheduler": (str, "fifo: every trial runs all its epochs; asha: trials behind at an epoch end stop", None, ""),
-    "grace_period": (int, "asha: epochs before a trial can be stopped", lambda v: v >= 1, "at least 1 epoch"),
-    "reduction_factor": (float, "asha: about 1 in this many trials goes on at a rung", lambda v: v > 1, "more than 1"),
-    "cpus_per_trial": (float, "CPUs each trial holds", lambda v: v > 0, "above 0"),
-    "gpus_per_trial": (float, "GPUs each trial holds (fractions allowed: 0.5)", lambda v: v >= 0, "0 or more"),
+OPTIONS = {  # Sweep's options as flags (their defaults live in Sweep, their limits in LIMITS): type and help
+    "samples": (int, "trials drawn, for each combination of grid values"),
+    "search": (str, "random: grid values in turn, the others drawn at random; optuna: TPE"),
+    "scheduler": (str, "fifo: every trial runs all its epochs; asha: trials behind at an epoch end stop"),
+    "grace_period": (int, "asha: epochs before a trial can be stopped"),
+    "reduction_factor": (float, "asha: about 1 in this many trials goes on at a rung"),
+    "cpus_per_trial": (float, "CPUs each trial holds"),
+    "gpus_per_trial": (float, "GPUs each trial holds (fractions allowed: 0.5)"),
 }
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Sweep) if f.default is not dataclasses.MISSING}
 
@@ -69,7 +69,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-c", "--config", help="base config of every trial (e.g. config.json)")
     parser.add_argument("-s", "--space", help="search space file (e.g. space.json)")
     parser.add_argument("-r", "--resume", help="sweep folder to continue (saved/sweeps/<name>/<sweep_id>)")
-    for dest, (kind, text, _, _) in OPTIONS.items():
+    for dest, (kind, text) in OPTIONS.items():
         choices = {"search": SEARCHES, "scheduler": SCHEDULERS}.get(dest)
         flag, default = f"--{dest.replace('_', '-')}", DEFAULTS[dest]
         parser.add_argument(flag, type=kind, choices=choices, help=f"{text} (default: {default})")
@@ -84,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
     """The sweep to run and main's other arguments; raise a UserError on bad input, before Ray starts."""
     args = build_parser().parse_args(argv)
     given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
-    for name, (_, _, fits, expected) in OPTIONS.items():
-        if name in given and fits is not None and not fits(given[name]):
+    for name, (fits, expected) in LIMITS.items():
+        if name in given and not fits(given[name]):
             raise ConfigError(f"--{name.replace('_', '-')} {given[name]:g}: expected {expected}")
     if args.resume is not None:
         named = {"-c": args.config, "--space": args.space, "--sweep-id": args.sweep_id}

@@ -20,6 +20,14 @@ from utils.util import cache_home, new_temporary, output_file, read_json, write_
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHES = ("random", "optuna")  # random: grid values in turn, the other distributions drawn at random
 SCHEDULERS = ("fifo", "asha")  # fifo: every trial runs all its epochs
+# The options' allowed values, checked alike on tune.py's command line and in a sweep.json read back.
+LIMITS = {
+    "samples": (lambda v: v >= 1, "at least 1"),
+    "grace_period": (lambda v: v >= 1, "at least 1 epoch"),
+    "reduction_factor": (lambda v: v > 1, "more than 1"),
+    "cpus_per_trial": (lambda v: v > 0, "above 0"),
+    "gpus_per_trial": (lambda v: v >= 0, "0 or more"),
+}
 STATUSES = ("finished", "stopped", "error", "unfinished")  # stopped: by the scheduler
 SET_BY_SWEEP = {  # keys a space cannot vary, and why
     "save_dir": "the sweep puts every trial's run inside its own folder",
@@ -185,6 +193,8 @@ class Sweep:
                 errors.append(f"{key}: expected {types[key].__name__}, found {shown(value)}")
             elif key in choices and value not in choices[key]:
                 errors.append(f"{key}: expected one of {', '.join(choices[key])}, found {shown(value)}")
+            elif key in LIMITS and not LIMITS[key][0](value):
+                errors.append(f"{key}: expected {LIMITS[key][1]}, found {shown(value)}")
         if errors:
             raise ConfigError(f"{path}: {'; '.join(errors)}")
         config = ConfigParser.load(folder / CONFIG_NAME).config

@@ -519,6 +519,7 @@ DAMAGED = [  # (file, its new content or None to remove it, the problem named)
     ("sweep.json", '{"sampels": 8}', "unknown key 'sampels'; did you mean 'samples'? (valid keys: samples, search,"),
     ("sweep.json", '[["samples", 8]]', "expected an object of the sweep's options (samples, search, scheduler,"),
     ("sweep.json", '{"samples": "8", "search": "tpe"}', 'samples: expected int, found "8"; search: expected one of'),
+    ("sweep.json", '{"samples": 0, "cpus_per_trial": -1}', "samples: expected at least 1, found 0; cpus_per_trial: ex"),
 ]
 
 
