@@ -201,6 +201,12 @@ def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[
     return {}
 
 
+def check_for_training(config: dict) -> None:
+    """What only training asks of a config: test.py and predict.py evaluate the same config without W&B."""
+    if config["trainer"]["log_model"] and config["wandb"] is None:
+        raise ConfigError('trainer.log_model: checkpoints go to W&B; add a "wandb" section, or set log_model false')
+
+
 def check_schedule_length(saved: dict, config: dict) -> None:
     """A resumed run whose scheduler got the run's length from trainer.epochs (`run_length_args`) keeps that
     length: its state was laid out for it, and stepping past it fails."""
@@ -320,6 +326,8 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict, fille
             default = by_name[key].default
             known = f"; {label}'s default is {default!r}" if default is not inspect.Parameter.empty else ""
             errors.append(f"{where}.args.{key}: expected a number{known}; found {value!r}")
+        elif key in by_name and _wants_bool(by_name[key]) and not isinstance(value, bool):  # "false" is true
+            errors.append(f"{where}.args.{key}: expected true or false; found {shown(value)}")
     for p in named:
         if p.name not in passed_by_code and p.default is p.empty and p.name not in args and p.name not in filled:
             errors.append(f"{where}.args.{p.name}: {label} needs this argument (accepted: {', '.join(accepted)})")
@@ -335,6 +343,13 @@ def _wants_number(parameter: inspect.Parameter) -> bool:
     default = parameter.default
     typed = parameter.annotation in (int, float, "int", "float")
     return typed or (isinstance(default, (int, float)) and not isinstance(default, bool))
+
+
+def _wants_bool(parameter: inspect.Parameter) -> bool:
+    """A parameter typed as a plain bool, or untyped with a bool default."""
+    if parameter.annotation is inspect.Parameter.empty:
+        return isinstance(parameter.default, bool)
+    return parameter.annotation in (bool, "bool")
 
 
 def _is_number(value: Any) -> bool:
@@ -605,8 +620,6 @@ def validate(config: dict) -> None:
         from trainer.finetuning import Finetuning
 
         errors.extend(Finetuning(**config["finetune"]).check())
-    if config["wandb"] is None and config["trainer"]["log_model"]:
-        errors.append('trainer.log_model: checkpoints go to W&B; add a "wandb" section, or set log_model false')
     if config["wandb"] is not None and importlib.util.find_spec("wandb") is None:
         errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
     elif config["wandb"] is not None:

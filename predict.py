@@ -5,7 +5,6 @@ python predict.py --resume saved/models/<name>/<run_id> --input rows.csv --out p
 """
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ def main(
 ) -> int:
     """Predict every input with the checkpoint's model; write the rows to `out`; return how many. Ids and
     class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`; probabilities
-    are written with `float_format`; `strip_extension` writes file ids without their extension (a/b.png -> a/b)."""
+    are written with `float_format`; `strip_extension` writes image ids without their extension (a/b.png -> a/b)."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -57,11 +56,26 @@ def main(
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
     if strip_extension:
-        ids = [os.path.splitext(i)[0] for i in ids]
+        ids = without_image_extension(ids)
     header, rows = prediction_rows(ids, outputs, None, data_loader, float_format)
     write_csv(header, rows, out, raw=raw_csv)
     logger.info("Wrote %d predictions of %s to %s", len(rows), checkpoint.path, out)
     return len(rows)
+
+
+def without_image_extension(ids: list[str]) -> list[str]:
+    """Each id without its image file's extension (cats/0001.png -> cats/0001); any other id (v1.final, a row
+    number) as it is. Two images that would get the same id are one error line."""
+    from data_loader.image_folder import IMAGE_SUFFIXES
+
+    stripped, named = [], {}
+    for name in ids:
+        suffix = Path(name).suffix
+        bare = name[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else name
+        if named.setdefault(bare, name) != name:
+            raise ConfigError(f"--strip-extension: {named[bare]} and {name} would both be written as {bare}")
+        stripped.append(bare)
+    return stripped
 
 
 def build_parser() -> ArgumentParser:
@@ -96,7 +110,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--strip-extension",
         action="store_true",
-        help="write each id without its file extension (cats/0001.png -> cats/0001), as a submission may want",
+        help="write each image's id without its file extension (cats/0001.png -> cats/0001), as a submission may "
+        "want; other ids stay as they are",
     )
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -34,7 +34,7 @@ def main(
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
-    from logger.visualization import add_to_wandb_summary
+    from logger.visualization import wandb_summary
     from trainer.checkpoint import KEY_DATA, wandb_run_id
     from trainer.evaluation import evaluate, loader_arguments, predict, prediction_rows, trained_model, write_csv
     from utils.distributed import place_model
@@ -57,24 +57,24 @@ def main(
     # model with the checkpoint's weights, on the available device(s)
     model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
 
-    # loss and metrics, averaged per sample
+    # loss and metrics, averaged per sample; with W&B, also into the summary of the run that trained the model
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
-    with worker_failures_as_data_errors():
-        results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
-    results = {"n_samples": data_loader.n_samples, **results}
-    if predictions is not None:  # a second pass, in the same order, keeping every output
+    with wandb_summary(wandb_dir(checkpoint), config["wandb"], wandb_run_id(checkpoint)) as summary:
         with worker_failures_as_data_errors():
-            ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
-        write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions, raw=raw_csv)
-        logger.info("Per-sample predictions written to %s", predictions)
+            results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
+        results = {"n_samples": data_loader.n_samples, **results}
+        if predictions is not None:  # a second pass, in the same order, keeping every output
+            with worker_failures_as_data_errors():
+                ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
+            write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions, raw=raw_csv)
+            logger.info("Per-sample predictions written to %s", predictions)
 
-    write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
-    logger.info("%s", json.dumps(results, indent=4))
-    logger.info("Results written to %s", "standard output" if to_stdout else out)
-    if config["wandb"] is not None and wandb_run_id(checkpoint) is not None:  # the run that trained it used W&B
-        summary = {f"{key}/{split}": value for key, value in results.items() if not isinstance(value, list)}
-        add_to_wandb_summary(wandb_dir(checkpoint), config["wandb"], wandb_run_id(checkpoint), summary)
-        logger.info("Results added to the summary of W&B run %s", wandb_run_id(checkpoint))
+        write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
+        logger.info("%s", json.dumps(results, indent=4))
+        logger.info("Results written to %s", "standard output" if to_stdout else out)
+        # model_best/accuracy/test: which checkpoint, and never a key of the training's own history (accuracy/valid)
+        name = checkpoint.path.stem
+        summary.update({f"{name}/{k}/{split}": v for k, v in results.items() if not isinstance(v, list)})
     return results
 
 
@@ -143,10 +143,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
             raise ConfigError(f"--predictions {predictions}: the same file as --out; give each its own")
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
-    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, wandb_run_id
 
     select_devices(args.device)
     checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
+    wandb_run_id(checkpoint)  # checked now, before anything is evaluated or written
     config = ConfigParser.load(args.config, checkpoint, args.overrides)
     return (
         config,

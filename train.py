@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from logger.run_folder import check_run_id
-from parse_config import ArgumentParser, ConfigParser, check_schedule_length, select_devices, shortcut_overrides
+from parse_config import (
+    ArgumentParser,
+    ConfigParser,
+    check_for_training,
+    check_schedule_length,
+    select_devices,
+    shortcut_overrides,
+)
 from utils.errors import ConfigError, interrupts_held, one_line_errors
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -139,6 +146,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     if resuming and args.run_id is not None:
         raise ConfigError("--run-id: a resumed run keeps its folder; add -c config.json to fine-tune into a new run")
     config = ConfigParser.load(args.config, checkpoint, overrides + args.overrides)
+    check_for_training(config.config)
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
     if resuming:
         check_resume(checkpoint, config.config)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from logger.run_folder import RUN_ID_PATTERN
-from parse_config import ArgumentParser, shortcut_overrides
+from parse_config import ArgumentParser, check_for_training, shortcut_overrides
 from sweep.space import LIMITS, SCHEDULERS, SEARCHES, Sweep, TrialRecord, check_space, read_space, write_outputs
 from utils.errors import ConfigError, TrainingInterrupted, one_line_errors
 
@@ -110,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
         if d.kind == "choice" and any(isinstance(v, (list, dict)) for v in d.values):
             raise ConfigError(f"{where}: Optuna chooses among numbers, strings, booleans and null only")
     config = check_space(space, args.space, args.config, [*shortcut_overrides(args), *args.overrides])
+    check_for_training(config)
     if config["trainer"]["monitor"] == "off":
         raise ConfigError(
             "trainer.monitor: a sweep compares trials on the monitored metric, and it is off; "

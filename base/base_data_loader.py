@@ -59,7 +59,7 @@ def _take(
     groups = [available & (strata == stratum) for stratum in strata.unique()]
     sizes = [int(group.sum()) for group in groups]
     wanted = [split * size if isinstance(split, float) else split * size / sum(sizes) for size in sizes]
-    counts = [round(w) if isinstance(split, float) else math.floor(w) for w in wanted]
+    counts = [math.floor(w + 0.5) if isinstance(split, float) else math.floor(w) for w in wanted]  # halves up
     if not isinstance(split, float):  # exactly n: the largest remainders get one more
         for i in sorted(range(len(sizes)), key=lambda i: counts[i] - wanted[i])[: int(split) - sum(counts)]:
             counts[i] += 1
@@ -93,7 +93,7 @@ def split_indices(
     a new sample can move the one at the edge). The test set is taken first, from its own hash, so changing
     `validation_split` never moves a sample into or out of it; the validation set takes its fraction of the rest.
     `strata` (each sample's label: a stratified split) makes every split take its share of each label exactly;
-    a new sample then can move the one at the edge of its own label.
+    a new sample then can move the one at the edge of its own label (with a count, of another label too).
     """
     everything = torch.ones(len(keys), dtype=torch.bool)
     scores = {salt: torch.tensor([_unit_hash(seed, salt, k) for k in keys], dtype=torch.float64) for salt in

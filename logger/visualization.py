@@ -1,13 +1,21 @@
 """TensorBoard and Weights & Biases output through one small explicit writer."""
 
+import contextlib
 import html
 import inspect
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.errors import ConfigError, did_you_mean, first_line
+
+# A W&B run id as W&B takes it (none of / \ # ? % :, nor blanks), short enough for the artifact name
+# model-<id>, which W&B caps at 128 characters. Checked in the config and in a checkpoint alike.
+WANDB_RUN_ID = re.compile(r"[^/\\#?%:\s\x00-\x1f\x7f]{1,122}")
 
 
 class Writer:
@@ -80,9 +88,14 @@ class Writer:
         if self.wandb is not None:
             import wandb
 
-            artifact = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata=metadata)
+            artifact = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata=metadata)  # Lightning's name
             artifact.add_file(str(path))
             self.wandb.log_artifact(artifact, aliases=aliases)
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        """The id of the W&B run written to (None without one, or when W&B is disabled)."""
+        return self.wandb.id if self.wandb is not None and not self.wandb.disabled else None
 
     def add_hparams(self, hparams: dict, metrics: dict) -> None:
         """The flat config beside the final results: TensorBoard's HPARAMS tab, the W&B run's summary (its
@@ -188,19 +201,29 @@ def init_wandb(log_dir: Path, args: dict[str, Any], run_id: str | None, **more: 
     """wandb.init with the config's arguments, continuing the run `run_id` if given; a refusal is one line."""
     import wandb  # imported here: W&B is optional
 
-    if run_id is not None:
-        args = {**args, "id": run_id, "resume": "allow"}
+    if run_id is not None:  # unless the config names a run, or how to resume, itself
+        args = {"id": run_id, "resume": "allow", **args}
     try:
         return wandb.init(dir=str(log_dir), **args, **more)
     except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
         raise ConfigError(f"wandb: wandb.init refused its arguments: {first_line(e)}") from None
 
 
-def add_to_wandb_summary(log_dir: Path, args: dict[str, Any], run_id: str, values: dict[str, Any]) -> None:
-    """Add `values` to the summary of the W&B run `run_id` (test.py's results to the run that trained the model)."""
+@contextlib.contextmanager
+def wandb_summary(log_dir: Path, args: dict[str, Any] | None, run_id: str | None) -> Iterator[dict[str, Any]]:
+    """A dict whose items go to the summary of the W&B run `run_id` when the block ends (test.py's results, to
+    the run that trained the model); nothing without a wandb section (`args`) or a run. The run is joined at
+    the start, so that a refusal by W&B comes before any work is done or any file written."""
+    if args is None or run_id is None:
+        yield {}
+        return
     run = init_wandb(log_dir, args, run_id)
+    summary: dict[str, Any] = {}
     try:
-        run.summary.update(values)
+        yield summary
+        run.summary.update(summary)
+        if not run.disabled:
+            logging.getLogger("wandb").info("Results added to the summary of W&B run %s", run_id)
     finally:
         run.finish()
 
@@ -216,4 +239,7 @@ def wandb_errors(args: dict[str, Any]) -> list[str]:
             errors.append(f"wandb.{key}: set by the template (the run's log folder, its config); remove it")
         elif key not in accepted:
             errors.append(f"wandb.{key}: wandb.init has no argument {key!r}{did_you_mean(key, accepted)}")
+    run_id = args.get("id")
+    if run_id is not None and not (isinstance(run_id, str) and WANDB_RUN_ID.fullmatch(run_id)):
+        errors.append(f"wandb.id: expected 1 to 122 characters, none of / \\ # ? % : or blanks; found {run_id!r:.60}")
     return errors

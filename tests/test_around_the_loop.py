@@ -304,12 +304,12 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
     assert len(run["history"]["accuracy/valid"]) == 2
     assert any(key.startswith("predictions/images") for key in run["history"])  # an image: nested keys
     assert run["config"]["name"] == "Digits_CNN" and run["config"]["trainer.epochs"] == 2
-    # log_model true: at the end, last.pth as "latest" and model_best.pth as "best", with their epochs' results.
-    # (W&B gives every newly logged version the alias "latest" too.)
+    # log_model true: at the end, model_best.pth as "best" and last.pth as "latest", with their epochs' results.
+    # (W&B moves "latest" to the version logged last: last.pth's.)
     artifacts = [(a["files"], set(a["aliases"]), a["epoch"], a["val_loss"]) for a in run["artifacts"]]
     assert artifacts == [
-        (["last.pth"], {"latest"}, 2, pytest.approx(result["last"]["val_loss"])),
         (["model_best.pth"], {"latest", "best"}, result["best"]["epoch"], pytest.approx(result["best"]["val_loss"])),
+        (["last.pth"], {"latest"}, 2, pytest.approx(result["last"]["val_loss"])),
     ]
     # One row per epoch on an explicit epoch axis, one per logged training step on the global-step axis.
     assert run["history"]["epoch"] == [1, 2]
@@ -352,29 +352,33 @@ def test_wandb_run_goes_on_at_resume_gets_checkpoints_and_test_results(tiny_conf
     assert len(runs) == 2
     assert read_wandb_run(runs[1])["history"]["epoch"] == [3]
 
-    # test.py adds its results to that run's summary, as <metric>/test.
+    # test.py adds its results to that run's summary, as <checkpoint>/<metric>/<split>.
     results = evaluate(folder.checkpoint_dir / "model_best.pth")
     runs = wandb_runs(folder.log_dir, run_id)
     assert len(runs) == 3
     summary = read_wandb_run(runs[2])["summary"]
-    assert summary["accuracy/test"] == pytest.approx(results["accuracy"], abs=1e-9)
-    assert summary["n_samples/test"] == results["n_samples"] > 0
+    assert summary["model_best/accuracy/test"] == pytest.approx(results["accuracy"], abs=1e-9)
+    assert summary["model_best/n_samples/test"] == results["n_samples"] > 0
     # W&B's own switch keeps an evaluation out of the run.
     evaluate(folder.checkpoint_dir / "model_best.pth", "--out", str(tmp_path / "r.json"), "wandb.mode=disabled")
     assert len(list((folder.log_dir / "wandb").glob("offline-run-*"))) == 3
 
 
-def test_log_model_without_a_wandb_section_is_refused(tiny_config):
+def test_log_model_without_a_wandb_section_is_refused_for_training_only(tiny_config, tmp_path):
     tiny_config["trainer"]["log_model"] = True
     with pytest.raises(ConfigError, match=r"trainer.log_model: checkpoints go to W&B; add a \"wandb\" section"):
-        ConfigParser(tiny_config)
+        train(tiny_config, tmp_path)
+    assert not (tmp_path / "saved").exists()
+    ConfigParser(tiny_config)  # test.py and predict.py evaluate such a run's config with wandb=null
 
 
 def test_the_wandb_section_takes_any_argument_of_wandb_init(tiny_config):
     tiny_config["wandb"] = {"project": "digits", "job_type": "train", "save_code": False}
     ConfigParser(tiny_config)  # accepted: wandb.init's own arguments
-    tiny_config["wandb"] = {"project": "digits", "job_typ": "train", "dir": "/tmp"}
+    tiny_config["wandb"] = {"project": "digits", "job_typ": "train", "dir": "/tmp", "id": "a/b"}
     with pytest.raises(ConfigError) as error:
         ConfigParser(tiny_config)
+    # An id W&B would refuse, or too long for the artifact model-<id>: refused before anything starts.
+    assert "wandb.id: expected 1 to 122 characters, none of / \\ # ? % : or blanks; found 'a/b'" in str(error.value)
     assert "wandb.job_typ: wandb.init has no argument 'job_typ'; did you mean 'job_type'?" in str(error.value)
     assert "wandb.dir: set by the template" in str(error.value)

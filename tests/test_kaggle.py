@@ -2,6 +2,7 @@
 a pretrained backbone frozen then unfrozen under OneCycleLR per batch, to a submission file."""
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -54,12 +55,10 @@ def test_a_stratified_split_keeps_the_positive_share_in_every_split(competition)
         for s in ("train", "valid", "test")
     }
     shares = {s: float(next(iter(loader))[1].sum()) for s, loader in loaders.items()}
-    test_positives = round(0.2 * positives)
-    assert shares == {
-        "train": positives - test_positives - round(0.1 * (positives - test_positives)),
-        "valid": round(0.1 * (positives - test_positives)),
-        "test": test_positives,
-    }
+    test_positives = math.floor(0.2 * positives + 0.5)  # each label's share, rounded half up
+    valid_positives = math.floor(0.1 * (positives - test_positives) + 0.5)
+    assert shares == {"train": positives - test_positives - valid_positives, "valid": valid_positives,
+                      "test": test_positives}  # fmt: skip
     with pytest.raises(DataError, match=r"data_loader\.args\.stratify: a regression target has no labels"):
         CsvImageDataLoader(str(competition), extension=".png", task="regression", stratify=True)
 

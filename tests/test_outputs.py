@@ -186,3 +186,14 @@ def test_an_output_that_appears_while_it_is_written_is_kept(tmp_path):
         handle.write("ours\n")
         path.write_text("precious\n")  # another program, meanwhile
     assert path.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_strip_extension_takes_only_an_image_files_extension_and_never_merges_two_ids():
+    from predict import without_image_extension
+
+    ids = ["cats/0001.png", "sub.dir/a.b/7.JPG", "v1.final", "12"]
+    assert without_image_extension(ids) == ["cats/0001", "sub.dir/a.b/7", "v1.final", "12"]
+    with pytest.raises(
+        ConfigError, match=r"^--strip-extension: x\.tar\.png and x\.tar\.jpg would both be written as x\.tar$"
+    ):
+        without_image_extension(["x.tar.png", "x.tar.jpg"])

@@ -185,10 +185,10 @@ class BaseTrainer(abc.ABC):
             if epoch < last_epoch and self._stop_agreed(share=True):
                 self._interrupt(epoch, 0)
         outcome = {"last": last, "best": self.best_result}
-        if self.log_model is True and last:
-            self._checkpoint_to_wandb(LAST_NAME, last, ["latest"])
+        if self.log_model is True and last:  # last.pth last: W&B gives "latest" to the version logged last
             if self.best_result is not None:
                 self._checkpoint_to_wandb(BEST_NAME, self.best_result, ["best"])
+            self._checkpoint_to_wandb(LAST_NAME, last, ["latest"])
         write_hparams(self.writer, self.config, outcome)
         self._call_hooks([c.on_train_end for c in self.callbacks], outcome)
         self.writer.flush()
@@ -314,7 +314,7 @@ class BaseTrainer(abc.ABC):
             KEY_BEST_RESULT: self.best_result,
             KEY_RNG: capture_rng_state(),
             KEY_CONFIG: self.config,
-            KEY_WANDB_RUN: self.writer.wandb.id if self.writer.wandb is not None else None,
+            KEY_WANDB_RUN: self.writer.wandb_run_id,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

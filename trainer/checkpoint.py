@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from logger.run_folder import RunFolder
+from logger.visualization import WANDB_RUN_ID
 from utils.errors import CheckpointError, ConfigError, first_line, shown
 from utils.util import new_temporary
 
@@ -193,7 +194,7 @@ FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     KEY_PARTIAL: (lambda v: isinstance(v, dict) and {"sums", "counts"} <= set(v), "partial epoch metrics"),
     KEY_DATA: (lambda v: isinstance(v, dict), "the data loader's preprocessing (a dict)"),
     KEY_WANDB_RUN: (
-        lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", v) is not None),
+        lambda v: v is None or (isinstance(v, str) and WANDB_RUN_ID.fullmatch(v) is not None),
         "a W&B run id or null",
     ),
 }
