@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -362,10 +363,14 @@ class BaseTrainer(abc.ABC):
         self.rehearsing = True
         later_epochs = self._rehearsal_epochs()
         try:
-            result = self.train(dry_run=True)
-            for later in later_epochs:
-                self.start_epoch, self.start_batch = later, 0
-                self.train(dry_run=True)
+            # Nor are its library warnings: the run meets each again, and one batch warns of what a whole epoch
+            # would not (AUROC over a validation batch that lacks a class).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = self.train(dry_run=True)
+                for later in later_epochs:
+                    self.start_epoch, self.start_batch = later, 0
+                    self.train(dry_run=True)
         except UserError:
             raise
         except Exception as e:

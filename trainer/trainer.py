@@ -105,8 +105,10 @@ class Trainer(BaseTrainer):
         self.logger.info("%s", summary(unwrap_model(self.model)))
 
     def batches_in_epoch(self) -> int:
+        """The epoch's batches (len_epoch, or one pass); under a batch limit (a dry run, the rehearsal) the limit's
+        worth after the batch the epoch starts at: a run resumed mid-epoch rehearses its next batch."""
         n = self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
-        return n if self.batch_limit is None else min(n, self.batch_limit)
+        return n if self.batch_limit is None else min(n, self.start_batch + self.batch_limit)
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The training batches of an epoch from batch `start` on: a window of `batches_in_epoch()` batches
