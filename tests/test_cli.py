@@ -3,7 +3,9 @@
 import json
 import os
 import pickle
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -294,6 +296,24 @@ def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path, traine
     # Its own tests (the fast tier) still pass with the user's model, config and run beside the shipped ones.
     result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=target)
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None, reason="needs a git checkout")
+def test_new_project_copies_the_files_git_tracks_as_they_are_and_nothing_beside_them(tmp_path):
+    template = tmp_path / "template"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True)
+    shutil.copy2(ROOT / "new_project.py", template / "new_project.py")  # the one under test, committed or not
+    (template / "notes.txt").write_text("my notes")  # beside the tracked files: a user's, not the template's
+    (template / ".env").write_text("TOKEN=secret")
+    (template / "model" / "scratch.py").write_text("x = 1\n")
+    with (template / "config.json").open("a") as handle:  # a tracked file, edited: copied as it is now
+        handle.write("\n")
+    result = run_script(str(template / "new_project.py"), str(tmp_path / "myproj"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    copied = sorted(str(p.relative_to(tmp_path / "myproj")) for p in (tmp_path / "myproj").rglob("*") if p.is_file())
+    tracked = subprocess.run(["git", "-C", str(template), "ls-files"], capture_output=True, text=True, check=True)
+    assert copied == sorted(p for p in tracked.stdout.split() if not p.startswith("benchmarks/"))
+    assert (tmp_path / "myproj" / "config.json").read_text() == (template / "config.json").read_text()
 
 
 @pytest.mark.parametrize(
