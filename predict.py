@@ -42,17 +42,17 @@ def main(
     if config["num_threads"] is not None:
         torch.set_num_threads(config["num_threads"])
 
-    # data: the new inputs, read with the preprocessing of the training data (class names, statistics)
+    # what the loader needs to read new inputs: the preprocessing of the training data (class names, statistics)
     loader_class = config.class_of("data_loader")
     preprocessing = checkpoint.state.get(KEY_DATA)
     if preprocessing is None:
         raise ConfigError(f"{checkpoint.path}: has no data preprocessing (saved by an older version); retrain it")
     arguments = loader_arguments(loader_class, preprocessing, split="predict", seed=config["seed"], inputs=inputs)
-    data_loader = config.init_obj("data_loader", **arguments)
 
-    # model with the checkpoint's weights, on the available device(s), in the run's precision
+    # model with the checkpoint's weights, on the available device(s), in the run's precision; then the data
     model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
     amp_dtype = resolve_amp(config["trainer"]["amp"], device)
+    data_loader = config.init_obj("data_loader", **arguments)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
     if strip_extension:

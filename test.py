@@ -47,15 +47,15 @@ def main(
     if config["num_threads"] is not None:
         torch.set_num_threads(config["num_threads"])
 
+    # model with the checkpoint's weights, on the available device(s)
+    model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
+
     # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
     loader_class = config.class_of("data_loader")
     arguments = loader_arguments(loader_class, checkpoint.state.get(KEY_DATA), split=split, seed=config["seed"])
     data_loader = config.init_obj("data_loader", **arguments)
     if data_loader.n_samples == 0:
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
-
-    # model with the checkpoint's weights, on the available device(s)
-    model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
 
     # loss and metrics, averaged per sample; with W&B, also into the summary of the run that trained the model
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")

@@ -64,35 +64,36 @@ def main(
             with run_folder(config.config, run_id, resume.path if resume else None) as folder:
                 writer = start_run_logging(folder, config.config, wandb_run_id(resume) if resume else None)
                 result = trainer.train(folder, writer)
-    log_summary(result, config["trainer"]["monitor"], folder.checkpoint_dir if folder else None)
+    log_summary(result, config.config, folder.checkpoint_dir if folder else None)
     return result
 
 
 def build_trainer(
     config: ConfigParser, resume: "Checkpoint | None", weights: "Checkpoint | None", callbacks: Sequence["Callback"]
 ) -> "Trainer":
-    """Everything the config describes, built in order: loss and metrics, data, model, optimizer and scheduler,
+    """Everything the config describes, built in order: loss and metrics, model, data, optimizer and scheduler,
     the trainer; with `resume`, at the point where that run stopped."""
     from trainer.checkpoint import load_model_state
     from trainer.finetuning import Finetuning
     from trainer.trainer import Trainer
     from utils.distributed import place_model
 
-    # loss and metrics, first: what needs no data fails before the data is read
+    # loss, metrics and model first: what needs no data (a missing weights file) fails before the data is read
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
-
-    # data: the training and validation splits (the test split is for test.py)
-    data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
-    valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
 
     # model, with the checkpoint's weights when resuming or fine-tuning (only those that fit, unless
     # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
     model = config.init_obj("arch")
     finetuning = Finetuning(**(config["finetune"] or {}))
     if resume or weights:
-        load_model_state(model, resume or weights, strict=resume is not None or finetuning.strict_load)
+        purpose = "resume" if resume else "fine-tune"
+        load_model_state(model, resume or weights, resume is not None or finetuning.strict_load, purpose)
     finetuning.freeze(model)
     model, device = place_model(model, config["n_gpu"])
+
+    # data: the training and validation splits (the test split is for test.py)
+    data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
+    valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
     optimizer, lr_scheduler = config.init_optimizer(finetuning.param_groups(model), data_loader.batches_per_epoch)

@@ -16,7 +16,7 @@ from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader  # selectable 
 from data_loader.csv_images import CsvImageDataLoader
 from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.torchvision_data import TorchvisionDataLoader
-from utils.errors import DataError, first_line
+from utils.errors import DataError
 
 if TYPE_CHECKING:
     from torchvision import datasets
@@ -65,10 +65,18 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> "datasets.MNIST":
     except RuntimeError:
         if not download:
             raise DataError(_missing_mnist(data_dir, "download is off")) from None
+    raw = Path(data_dir) / "MNIST" / "raw"
+    made = [folder for folder in (Path(data_dir), raw.parent, raw) if not folder.exists()]
     try:
         return datasets.MNIST(data_dir, train=train, download=True)
     except (RuntimeError, URLError, OSError) as e:
-        raise DataError(_missing_mnist(data_dir, f"download failed: {first_line(e)}")) from None
+        for folder in reversed(made):  # a failed download leaves no empty folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        said = [line.strip() for line in str(e).splitlines() if line.strip()]  # torchvision's last line says why
+        raise DataError(
+            _missing_mnist(data_dir, f"download failed: {said[-1] if said else type(e).__name__}")
+        ) from None
 
 
 def _missing_mnist(data_dir: str, reason: str) -> str:

@@ -105,12 +105,12 @@ def log_run_header(config: dict) -> None:
     logger.info("Config:\n%s", json.dumps(config, indent=4))
 
 
-def log_summary(result: dict[str, Any], monitor: str, checkpoint_dir: Path | None) -> None:
+def log_summary(result: dict[str, Any], config: dict, checkpoint_dir: Path | None) -> None:
     """The end of a run in a few lines a user can act on: the best epoch, where the run is, how to test it."""
     from utils.monitor import Monitor
 
     logger = logging.getLogger("train")
-    last, best = result["last"], result["best"]
+    last, best, monitor = result["last"], result["best"], config["trainer"]["monitor"]
     if checkpoint_dir is None:
         logger.info("Dry run: one training and one validation batch went through the real step; nothing was written.")
         logger.info("%s", json.dumps(last, indent=4))
@@ -124,4 +124,7 @@ def log_summary(result: dict[str, Any], monitor: str, checkpoint_dir: Path | Non
         checkpoint = checkpoint_dir / "last.pth"
     logger.info("Run folder: %s", checkpoint_dir)
     logger.info("Checkpoint: %s", checkpoint)
-    logger.info("Evaluate it on the test split: python test.py --resume %s", checkpoint)
+    if config["data_loader"].get("args", {}).get("test_split") == 0:  # nothing held out: the validation split
+        logger.info("Evaluate it on the validation split: python test.py --resume %s --split valid", checkpoint)
+    else:
+        logger.info("Evaluate it on the test split: python test.py --resume %s", checkpoint)

@@ -82,7 +82,7 @@ def test_the_shipped_config_validates_with_the_run_length_left_out():
 
 
 @pytest.mark.e2e
-def test_config_kaggle_trains_across_the_unfreeze_and_writes_a_submission(competition, tmp_path):
+def test_config_kaggle_trains_across_the_unfreeze_and_writes_a_submission(competition, tmp_path, capsys):
     weights = tmp_path / "resnet18.pth"  # a "pretrained" start: random, the digits are learnt in a few epochs
     import torchvision
 
@@ -94,6 +94,10 @@ def test_config_kaggle_trains_across_the_unfreeze_and_writes_a_submission(compet
     config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
     result, run = train(config, tmp_path, "kaggle")
     assert result["best"]["val_auroc"] >= 0.99
+    # No test split held out (test.csv is the competition's): the hint evaluates the validation split.
+    best = run.checkpoint_dir / "model_best.pth"
+    hint = f"Evaluate it on the validation split: python test.py --resume {best} --split valid"
+    assert hint in capsys.readouterr().out
 
     submission = tmp_path / "submission.csv"
     done = run_script("predict.py", "--resume", str(run.checkpoint_dir), "--input", str(competition / "test.csv"),

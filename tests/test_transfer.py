@@ -200,7 +200,9 @@ def test_fine_tuning_loads_what_fits_and_lists_what_it_skipped(tmp_path, caplog)
         caplog.text
     )
     with pytest.raises(CheckpointError, match=r"head\.weight has shape \(5, 8\) there, \(3, 8\) here.*strict_load"):
-        load_model_state(Small(num_classes=3), checkpoint, strict=True)
+        load_model_state(Small(num_classes=3), checkpoint, strict=True, purpose="fine-tune")
+    with pytest.raises(CheckpointError, match=r"a resumed run keeps its model; add -c CONFIG to fine-tune from the"):
+        load_model_state(Small(num_classes=3), checkpoint, purpose="resume")
     foreign = Checkpoint(tmp_path / "foreign.pth", {KEY_STATE_DICT: {"other.weight": torch.zeros(2)}})
     with pytest.raises(CheckpointError, match=r"weights do not fit the configured model"):
         load_model_state(Small(), foreign, strict=False)  # nothing at all fits: surely the wrong file

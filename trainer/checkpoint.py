@@ -253,8 +253,18 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
         )
 
 
-def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint, strict: bool = True) -> None:
-    """Load the checkpoint's weights into `model`.
+# What to do when a checkpoint's weights do not fit the configured model, by what the weights are loaded for.
+WEIGHTS_ADVICE = {
+    "evaluate": "evaluate it with the arch it was trained with",
+    "resume": "a resumed run keeps its model; add -c CONFIG to fine-tune from the tensors that fit",
+    "fine-tune": "without finetune.strict_load the tensors that fit are loaded",
+}
+
+
+def load_model_state(
+    model: torch.nn.Module, checkpoint: Checkpoint, strict: bool = True, purpose: str = "evaluate"
+) -> None:
+    """Load the checkpoint's weights into `model` to `purpose` ("evaluate", "resume" or "fine-tune").
 
     Strict (evaluating, resuming): every tensor must fit; another model's weights are one clear error, not a
     wall of keys. Not strict (fine-tuning into a model with another head): every tensor whose name and shape
@@ -276,7 +286,7 @@ def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint, strict: boo
             parts.append(f"{len(missing)} missing key(s) such as {missing[0]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}")
-        hint = "" if not fits else "; without finetune.strict_load the tensors that fit are loaded"
+        hint = "" if not fits else f"; {WEIGHTS_ADVICE[purpose]}"
         raise CheckpointError(f"{path}: weights do not fit the configured model ({'; '.join(parts)}){hint}")
     try:
         model.load_state_dict({k: state_dict[k] for k in fits}, strict=strict)
