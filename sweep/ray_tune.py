@@ -138,8 +138,10 @@ def make_tuner(sweep: Sweep, resume: bool) -> tune.Tuner:
     mode, metric = sweep.monitor
     seed = sweep.config["seed"]  # the same config and space draw the same trials
     if sweep.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch  # imported only here: Optuna is optional
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" line: the sweep says it
         search, first = OptunaSearch(seed=seed), 1  # Optuna's trials are numbered from 1
     else:
         search, first = tune.search.BasicVariantGenerator(random_state=seed), 0

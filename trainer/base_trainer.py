@@ -216,7 +216,8 @@ class BaseTrainer(abc.ABC):
             "samples_per_second": self.epoch_samples / max(seconds, 1e-9),
         }
         for key, value in result.items():
-            self.logger.info("    %-15s: %s", key, value)
+            shown = f"{value:.6g}" if isinstance(value, float) else value  # every digit: metrics.csv, TensorBoard
+            self.logger.info("    %-15s: %s", key, shown)
         write_epoch(self.writer, epoch, result, extras)
         if self.metrics_csv is not None:
             self.metrics_csv.append({k: v for k, v in {**result, **extras}.items() if not isinstance(v, list)})
