@@ -321,7 +321,7 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
 
     images = sorted(runs[0].parent.glob("files/media/images/predictions/images_*.png"))
     assert len(images) == 2  # one grid an epoch
-    pixels = torch.from_numpy(np.asarray(Image.open(images[-1]).convert("L"))).float()
+    pixels = torch.from_numpy(np.array(Image.open(images[-1]).convert("L"))).float()  # a copy: writable
     assert pixels.mean() > 30 and pixels.max() == 255
 
 
