@@ -223,7 +223,7 @@ def wandb_summary(log_dir: Path, args: dict[str, Any] | None, run_id: str | None
         yield summary
         run.summary.update(summary)
         if not run.disabled:
-            logging.getLogger("wandb").info("Results added to the summary of W&B run %s", run_id)
+            logging.getLogger("test").info("Results added to the summary of W&B run %s", run_id)
     finally:
         run.finish()
 
