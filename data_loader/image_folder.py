@@ -32,7 +32,7 @@ import torch
 from base.base_data_loader import BaseDataLoader, BatchTransform, InMemoryImages, split_indices
 from data_loader.augment import flip_and_affine
 from utils.errors import DataError, first_line
-from utils.util import cache_home, new_temporary
+from utils.util import cache_home, written_atomically
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -214,13 +214,8 @@ def load_decoded(
         try:
             for old in cache_dir.glob(f"{glob.escape(prefix)}-*.pt"):  # the files changed: it is stale
                 old.unlink()
-            descriptor, tmp = new_temporary(path)  # never a name known in advance (a planted link)
-            try:
-                with os.fdopen(descriptor, "wb") as handle:
-                    torch.save({"listing": key, "images": images}, handle)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with written_atomically(path) as handle:
+                torch.save({"listing": key, "images": images}, handle)
             logger.info("Cached them in %s (%.1f MB)", named(path), path.stat().st_size / 2**20)
         except OSError as e:
             logger.info("Not caching the decoded images (%s: %s)", named(cache_dir), e.strerror or e)

@@ -15,7 +15,7 @@ from typing import Any
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser, apply_override, move_victoresque_keys, read_config
 from utils.errors import ConfigError, did_you_mean, quoted, shown
-from utils.util import cache_home, new_temporary, output_file, read_json, write_json
+from utils.util import cache_home, output_file, read_json, write_json, written_atomically
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHES = ("random", "optuna")  # random: grid values in turn, the other distributions drawn at random
@@ -220,14 +220,12 @@ def state_key() -> bytes:
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor, tmp = new_temporary(path, mode=0o600)
-            with os.fdopen(descriptor, "wb") as handle:
+            # Whole when it appears; a key another sweep made meanwhile is kept.
+            with (
+                contextlib.suppress(FileExistsError),
+                written_atomically(path, replace=False, permissions=0o600) as handle,
+            ):
                 handle.write(secrets.token_bytes(32))
-            try:
-                with contextlib.suppress(FileExistsError):  # a key another sweep made meanwhile is kept
-                    os.link(tmp, path)  # whole when it appears
-            finally:
-                tmp.unlink()
         return path.read_bytes()
     except OSError as e:
         raise ConfigError(

@@ -17,7 +17,6 @@ from base.base_data_loader import InMemoryImages
 from conftest import ROOT, evaluate, run_script, train, tree_snapshot
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser
-from trainer import checkpoint as checkpoint_module
 from trainer.callbacks import Callback
 from trainer.checkpoint import LAST_NAME, load_checkpoint
 from utils.errors import CheckpointError, ConfigError, DataError
@@ -222,7 +221,7 @@ def test_a_failing_disk_stops_with_the_file_and_cause_and_keeps_earlier_checkpoi
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)  # the rename that makes every atomic write whole
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pth: No space left on device"):
         train(tiny_config, tmp_path, "disk")
     run = RunFolder.for_new_run(tiny_config["save_dir"], tiny_config["name"], "disk")

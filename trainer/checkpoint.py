@@ -6,7 +6,6 @@ weights_only=True)` reads it anywhere, and a file from a stranger cannot run cod
 
 import io
 import logging
-import os
 import pickle
 import random
 import re
@@ -22,7 +21,7 @@ import torch
 from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
 from utils.errors import CheckpointError, ConfigError, first_line, shown
-from utils.util import new_temporary
+from utils.util import written_atomically
 
 FORMAT_VERSION = 1
 
@@ -75,17 +74,10 @@ def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
     torch.save(state, buffer)
     data = buffer.getbuffer()
     for path in paths:
-        tmp = None
         try:
-            descriptor, tmp = new_temporary(path)  # never a name known in advance (a planted link)
-            with os.fdopen(descriptor, "wb") as handle:
+            with written_atomically(path) as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
         except OSError as e:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
 
 

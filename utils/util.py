@@ -13,7 +13,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from utils.errors import ConfigError
 
@@ -76,41 +76,48 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytorch_template"
 
 
-def new_temporary(path: Path, mode: int = 0o666) -> tuple[int, Path]:
-    """(descriptor, path) of a new temporary file beside `path`: an unpredictable name made with O_EXCL, never an
-    existing file nor a planted link; `mode` 0o666 keeps the umask's permissions (mkstemp's are 0600)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
-
-
 @contextlib.contextmanager
-def output_file(path: Path, newline: str | None = None, replace: bool = True) -> Iterator[TextIO]:
-    """A UTF-8 text handle whose content becomes the file `path` when the block ends: written into a new temporary file
-    beside it, then renamed over it (`replace`) or linked to its name, which fails if a file appeared there meanwhile
-    (an output the user named is never overwritten). A reader never sees half a file; a failure leaves no temporary. A
-    device or a FIFO is written straight through: a rename would put a regular file in its place (as root, `--out
-    /dev/null` would replace the system's)."""
-    if _is_device_or_fifo(path):
-        # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
-        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
-            yield handle
-        return
-    descriptor, tmp = new_temporary(path)
+def written_atomically(
+    path: Path, mode: str = "wb", replace: bool = True, permissions: int = 0o666, **open_args: Any
+) -> Iterator[IO]:
+    """A handle whose content becomes the regular file `path` when the block ends: written into a new temporary
+    file beside it, flushed to disk, then renamed over `path` (`replace`) or linked to its name, which raises
+    FileExistsError if a file is there. A reader never sees half a file; a failure leaves no temporary.
+
+    The temporary file has an unpredictable name made with O_EXCL: never an existing file, nor a link planted at
+    a name known in advance. `permissions` 0o666 keeps the umask's (mkstemp's are 0600)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # .*.tmp: what a resume clears up
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, permissions)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+        with os.fdopen(descriptor, mode, **open_args) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         if replace:
             os.replace(tmp, path)
         else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ConfigError(f"{path}: a file appeared there while this one was written; it is kept") from None
+            os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_file(path: Path, newline: str | None = None, replace: bool = True) -> Iterator[TextIO]:
+    """A UTF-8 text handle whose content becomes the file `path` when the block ends, written atomically (see
+    written_atomically); without `replace`, a file that appeared there meanwhile is kept and this is one line (an
+    output the user named is never overwritten). A device or a FIFO is written straight through: a rename would
+    put a regular file in its place (as root, `--out /dev/null` would replace the system's)."""
+    if _is_device_or_fifo(path):
+        # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
+        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+        return
+    try:
+        with written_atomically(path, "w", replace, encoding="utf-8", newline=newline) as handle:
+            yield handle
+    except FileExistsError:
+        raise ConfigError(f"{path}: a file appeared there while this one was written; it is kept") from None
 
 
 def _is_device_or_fifo(path: Path) -> bool:
