@@ -85,9 +85,10 @@ def build_trainer(
     # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
     model = config.init_obj("arch")
     finetuning = Finetuning(**(config["finetune"] or {}))
-    if resume or weights:
-        purpose = "resume" if resume else "fine-tune"
-        load_model_state(model, resume or weights, resume is not None or finetuning.strict_load, purpose)
+    if resume:
+        load_model_state(model, resume, purpose="resume")
+    elif weights:
+        load_model_state(model, weights, strict=finetuning.strict_load, purpose="fine-tune")
     finetuning.freeze(model)
     model, device = place_model(model, config["n_gpu"])
 

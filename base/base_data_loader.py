@@ -114,6 +114,14 @@ def index_keys(n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
+def split_with_own_test_set(n: int, split: str, validation_split: float | int, seed: int) -> torch.Tensor:
+    """The indices of `split` among the `n` samples of a data set that comes with its own test set (MNIST,
+    torchvision's): every one of the test set for "test"; the training set split by index into "train" and "valid"."""
+    if split == "test":
+        return torch.arange(n)
+    return split_indices(index_keys(n), validation_split, 0, seed)[split]
+
+
 @contextlib.contextmanager
 def worker_failures_as_data_errors(logger: logging.Logger | None = None) -> Iterator[None]:
     """Turn a DataLoader worker that raised or died into one DataError line; any other error passes through.

@@ -10,7 +10,14 @@ from urllib.error import URLError
 
 import torch
 
-from base.base_data_loader import BaseDataLoader, InMemoryImages, InMemoryTensors, index_keys, split_indices
+from base.base_data_loader import (
+    BaseDataLoader,
+    InMemoryImages,
+    InMemoryTensors,
+    index_keys,
+    split_indices,
+    split_with_own_test_set,
+)
 from data_loader.augment import small_affine
 from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader  # selectable by their names
 from data_loader.csv_images import CsvImageDataLoader
@@ -112,10 +119,7 @@ class MnistDataLoader(BaseDataLoader):
             std=0.3081,
             augment=small_affine if augment else None,
         )
-        if split == "test":
-            indices = torch.arange(len(dataset))
-        else:
-            indices = split_indices(index_keys(len(dataset)), validation_split, 0, split_seed)[split]
+        indices = split_with_own_test_set(len(dataset), split, validation_split, split_seed)
         super().__init__(
             dataset, indices, batch_size, shuffle, num_workers, seed, split == "train", pin_memory, persistent_workers
         )

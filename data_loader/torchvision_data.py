@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from base.base_data_loader import BaseDataLoader, InMemoryImages, index_keys, split_indices
+from base.base_data_loader import BaseDataLoader, InMemoryImages, split_with_own_test_set
 from data_loader.augment import flip_and_affine
 from data_loader.image_folder import check_image_args
 from utils.errors import DataError, did_you_mean, first_line
@@ -95,10 +95,7 @@ class TorchvisionDataLoader(BaseDataLoader):
         check_image_args(images.shape[1], mean, std)
         transform = flip_and_affine if augment else None
         data = InMemoryImages(images, targets, 1 / 255, mean, std, transform)
-        if split == "test":
-            indices = torch.arange(len(images))
-        else:
-            indices = split_indices(index_keys(len(images)), validation_split, 0, split_seed)[split]
+        indices = split_with_own_test_set(len(images), split, validation_split, split_seed)
         self.preprocessing = {"classes": self.classes}
         super().__init__(
             data, indices, batch_size, shuffle, num_workers, seed, split == "train", pin_memory, persistent_workers
