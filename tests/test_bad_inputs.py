@@ -11,12 +11,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import assert_one_error_line
 
 from base.base_data_loader import InMemoryImages
 from conftest import ROOT, evaluate, run_script, train, tree_snapshot
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser
+from test_cli import assert_one_error_line
 from trainer.callbacks import Callback
 from trainer.checkpoint import LAST_NAME, load_checkpoint
 from utils.errors import CheckpointError, ConfigError, DataError

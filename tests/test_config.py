@@ -190,7 +190,7 @@ def test_unknown_function_names_list_the_valid_ones(base_config):
 )
 def test_names_cannot_reach_outside_their_role(base_config, name):
     base_config["arch"]["type"] = name
-    assert re.search(r"valid: [^)]*DigitsModel, [^)]*MnistModel[^)]*; from model\.model\)", errors_of(base_config))
+    assert re.search(r"valid: [^)]*DigitsModel, [^)]*MnistModel[^)]*; from model/\*\.py\)", errors_of(base_config))
 
 
 PARTS = {

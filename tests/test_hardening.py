@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
-from test_cli import assert_one_error_line
 
 from conftest import ROOT, run_script, train
-from data_loader.csv_images import CsvImageDataLoader
 from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.make_digit_images import save_png
 from parse_config import ConfigParser
+from test_cli import assert_one_error_line
 from trainer.checkpoint import LAST_NAME, load_checkpoint
 from utils.errors import ConfigError, DataError
 from utils.util import strict_json_loads
@@ -29,15 +28,7 @@ def test_a_name_holding_a_newline_still_makes_one_error_line(tmp_path):
     assert_one_error_line(result, "no\\nsuch.json")
 
 
-def test_a_csv_id_cannot_name_a_file_outside_its_folder_and_training_needs_rows(tmp_path):
-    (tmp_path / "secret.png").write_bytes(b"")
-    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "train" / "a.png")
-    (tmp_path / "train.csv").write_text("image_name,target\n../secret,1\na,0\n")
-    with pytest.raises(DataError, match=r"train\.csv: the id secret\.png names a file outside .*train"):
-        CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8)
-    (tmp_path / "train.csv").write_text("image_name,target\na,0\n")
-    with pytest.raises(DataError, match=r"train\.csv: 1 rows leave none for training"):
-        CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8, test_split=0.99)
+def test_an_image_size_of_zero_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"image_size: expected a whole number >= 1, found 0"):
         ImageFolderDataLoader(str(tmp_path), image_size=0)
 

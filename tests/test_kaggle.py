@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import ROOT, run_script, train
 from data_loader.csv_images import CsvImageDataLoader
-from data_loader.make_digit_images import write_kaggle_layout
+from data_loader.make_digit_images import save_png, write_kaggle_layout
 from parse_config import read_config
 from utils.errors import DataError
 
@@ -110,3 +110,14 @@ def test_config_kaggle_trains_across_the_unfreeze_and_writes_a_submission(compet
     truth = {r["image_name"]: int(r["target"]) for r in rows(competition / "solution.csv")}
     auroc = roc_auc_score([truth[r["image_name"]] for r in written], [float(r["target"]) for r in written])
     assert auroc >= 0.99
+
+
+def test_a_csv_id_cannot_name_a_file_outside_its_folder_and_training_needs_rows(tmp_path):
+    (tmp_path / "secret.png").write_bytes(b"")
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "train" / "a.png")
+    (tmp_path / "train.csv").write_text("image_name,target\n../secret,1\na,0\n")
+    with pytest.raises(DataError, match=r"train\.csv: the id secret\.png names a file outside .*train"):
+        CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8)
+    (tmp_path / "train.csv").write_text("image_name,target\na,0\n")
+    with pytest.raises(DataError, match=r"train\.csv: 1 rows leave none for training"):
+        CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8, test_split=0.99)

@@ -2,8 +2,12 @@
 imports inside functions count too)."""
 
 import ast
+from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
+from new_project import FEATURES, owner
 
 # Lowest first. A module may import its own package and any package of a lower layer; packages that share a
 # layer (data_loader and model; the entry scripts) import none of each other.
@@ -36,7 +40,50 @@ def project_imports(path) -> set[str]:
 def test_every_package_and_entry_script_has_a_layer():
     homes = {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))} - {"tests", "benchmarks"}
     homes |= {p.stem for p in ROOT.glob("*.py")}
-    assert homes == set(RANK)
+    feature_homes = {Path(f).with_suffix("").parts[0] for feature in FEATURES.values() for f in feature.files}
+    assert homes <= set(RANK) and set(RANK) - homes <= feature_homes  # a project without a feature lacks its homes
+
+
+def python_files() -> list[Path]:
+    return sorted(p for p in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py")] if p.parent.name != "benchmarks")
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module the file imports, by its full dotted name (`from a.b import c` counts a.b and a.b.c)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_a_feature_is_there_whole_or_not_at_all_with_its_tests_and_its_page():
+    in_the_template = (ROOT / "benchmarks").is_dir()  # what new_project.py leaves out of every project
+    for name, feature in FEATURES.items():
+        there = [(ROOT / f).exists() for f in feature.files]
+        assert all(there) or (not any(there) and not in_the_template), name
+        assert f"docs/{name}.md" in feature.files and any(f.startswith("tests/test_") for f in feature.files)
+
+
+FEATURE_LIBRARIES = {"ray", "optuna", "transformers"}  # each feature brings its own requirements file
+
+
+@pytest.mark.parametrize("path", [p for p in python_files() if owner(p.relative_to(ROOT)) is None], ids=str)
+def test_no_core_file_imports_a_feature_or_its_library(path):
+    """A project without a feature imports, loads and tests the same: the core names none of its modules (its
+    parts are found by scanning their role's package) and none of its libraries; nor does it name the Kaggle
+    loader."""
+    features = {module_name(p) for p in python_files() if owner(p.relative_to(ROOT)) is not None}
+    imported = imported_modules(path)
+    wrong = {m for m in imported if m in features or m.split(".")[0] in features | FEATURE_LIBRARIES}
+    assert wrong == set()
+    assert path == Path(__file__) or "CsvImageDataLoader" not in path.read_text()
 
 
 def test_imports_run_down_the_layers_only_and_entry_scripts_import_no_entry_script():

@@ -1,0 +1,279 @@
+"""Names: where each `type` of a config is looked up, and how its `args` are checked against the constructor.
+
+A role is one kind of config entry (arch, data_loader, loss, ...): the module its names come from, what an object
+must be to fill it, and the arguments the code passes itself. A name outside the role's module (or, for models and
+data loaders, its package), a private name or an object of the wrong kind is refused with the list of valid names.
+"""
+
+import importlib
+import inspect
+import math
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from utils.errors import ConfigError, describe_exception, did_you_mean, key_text, quoted, shown
+
+
+def subclass_of(path: str) -> Callable[[str, Any], bool]:
+    """A test for classes derived from `module:Class` (imported when first used, not at import)."""
+
+    def fits(name: str, obj: Any) -> bool:
+        module, _, class_name = path.partition(":")
+        base = getattr(importlib.import_module(module), class_name)
+        return inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj)
+
+    return fits
+
+
+def loss_function(name: str, obj: Any) -> bool:
+    """The loss functions of torch.nn.functional (not its other functions, such as relu)."""
+    return inspect.isfunction(obj) and (name.endswith("_loss") or name in TORCH_LOSS_FUNCTIONS)
+
+
+def loss(name: str, obj: Any) -> bool:
+    """A loss written in the project: a function (output, target) -> tensor, or an nn.Module class."""
+    return inspect.isfunction(obj) or subclass_of("torch.nn:Module")(name, obj)
+
+
+def metric(name: str, obj: Any) -> bool:
+    """A per-batch metric function (output, target) -> batch mean, or an epoch-level EpochMetric class."""
+    return inspect.isfunction(obj) or subclass_of("base.base_metric:EpochMetric")(name, obj)
+
+
+TORCH_LOSS_FUNCTIONS = ("cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div")
+
+
+@dataclass(frozen=True)
+class Role:
+    """Where the names of one config entry are looked up, what fits, and what the code passes besides `args`.
+
+    A name resolves in the project's `module` (whatever is defined or imported there) when its object fits
+    and is either defined in the project's own package (`model`, `data_loader`, `trainer`) or is a fitting
+    member of one of the role's `libraries`, which are also looked up directly. Anything else -- modules,
+    builtins, private names, `os.system` imported into model.py -- is not a name of the role.
+    """
+
+    module: str | None  # None: library names only
+    fits: Callable[[str, Any], bool] | None  # what a name of `module` must be
+    libraries: tuple[tuple[str, Callable[[str, Any], bool]], ...] = ()
+    positional: int = 0  # arguments the code passes positionally (parameters, optimizer, output and target)
+    keywords: tuple[str, ...] = ()  # arguments the code passes by keyword
+    called: bool = False  # called with (output, target): a class is built from its args, then called
+    whole_package: bool = False  # every file of the module's package adds its own names (a model in its own file)
+
+
+ROLES: dict[str, Role] = {
+    "arch": Role("model.model", subclass_of("torch.nn:Module"), whole_package=True),
+    "data_loader": Role(
+        "data_loader.data_loaders",
+        subclass_of("base.base_data_loader:BaseDataLoader"),
+        keywords=("split", "seed"),
+        whole_package=True,
+    ),
+    "optimizer": Role(None, None, (("torch.optim", subclass_of("torch.optim:Optimizer")),), positional=1),
+    "lr_scheduler": Role(
+        None, None, (("torch.optim.lr_scheduler", subclass_of("torch.optim.lr_scheduler:LRScheduler")),), positional=1
+    ),
+    "loss": Role(
+        "model.loss",
+        loss,
+        (("torch.nn", subclass_of("torch.nn.modules.loss:_Loss")), ("torch.nn.functional", loss_function)),
+        positional=2,
+        called=True,
+    ),
+    "metrics": Role("model.metric", metric, positional=2, called=True),
+    "callbacks": Role("trainer.callbacks", subclass_of("trainer.callbacks:Callback")),
+}
+
+
+# Schedulers whose arguments give the length of the run, filled in (`run_length_args`) unless the config sets them.
+RUN_LENGTH = {"OneCycleLR": ("total_steps", "epochs", "steps_per_epoch"), "CosineAnnealingLR": ("T_max",)}
+
+
+def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[str, int]:
+    """OneCycleLR's `epochs` and `steps_per_epoch` (unless `total_steps` is given) and CosineAnnealingLR's
+    `T_max`, from `trainer.epochs` and the scheduler's steps in an epoch (1 when it steps once an epoch; the
+    optimizer steps of an epoch when `trainer.scheduler_interval` is "step")."""
+    args = scheduler.get("args", {})
+    if scheduler["type"] == "OneCycleLR" and "total_steps" not in args:
+        return {"epochs": args.get("epochs", epochs), "steps_per_epoch": args.get("steps_per_epoch", steps_per_epoch)}
+    if scheduler["type"] == "CosineAnnealingLR" and "T_max" not in args:
+        return {"T_max": epochs * steps_per_epoch}
+    return {}
+
+
+def valid_names(role: Role) -> dict[str, Any]:
+    """Every name the role accepts, with its object: the project module's first, then the libraries'."""
+    found: dict[str, Any] = {}
+    if role.module is not None and role.fits is not None:
+        package = role.module.split(".")[0]
+        for module in _modules(role):
+            for name in dir(module):
+                obj = getattr(module, name)
+                if name.startswith("_") or inspect.ismodule(obj) or name in found:
+                    continue
+                home = getattr(obj, "__module__", None) or ""
+                if (home.split(".")[0] == package and role.fits(name, obj)) or _library_member(role, obj):
+                    found[name] = obj
+    for library, fits in role.libraries:
+        module = importlib.import_module(library)
+        for name in dir(module):
+            obj = getattr(module, name)
+            if not name.startswith("_") and name not in found and fits(name, obj):
+                found[name] = obj
+    return found
+
+
+def _modules(role: Role) -> list[Any]:
+    """The role's module and, for a `whole_package` role, every other file of its package: a part is found
+    where it is written, and a feature's file that is left out of a project needs no edit anywhere."""
+    names = [role.module]
+    if role.whole_package:
+        package = importlib.import_module(role.module.split(".")[0])
+        names += sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+    modules = []
+    for name in dict.fromkeys(names):
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as e:  # a user's file that does not import: one line naming it, not a traceback
+            raise ConfigError(f"{name.replace('.', '/')}.py could not be imported: {describe_exception(e)}") from None
+    return modules
+
+
+def _library_member(role: Role, obj: Any) -> bool:
+    """Whether `obj` is one of the role's library objects (`mse = F.mse_loss` in model/loss.py)."""
+    name = getattr(obj, "__name__", None)
+    for library, fits in role.libraries:
+        if name and getattr(importlib.import_module(library), name, None) is obj and fits(name, obj):
+            return True
+    return False
+
+
+def entries(config: dict, role_name: str) -> list[tuple[str, str, dict]]:
+    """(dotted path, type name, args) of each entry of a role; plain-name functions have empty args."""
+    value = config.get(role_name)
+    if value is None:
+        return []
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    found = []
+    for index, item in items:
+        where = role_name if index is None else f"{role_name}.{index}"
+        if isinstance(item, str):
+            found.append((where, item, {}))
+        else:
+            found.append((where, item["type"], item.get("args", {})))
+    return found
+
+
+def type_name(entry: str | dict) -> str:
+    """The `type` an entry names (a plain string is a function's name)."""
+    return entry if isinstance(entry, str) else entry["type"]
+
+
+def metric_name(entry: str | dict) -> str:
+    """The label a metric is logged under: its "name", or its function name."""
+    return entry if isinstance(entry, str) else entry.get("name", entry["type"])
+
+
+def check_names(config: dict) -> list[str]:
+    """Every entry's type must be a valid name of its role, and its args must fit the constructor."""
+    errors = []
+    for role_name, role in ROLES.items():
+        names = valid_names(role)
+        for where, type_name, args in entries(config, role_name):
+            if type_name not in names:
+                at = where if isinstance(_entry_at(config, where), str) else f"{where}.type"
+                errors.append(
+                    f"{at}: unknown {role_name} {quoted(type_name)}{did_you_mean(type_name, names)} "
+                    f"(valid: {', '.join(sorted(names)) or 'none'}; from {_homes(role)})"
+                )
+            else:
+                filled = RUN_LENGTH.get(type_name, ()) if role_name == "lr_scheduler" else ()
+                errors.extend(_check_arguments(where, names[type_name], role, args, filled))
+    return errors
+
+
+def _entry_at(config: dict, where: str) -> Any:
+    """The config entry at "metrics.1" or "loss"."""
+    role, _, index = where.partition(".")
+    return config[role][int(index)] if index else config[role]
+
+
+def _check_arguments(where: str, target: Callable, role: Role, args: dict, filled: tuple[str, ...] = ()) -> list[str]:
+    """Bind `args` to the constructor's signature the way the code will call it; name what does not fit."""
+    label = getattr(target, "__name__", str(target))
+    params = list(inspect.signature(target).parameters.values())
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    positional = 0 if role.called and inspect.isclass(target) else role.positional  # a loss class: built from args
+    passed_by_code = {p.name for p in named[:positional]} | set(role.keywords)
+    accepted = [p.name for p in named if p.name not in passed_by_code]
+    errors = []
+    by_name = {p.name: p for p in named}
+    for key, value in args.items():
+        if key in passed_by_code:
+            errors.append(f"{where}.args.{key}: set by the code, not the config; remove it")
+        elif key not in accepted and not takes_any:
+            errors.append(
+                f"{where}.args.{key_text(key)}: {label} has no argument {quoted(key)}{did_you_mean(key, accepted)} "
+                f"(accepted: {', '.join(accepted) or 'none'})"
+            )
+        elif key in by_name and _wants_number(by_name[key]) and not _is_number(value):
+            default = by_name[key].default
+            known = f"; {label}'s default is {default!r}" if default is not inspect.Parameter.empty else ""
+            errors.append(f"{where}.args.{key}: expected a number{known}; found {value!r}")
+        elif key in by_name and _wants_bool(by_name[key]) and not isinstance(value, bool):  # "false" is true
+            errors.append(f"{where}.args.{key}: expected true or false; found {shown(value)}")
+    for p in named:
+        if p.name not in passed_by_code and p.default is p.empty and p.name not in args and p.name not in filled:
+            errors.append(f"{where}.args.{p.name}: {label} needs this argument (accepted: {', '.join(accepted)})")
+    return errors
+
+
+def _homes(role: Role) -> str:
+    own = [f"{role.module.split('.')[0]}/*.py" if role.whole_package else role.module] if role.module else []
+    return ", ".join([*own, *(library for library, _ in role.libraries)])
+
+
+def _wants_number(parameter: inspect.Parameter) -> bool:
+    """A parameter typed, or defaulting to, a plain int or float."""
+    default = parameter.default
+    typed = parameter.annotation in (int, float, "int", "float")
+    return typed or (isinstance(default, (int, float)) and not isinstance(default, bool))
+
+
+def _wants_bool(parameter: inspect.Parameter) -> bool:
+    """A parameter typed as a plain bool, or untyped with a bool default."""
+    if parameter.annotation is inspect.Parameter.empty:
+        return isinstance(parameter.default, bool)
+    return parameter.annotation in (bool, "bool")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def resolve(role_name: str, entry: str | dict) -> Callable:
+    """What an entry names, with its config args bound: a class to call with the code's arguments, or, for a
+    loss or metric, what is called with (output, target): the function with its args, or the class built
+    from them."""
+    role = ROLES[role_name]
+    type_name, args = (entry, {}) if isinstance(entry, str) else (entry["type"], entry.get("args", {}))
+    target = valid_names(role)[type_name]
+    if role.called and inspect.isclass(target):
+        if role_name == "loss":  # nn.BCEWithLogitsLoss(pos_weight=...), nn.CrossEntropyLoss(weight=...): tensors
+            args = {k: _as_tensor(v) if isinstance(v, list) else v for k, v in args.items()}
+        return target(**args)
+    return partial(target, **args)
+
+
+def _as_tensor(values: list) -> Any:
+    """A JSON list of numbers (a loss's `weight` or `pos_weight`) as the float tensor torch's loss classes take."""
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32)

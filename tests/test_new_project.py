@@ -1,0 +1,151 @@
+"""new_project.py: a project holds the core and the features it asks for, and each such project passes its own
+tests; bad targets and feature names are one line, and nothing is left half made."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import new_project
+from conftest import ROOT, run_script, tree_snapshot
+from new_project import FEATURES, owner
+from test_cli import assert_one_error_line
+
+
+@pytest.mark.e2e
+def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path):
+    target = tmp_path / "myproj"
+    result = run_script(str(ROOT / "new_project.py"), str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in target.iterdir()}
+    assert {"train.py", "test.py", "config.json", "base", "tests", "README.md", "requirements.txt", ".ci"} <= names
+    assert not {".git", "data", "__pycache__", "benchmarks"} & names and [
+        p.name for p in (target / "saved").iterdir()
+    ] == [".gitkeep"]
+    result = run_script("train.py", "-c", "config.json", "trainer.epochs=1", "--run-id", "first", cwd=target)
+    assert result.returncode == 0, result.stderr
+    result = run_script("test.py", "-r", "saved/models/Digits_CNN/first/model_best.pth", cwd=target)
+    assert result.returncode == 0, result.stderr
+    # The user's own task: a model in its own file (found there, with nothing to import), a torch loss by name,
+    # an epoch-level metric, and a config that extends a shipped one -- edits only in files the user owns.
+    (target / "model" / "regressor.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Regressor(nn.Module):\n"
+        "    def __init__(self, in_features: int) -> None:\n        super().__init__()\n"
+        "        self.linear = nn.Linear(in_features, 1)\n\n"
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return self.linear(x)\n"
+    )
+    mine = {
+        "extends": "config_tabular.json",
+        "name": "Mine",
+        "arch": {"type": "Regressor", "args": {"in_features": 10}},
+        "loss": {"type": "HuberLoss", "args": {"delta": 1.0}},
+        "metrics": ["r2", "mae"],
+        "optimizer": {"args": {"lr": 0.05}},
+        "trainer": {"epochs": 5},
+    }
+    (target / "mine.json").write_text(json.dumps(mine))
+    result = run_script("train.py", "-c", "mine.json", "--run-id", "mine", cwd=target)
+    assert result.returncode == 0, result.stderr
+    result = run_script("test.py", "-r", "saved/models/Mine/mine", cwd=target)
+    assert result.returncode == 0 and "model_best.pth on the test split" in result.stdout, result.stderr
+    (result_file,) = (target / "saved/models/Mine/mine").glob("model_best.epoch*.test.json")
+    assert json.loads(result_file.read_text())["r2"] > 0.2
+    # Its own tests (the fast tier) still pass with the user's model, config and run beside the shipped ones.
+    result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=target)
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None, reason="needs a git checkout")
+def test_new_project_copies_the_files_git_tracks_as_they_are_and_nothing_beside_them(tmp_path):
+    template = tmp_path / "template"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True)
+    shutil.copy2(ROOT / "new_project.py", template / "new_project.py")  # the one under test, committed or not
+    (template / "notes.txt").write_text("my notes")  # beside the tracked files: a user's, not the template's
+    (template / ".env").write_text("TOKEN=secret")
+    (template / "model" / "scratch.py").write_text("x = 1\n")
+    with (template / "config.json").open("a") as handle:  # a tracked file, edited: copied as it is now
+        handle.write("\n")
+    tracked = subprocess.run(["git", "-C", str(template), "ls-files"], capture_output=True, text=True, check=True)
+    shipped = [p for p in tracked.stdout.split() if not p.startswith("benchmarks/")]
+    for name, features, expected in (
+        ("all", ["--with", "all"], shipped),
+        ("core", [], [p for p in shipped if owner(Path(p)) is None]),
+        ("two", ["--with", "text,sweeps"], [p for p in shipped if owner(Path(p)) in (None, "text", "sweeps")]),
+    ):
+        result = run_script(str(template / "new_project.py"), str(tmp_path / name), *features, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        copied = sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*") if p.is_file())
+        assert copied == sorted(expected), name
+        assert (tmp_path / name / "config.json").read_text() == (template / "config.json").read_text()
+    # a feature left out takes its requirements file with it, and the line that asked for it
+    assert "-r requirements-tune.txt" in (tmp_path / "all" / "requirements-dev.txt").read_text()
+    assert "requirements-tune.txt" not in (tmp_path / "core" / "requirements-dev.txt").read_text()
+    assert "-r requirements-tune.txt" in (tmp_path / "two" / "requirements-dev.txt").read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("existing_file", "is an existing file"),
+        ("full_folder", "folder exists and is not empty"),
+        (None, "is inside the template itself"),
+        ("new\nline", "a folder name with control characters"),
+    ],
+)
+def test_new_project_refuses_targets_it_would_damage(target, fragment, tmp_path):
+    (tmp_path / "existing_file").write_text("keep me")
+    (tmp_path / "full_folder").mkdir()
+    (tmp_path / "full_folder" / "notes.txt").write_text("keep me too")
+    before = tree_snapshot(tmp_path)
+    path = str(tmp_path / target) if target else str(ROOT / "inner")
+    assert_one_error_line(run_script(str(ROOT / "new_project.py"), path, cwd=tmp_path), fragment)
+    assert tree_snapshot(tmp_path) == before and not (ROOT / "inner").exists()
+    assert_one_error_line(run_script(str(ROOT / "new_project.py"), cwd=tmp_path), "required: target")
+    result = run_script(str(ROOT / "new_project.py"), str(tmp_path / "new"), "--with", "text,sweep", cwd=tmp_path)
+    assert_one_error_line(result, "--with sweep: no such feature; did you mean 'sweeps'?")
+    assert tree_snapshot(tmp_path) == before
+
+
+@pytest.mark.e2e
+def test_list_names_every_feature_with_what_it_adds():
+    result = run_script(str(ROOT / "new_project.py"), "--list")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == list(FEATURES)
+    assert all(feature.summary in result.stdout for feature in FEATURES.values())
+
+
+def test_a_copy_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    copied = []
+
+    def copy_until_the_disk_is_full(source, destination):
+        if len(copied) == 5:
+            raise OSError(28, "No space left on device")
+        copied.append(destination)
+        shutil.copyfile(source, destination)
+
+    monkeypatch.setattr(new_project.shutil, "copy2", copy_until_the_disk_is_full)
+    with pytest.raises(OSError, match="No space left"):
+        new_project.main(tmp_path / "myproj", ["sweeps"])
+    assert list(tmp_path.iterdir()) == []  # neither the project nor the hidden folder it was made in
+    monkeypatch.undo()
+    (tmp_path / "empty").mkdir()
+    assert new_project.main(tmp_path / "empty") == tmp_path / "empty"  # an empty folder is filled: the core
+    assert (tmp_path / "empty" / "train.py").is_file() and not (tmp_path / "empty" / "tune.py").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("feature", ["", *FEATURES])
+def test_each_features_project_passes_its_own_tests(tmp_path, feature):
+    """The fast tier of a project made with one feature (or the core alone) passes there, where the other
+    features' files are not."""
+    target = tmp_path / "proj"
+    result = run_script(str(ROOT / "new_project.py"), str(target), *(["--with", feature] if feature else []))
+    assert result.returncode == 0, result.stderr
+    others = [f for name, spec in FEATURES.items() if name != feature for f in spec.files]
+    assert not any((target / f).exists() for f in others)
+    result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", cwd=target)
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-3000:]
