@@ -1,17 +1,57 @@
-"""Copy this template into a new project folder, ready to train.
+"""Copy this template into a new project folder, ready to train: the core, and the features asked for.
 
-python new_project.py ../myproj
+python new_project.py ../myproj                       # the core: train, test and predict on your own data
+python new_project.py ../myproj --with sweeps,text    # the core and these features (--with all: everything)
+python new_project.py --list                          # each feature and what it adds
 cd ../myproj && python train.py -c config.json
 """
 
+import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from parse_config import ArgumentParser
-from utils.errors import ConfigError, one_line_errors
+from cli import ArgumentParser
+from utils.errors import ConfigError, did_you_mean, one_line_errors
 
 TEMPLATE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A part a project opts into: its files and folders (code, tests, requirements file, example configs and its
+    docs/ page). Leaving it out needs no edit of any other file: the core imports none of it, and the parts of a
+    role (models, data loaders) are found by scanning their package."""
+
+    summary: str
+    files: tuple[str, ...]
+
+
+FEATURES = {
+    "sweeps": Feature(
+        "hyper-parameter sweeps with Ray Tune and Optuna: tune.py, sweep/, space.json",
+        ("tune.py", "sweep", "space.json", "requirements-tune.txt", "tests/test_tune.py", "docs/sweeps.md"),
+    ),
+    "text": Feature(
+        "text classification with Hugging Face transformers: HuggingFaceModel, TextCsvDataLoader",
+        (
+            "model/huggingface.py",
+            "utils/huggingface.py",
+            "data_loader/text_csv.py",
+            "requirements-hf.txt",
+            "tests/test_text.py",
+            "docs/text.md",
+        ),
+    ),
+    "kaggle": Feature(
+        "Kaggle image competitions: train.csv/test.csv with image folders to a submission, config_kaggle.json",
+        ("data_loader/csv_images.py", "config_kaggle.json", "tests/test_kaggle.py", "docs/kaggle.md"),
+    ),
+}
+
 # Never copied: version control, runs, downloaded data, caches and virtual environments.
 SKIPPED = {
     ".git",
@@ -25,27 +65,53 @@ SKIPPED = {
     ".venv",
     "venv",
 }
-
-
 # Never copied from the template's top level: what measures the template itself, not a user's project.
 SKIPPED_AT_TOP = {"benchmarks"}
 
 
-def _ignore(folder: str, names: list[str]) -> set[str]:
-    skipped = SKIPPED | (SKIPPED_AT_TOP if Path(folder) == TEMPLATE else set())
-    return {n for n in names if n in skipped or n.endswith((".pyc", ".egg-info"))}
+def owner(path: Path) -> str | None:
+    """The feature a template file belongs to, or None for the core."""
+    for name, feature in FEATURES.items():
+        if any(path == Path(f) or Path(f) in path.parents for f in feature.files):
+            return name
+    return None
 
 
-def tracked_files() -> list[Path] | None:
-    """The files of the template that git tracks (as they are in the working tree now), or None outside a git
-    checkout: a stray file beside them (notes, a .env, a large checkpoint) is not the template."""
-    if not (TEMPLATE / ".git").exists() or shutil.which("git") is None:
-        return None
-    listed = subprocess.run(["git", "-C", str(TEMPLATE), "ls-files", "-z"], capture_output=True, check=False)
-    if listed.returncode != 0:
-        return None
-    paths = [Path(name) for name in listed.stdout.decode().split("\0") if name]
-    return [p for p in paths if p.parts[0] not in SKIPPED_AT_TOP and (TEMPLATE / p).is_file()]
+def template_files() -> list[Path]:
+    """The template's files, relative to it: those git tracks (as they are in the working tree now), so that a
+    stray file beside them (notes, a .env, a large checkpoint) is not copied; without git, every plain file but
+    runs, data and caches. Links are never followed (a link may point anywhere, or at itself)."""
+    if (TEMPLATE / ".git").exists() and shutil.which("git") is not None:
+        listed = subprocess.run(["git", "-C", str(TEMPLATE), "ls-files", "-z"], capture_output=True, check=False)
+        if listed.returncode == 0:
+            paths = [Path(name) for name in listed.stdout.decode().split("\0") if name]
+            return [p for p in paths if p.parts[0] not in SKIPPED_AT_TOP and _plain_file(TEMPLATE / p)]
+    found = []
+    for folder, folders, names in os.walk(TEMPLATE):
+        here = Path(folder).relative_to(TEMPLATE)
+        folders[:] = [d for d in folders if d not in SKIPPED and not (here == Path() and d in SKIPPED_AT_TOP)]
+        found += [here / n for n in names if not n.endswith(".pyc") and _plain_file(Path(folder) / n)]
+    return sorted(found)
+
+
+def _plain_file(path: Path) -> bool:
+    return not path.is_symlink() and path.is_file()
+
+
+def parse_features(text: str | None) -> list[str]:
+    """The names after --with ("sweeps,text", or "all"), checked against FEATURES."""
+    if not text:
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(FEATURES)
+    for name in names:
+        if name not in FEATURES:
+            raise ConfigError(
+                f"--with {name}: no such feature{did_you_mean(name, list(FEATURES))} (features: "
+                f"{', '.join(FEATURES)}, or all; python new_project.py --list says what each adds)"
+            )
+    return list(dict.fromkeys(names))
 
 
 def check_target(target: Path) -> None:
@@ -58,37 +124,83 @@ def check_target(target: Path) -> None:
         raise ConfigError(f"{target}: is an existing file; choose a new folder name")
     if target.is_dir() and any(target.iterdir()):
         raise ConfigError(f"{target}: folder exists and is not empty; choose a new folder name")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{target.parent}: folder not found; create it first, or choose another place")
 
 
-def main(target: str | Path) -> Path:
-    """Copy the template to `target` (new or empty); return the new project's path."""
+def main(target: str | Path, features: Sequence[str] = ()) -> Path:
+    """Copy the core and `features` to `target` (new or empty); return the new project's path.
+
+    The copy is made in a hidden folder beside the target and moved into place when complete: a full disk or an
+    interrupt leaves no half-made project behind."""
     target = Path(target).expanduser().resolve()
     check_target(target)
-    files = tracked_files()
-    if files is None:  # a copy without git (a downloaded archive): everything but runs, data and caches
-        shutil.copytree(TEMPLATE, target, ignore=_ignore, dirs_exist_ok=True)
-    for path in files or []:
-        (target / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(TEMPLATE / path, target / path)
-    (target / "saved").mkdir(exist_ok=True)
-    (target / "saved" / ".gitkeep").touch()
+    files = [p for p in template_files() if owner(p) is None or owner(p) in features]
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for path in files:
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TEMPLATE / path, staging / path)
+        _drop_missing_requirements(staging)
+        (staging / "saved").mkdir(exist_ok=True)
+        (staging / "saved" / ".gitkeep").touch()
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the project is an ordinary folder
+        os.replace(staging, target)  # onto a missing or empty folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _drop_missing_requirements(project: Path) -> None:
+    """A requirements file's `-r other.txt` line goes where that file was left out with its feature."""
+    for path in project.glob("requirements*.txt"):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not _includes_missing(line, project)]
+        if kept != lines:
+            path.write_text("".join(kept))
+
+
+def _includes_missing(line: str, project: Path) -> bool:
+    words = line.split()
+    return len(words) == 2 and words[0] == "-r" and not (project / words[1]).is_file()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        description="Create a new project from this template: the files git tracks (without git: everything but "
-        ".git, saved runs, data and caches), benchmarks/ left out.",
-        epilog="example:\n  python new_project.py ../myproj && cd ../myproj && python train.py -c config.json",
+        description="Create a new project from this template: the core (train, test, predict; the files git tracks, "
+        "benchmarks/ left out) and the features asked for with --with.",
+        epilog="example:\n  python new_project.py ../myproj --with sweeps\n"
+        "  cd ../myproj && python train.py -c config.json",
     )
-    parser.add_argument("target", help="folder to create (must not exist, or be empty)")
+    parser.add_argument("target", nargs="?", help="folder to create (must not exist, or be empty)")
+    parser.add_argument("--with", dest="features", metavar="F,G", help="features to add (see --list), or all")
+    parser.add_argument("--list", action="store_true", help="print each feature and what it adds, then exit")
     return parser
 
 
+def feature_list() -> str:
+    width = max(map(len, FEATURES))
+    return "\n".join(f"{name:<{width}}  {feature.summary}" for name, feature in FEATURES.items())
+
+
 if __name__ == "__main__":
-    with one_line_errors(interrupted="stopped while copying; remove the target folder and try again"):
+    with one_line_errors(interrupted="stopped while copying; nothing was created"):
+        args = build_parser().parse_args()
+        if args.list:
+            print(feature_list())
+            raise SystemExit(0)
+        if args.target is None:
+            raise ConfigError("the following arguments are required: target (see new_project.py --help)")
+        chosen = parse_features(args.features)
         try:
-            created = main(build_parser().parse_args().target)
+            created = main(args.target, chosen)
         except OSError as e:
-            raise ConfigError(f"could not create the project: {e}") from None
-    print(f"New project in {created}\nNext: cd {created} && python train.py -c config.json")
+            raise ConfigError(f"could not create the project: {e}; nothing was created") from None
+    print(f"New project in {created} (the core{''.join(f', {n}' for n in chosen)})")
+    print(f"Next: cd {created} && pip install -r requirements.txt && python train.py -c config.json")

@@ -9,8 +9,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parse_config import ArgumentParser, ConfigParser, select_devices
-from utils.errors import ConfigError, interrupts_held, one_line_errors
+from cli import ArgumentParser, add_raw_csv, csv_file, load_for_evaluation
+from parse_config import ConfigParser
+from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -83,9 +84,8 @@ def build_parser() -> ArgumentParser:
         description="Predict new inputs with a checkpoint: one CSV row per input (id, prediction, probabilities).",
         epilog=(
             "inputs: an image file or a folder of images (ImageFolderDataLoader), a CSV file without the\n"
-            "target column (CsvDataLoader, TextCsvDataLoader), or a CSV file of image ids with the images in\n"
-            "the folder named like it beside it (CsvImageDataLoader: Kaggle's test.csv + test/; written as a\n"
-            "submission, <id column>,<target column>, in the file's order).\n"
+            "target column (CsvDataLoader), or whatever else the run's loader reads as `inputs` (the kaggle\n"
+            "feature's test.csv + test/, written as a submission in the file's order).\n"
             "overrides: dotted.key=value after the options, e.g. data_loader.args.batch_size=256"
         ),
     )
@@ -96,12 +96,7 @@ def build_parser() -> ArgumentParser:
         "-i", "--input", required=True, help="what to predict: an image, a folder of images, a CSV file"
     )
     parser.add_argument("-o", "--out", required=True, help="the CSV file to write (never overwritten)")
-    parser.add_argument(
-        "--raw-csv",
-        action="store_true",
-        help="write ids and class names as they are, even those a spreadsheet would run as a formula (starting "
-        "with = + - @, a tab or a carriage return); by default such a cell gets a leading single quote",
-    )
+    add_raw_csv(parser)
     parser.add_argument(
         "--float-format",
         default=".6g",
@@ -122,21 +117,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     """main's arguments: the validated config, the checkpoint, the inputs, the output file, --raw-csv,
     --float-format and --strip-extension."""
     args = build_parser().parse_args(argv)
-    with interrupts_held():  # torch loads: only once --help is out of the way
-        import torch  # noqa: F401
-    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
-
     if not re.fullmatch(r"\.\d{1,2}[efg%]", args.float_format):  # a width or 1e9 digits would never end
         raise ConfigError(f"--float-format {args.float_format!r}: expected .<digits><e, f, g or %>, e.g. .6g or .4f")
     out = Path(args.out)
     check_output_path(out)
-    if str(out) == "-":
-        raise ConfigError("--out: a file name is needed (predictions are a CSV file)")
+    csv_file(out, "--out")
     if not Path(args.input).exists():
         raise ConfigError(f"--input {args.input}: not found")
-    select_devices(args.device)
-    checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
-    config = ConfigParser.load(None, checkpoint, args.overrides)
+    config, checkpoint = load_for_evaluation(args.resume, None, args.overrides, args.device)
     return config, checkpoint, args.input, out, args.raw_csv, args.float_format, args.strip_extension
 
 

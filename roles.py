@@ -89,20 +89,9 @@ ROLES: dict[str, Role] = {
 }
 
 
-# Schedulers whose arguments give the length of the run, filled in (`run_length_args`) unless the config sets them.
+# Schedulers whose arguments give the length of the run: the code fills them in (trainer.finetuning.run_length_args)
+# unless the config sets them, so a config need not.
 RUN_LENGTH = {"OneCycleLR": ("total_steps", "epochs", "steps_per_epoch"), "CosineAnnealingLR": ("T_max",)}
-
-
-def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[str, int]:
-    """OneCycleLR's `epochs` and `steps_per_epoch` (unless `total_steps` is given) and CosineAnnealingLR's
-    `T_max`, from `trainer.epochs` and the scheduler's steps in an epoch (1 when it steps once an epoch; the
-    optimizer steps of an epoch when `trainer.scheduler_interval` is "step")."""
-    args = scheduler.get("args", {})
-    if scheduler["type"] == "OneCycleLR" and "total_steps" not in args:
-        return {"epochs": args.get("epochs", epochs), "steps_per_epoch": args.get("steps_per_epoch", steps_per_epoch)}
-    if scheduler["type"] == "CosineAnnealingLR" and "T_max" not in args:
-        return {"T_max": epochs * steps_per_epoch}
-    return {}
 
 
 def valid_names(role: Role) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parse_config import ArgumentParser, ConfigParser, select_devices
-from utils.errors import ConfigError, interrupts_held, one_line_errors
+from cli import ArgumentParser, add_raw_csv, csv_file, load_for_evaluation
+from parse_config import ConfigParser
+from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -117,13 +118,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--predictions", help="also write one CSV row per sample here: id, target, prediction, probabilities"
     )
-    parser.add_argument(
-        "--raw-csv",
-        action="store_true",
-        help="with --predictions: write ids and class names as they are, even those a spreadsheet would run as a "
-        "formula (starting with = + - @, a tab or a carriage return); by default such a cell gets a leading "
-        "single quote",
-    )
+    add_raw_csv(parser, "with --predictions: ")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -137,18 +132,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     predictions = None if args.predictions is None else Path(args.predictions)
     if predictions is not None:
         check_output_path(predictions)
-        if str(predictions) == "-":
-            raise ConfigError("--predictions: a file name is needed (predictions are a CSV file)")
+        csv_file(predictions, "--predictions")
         if args.out is not None and Path(args.out).absolute() == predictions.absolute():
             raise ConfigError(f"--predictions {predictions}: the same file as --out; give each its own")
-    with interrupts_held():  # torch loads: only once --help is out of the way
-        import torch  # noqa: F401
-    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, wandb_run_id
+    config, checkpoint = load_for_evaluation(args.resume, args.config, args.overrides, args.device)
+    from trainer.checkpoint import wandb_run_id
 
-    select_devices(args.device)
-    checkpoint = load_checkpoint(args.resume, in_folder=(BEST_NAME, LAST_NAME))
     wandb_run_id(checkpoint)  # checked now, before anything is evaluated or written
-    config = ConfigParser.load(args.config, checkpoint, args.overrides)
     return (
         config,
         checkpoint,

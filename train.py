@@ -11,15 +11,9 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from cli import ArgumentParser, select_devices, shortcut_overrides
 from logger.run_folder import check_run_id
-from parse_config import (
-    ArgumentParser,
-    ConfigParser,
-    check_for_training,
-    check_schedule_length,
-    select_devices,
-    shortcut_overrides,
-)
+from parse_config import ConfigParser, check_for_training
 from utils.errors import ConfigError, interrupts_held, one_line_errors
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
@@ -74,7 +68,7 @@ def build_trainer(
     """Everything the config describes, built in order: loss and metrics, model, data, optimizer and scheduler,
     the trainer; with `resume`, at the point where that run stopped."""
     from trainer.checkpoint import load_model_state
-    from trainer.finetuning import Finetuning
+    from trainer.finetuning import Finetuning, build_optimizer
     from trainer.trainer import Trainer
     from utils.distributed import place_model
 
@@ -97,7 +91,10 @@ def build_trainer(
     valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
-    optimizer, lr_scheduler = config.init_optimizer(finetuning.param_groups(model), data_loader.batches_per_epoch)
+    optimizer, lr_scheduler = build_optimizer(
+        config.init_obj, config["lr_scheduler"], config["trainer"], finetuning.param_groups(model),
+        data_loader.batches_per_epoch,
+    )  # fmt: skip
 
     trainer = Trainer(
         model, criterion, metrics, optimizer, lr_scheduler,
@@ -152,7 +149,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
     if resuming:
         check_resume(checkpoint, config.config)
-        check_schedule_length(checkpoint.state["config"], config.config)
     else:
         check_run_id(config.config, args.run_id)
     return (

@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cli import ArgumentParser, shortcut_overrides
 from logger.run_folder import RUN_ID_PATTERN
-from parse_config import ArgumentParser, check_for_training, shortcut_overrides
+from parse_config import check_for_training
 from sweep.space import LIMITS, SCHEDULERS, SEARCHES, Sweep, TrialRecord, check_space, read_space, write_outputs
 from utils.errors import ConfigError, TrainingInterrupted, one_line_errors
 

@@ -1,7 +1,8 @@
 """Data loaders selectable by name in config.json ("data_loader": {"type": <class name>, "args": {...}}).
 
 Each class loads its data set once into memory and serves one split of it ("train", "valid" or
-"test"); train.py and test.py pass `split` and `seed`, the config passes everything else.
+"test"); train.py and test.py pass `split` and `seed`, the config passes everything else. A loader may live
+in its own file under data_loader/: every BaseDataLoader subclass defined there is selectable by its name.
 """
 
 from pathlib import Path
@@ -19,10 +20,6 @@ from base.base_data_loader import (
     split_with_own_test_set,
 )
 from data_loader.augment import small_affine
-from data_loader.csv_data import CsvDataLoader, TextCsvDataLoader  # selectable by their names
-from data_loader.csv_images import CsvImageDataLoader
-from data_loader.image_folder import ImageFolderDataLoader
-from data_loader.torchvision_data import TorchvisionDataLoader
 from utils.errors import DataError
 
 if TYPE_CHECKING:

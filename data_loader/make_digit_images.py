@@ -1,6 +1,6 @@
 """Write scikit-learn's bundled 8x8 digits as a folder of RGB PNG images, one sub-folder per class (a real image
 folder to try ImageFolderDataLoader and config_transfer.json on, offline), or in Kaggle's layout of a binary
-competition (CsvImageDataLoader and config_kaggle.json).
+competition (the kaggle feature's config_kaggle.json).
 
 python -m data_loader.make_digit_images data/digit_images          # 1,797 images, 32x32
 python -m data_loader.make_digit_images data/many_digits --copies 6  # 10,782 images (shifted copies)

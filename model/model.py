@@ -1,6 +1,7 @@
 """Models selectable by name in config.json ("arch": {"type": <class name>, "args": {...}}).
 
-A model may live in its own file under model/: import it here and it is selectable by its name.
+A model may live in its own file under model/: every nn.Module class defined in a file of model/ is
+selectable by its class name, with nothing to import or register here.
 """
 
 import torch
@@ -8,9 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from base.base_model import BaseModel
-from model.huggingface import HuggingFaceModel
-from model.mlp import MLP  # selectable by its name: an import here is how a model in its own file is found
-from model.torchvision_model import TorchvisionModel
 
 
 class DigitsModel(BaseModel):

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT
 from data_loader.data_loaders import DigitsDataLoader
 from logger.run_folder import check_run_id, create_run_folder
-from parse_config import ROLES, ConfigParser, apply_override, parse_value, valid_names, validate
+from parse_config import ConfigParser, apply_override, parse_value, validate
+from roles import ROLES, valid_names
 from trainer.base_trainer import BaseTrainer
 from trainer.trainer import Trainer
 from utils.errors import ConfigError
@@ -204,7 +205,7 @@ PARTS = {
 
 
 def test_names_resolve_where_users_put_them_and_nothing_else(tmp_path, monkeypatch):
-    from parse_config import Role, loss, loss_function, subclass_of
+    from roles import Role, loss, loss_function, subclass_of
 
     (tmp_path / "mypkg").mkdir()
     for name, text in PARTS.items():

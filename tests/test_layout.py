@@ -17,7 +17,9 @@ LAYERS = [
     {"base"},
     {"data_loader", "model"},
     {"trainer"},
+    {"roles"},
     {"parse_config"},
+    {"cli"},
     {"train", "test", "predict", "new_project"},  # entry scripts: each a leaf, but train.main is what a trial runs
     {"sweep"},  # a sweep's trials run train.main
     {"tune"},

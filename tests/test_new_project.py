@@ -62,7 +62,8 @@ def test_new_project_scaffold_trains_tests_and_passes_its_tests(tmp_path):
 def test_new_project_copies_the_files_git_tracks_as_they_are_and_nothing_beside_them(tmp_path):
     template = tmp_path / "template"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True)
-    shutil.copy2(ROOT / "new_project.py", template / "new_project.py")  # the one under test, committed or not
+    for name in ("new_project.py", "cli.py"):  # the ones under test, committed or not
+        shutil.copy2(ROOT / name, template / name)
     (template / "notes.txt").write_text("my notes")  # beside the tracked files: a user's, not the template's
     (template / ".env").write_text("TOKEN=secret")
     (template / "model" / "scratch.py").write_text("x = 1\n")

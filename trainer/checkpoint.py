@@ -20,6 +20,7 @@ import torch
 
 from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
+from trainer.finetuning import run_length_args
 from utils.errors import CheckpointError, ConfigError, first_line, shown
 from utils.util import written_atomically
 
@@ -226,7 +227,7 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
         if not state[KEY_BATCH]:  # the partial epoch's metrics only when it stopped in the middle of one
             break
     wandb_run_id(checkpoint)
-    saved = state[KEY_CONFIG]
+    saved, done, epochs = state[KEY_CONFIG], state[KEY_EPOCH], config["trainer"]["epochs"]
     for key, then, now in (
         ("arch.type", state[KEY_ARCH], config["arch"]["type"]),
         ("optimizer.type", state[KEY_OPTIMIZER_TYPE], config["optimizer"]["type"]),
@@ -237,11 +238,17 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
                 f"{key}: the checkpoint was trained with {shown(then)}, the config asks for {shown(now)}; a resumed "
                 "run keeps what its state was saved with; add -c CONFIG to fine-tune from its weights instead"
             )
-    done, epochs = state[KEY_EPOCH], config["trainer"]["epochs"]
     if done >= epochs and not state[KEY_BATCH]:
         raise ConfigError(
             f"trainer.epochs: the checkpoint has finished epoch {done} and trainer.epochs is {epochs}; "
             f"pass trainer.epochs=N with N > {done} to train further"
+        )
+    scheduler = config["lr_scheduler"]  # a schedule laid out for the run's length is kept: stepping past it fails
+    if scheduler is not None and run_length_args(scheduler, 1, 1) and saved["trainer"]["epochs"] != epochs:
+        raise ConfigError(
+            f"trainer.epochs: {scheduler['type']}'s schedule was laid out for the {saved['trainer']['epochs']} epochs "
+            f"the run started with; a resumed run keeps it (trainer.epochs={saved['trainer']['epochs']}); add -c "
+            "CONFIG to fine-tune from its weights with a new schedule"
         )
 
 

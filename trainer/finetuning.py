@@ -16,6 +16,8 @@ The state is a pure function of the epoch: `set_epoch(e)` makes the model what i
 (stages with epoch <= e unfrozen), so a resumed run (and the rehearsal's restore) equals one that never stopped.
 """
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +155,35 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, lr_scheduler:
             group["initial_lr"] = group["lr"]
         if hasattr(lr_scheduler, "base_lrs"):
             lr_scheduler.base_lrs[i] = group["lr"]
+
+
+def build_optimizer(
+    build: Callable[..., Any], scheduler: dict | None, trainer: dict, param_groups: list[dict], batches_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer over `param_groups` and its lr_scheduler (or None), each built by `build(role, *args,
+    **kwargs)` (ConfigParser.init_obj). Each group's learning rate is the configured one times the group's
+    `lr_scale`, in the optimizer and in the scheduler's per-group arguments (OneCycleLR's max_lr); the length of
+    the run is filled in where the scheduler needs it and the config leaves it out (`run_length_args`)."""
+    optimizer = build("optimizer", param_groups)
+    set_learning_rate(optimizer, optimizer.defaults["lr"])
+    if scheduler is None:
+        return optimizer, None
+    batches = trainer["len_epoch"] or batches_per_epoch
+    steps = math.ceil(batches / trainer["accumulate_steps"]) if trainer["scheduler_interval"] == "step" else 1
+    filled = run_length_args(scheduler, trainer["epochs"], steps)
+    return optimizer, build("lr_scheduler", optimizer, **filled, **per_group_lrs(scheduler, optimizer))
+
+
+def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[str, int]:
+    """OneCycleLR's `epochs` and `steps_per_epoch` (unless `total_steps` is given) and CosineAnnealingLR's
+    `T_max`, from `trainer.epochs` and the scheduler's steps in an epoch (1 when it steps once an epoch; the
+    optimizer steps of an epoch when `trainer.scheduler_interval` is "step")."""
+    args = scheduler.get("args", {})
+    if scheduler["type"] == "OneCycleLR" and "total_steps" not in args:
+        return {"epochs": args.get("epochs", epochs), "steps_per_epoch": args.get("steps_per_epoch", steps_per_epoch)}
+    if scheduler["type"] == "CosineAnnealingLR" and "T_max" not in args:
+        return {"T_max": epochs * steps_per_epoch}
+    return {}
 
 
 def per_group_lrs(scheduler: dict | None, optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
