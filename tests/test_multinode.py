@@ -1,8 +1,9 @@
 """One run across two machines: two torchrun launchers (two "nodes" of one process each) meet at a c10d
 rendezvous, here both on this machine at 127.0.0.1, and train one run with gloo.
 
-This is the command of the "One run on several machines" section of docs/distributed.md, with 127.0.0.1 in place of the first machine's
-address; the results must equal one process's, as the single-machine DDP test (test_engine.py) asserts.
+This is the command of the "One run on several machines" section of docs/distributed.md, with 127.0.0.1 in
+place of the first machine's address; the results must equal one process's, as the single-machine DDP test
+(test_engine.py) asserts.
 """
 
 import copy
