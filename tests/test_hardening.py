@@ -109,3 +109,30 @@ def test_a_key_ending_in_a_newline_is_quoted_so_the_message_stays_one_line():
     with pytest.raises(ConfigError) as error:
         ConfigParser({"0\n": None})
     assert "\n" not in str(error.value)
+
+
+def test_a_config_saved_with_a_utf8_bom_is_read(tmp_path, base_config):
+    path = tmp_path / "notepad.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(base_config).encode())
+    assert ConfigParser.load(path).config["name"] == base_config["name"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"label_smoothing": 2.0}, r"label_smoothing: expected a number in \[0, 1\), found 2\.0"),
+        ({"label_smoothing": -0.5}, r"label_smoothing: expected a number in \[0, 1\), found -0\.5"),
+        ({"pos_weight": -1}, r"pos_weight: expected a number > 0 .*found -1"),
+        ({"pos_weight": 0}, r"pos_weight: expected a number > 0 .*found 0"),
+    ],
+)
+def test_loss_arguments_are_checked_against_their_meaning(args, message):
+    from model.loss import bce_with_logits, cross_entropy
+
+    output, target = torch.zeros(4, 1), torch.tensor([0.0, 1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=message):
+        bce_with_logits(output, target, **args)
+    if "label_smoothing" in args:
+        with pytest.raises(ValueError, match=message):
+            cross_entropy(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]), **args)
+    assert bce_with_logits(output, target, pos_weight=3.0, label_smoothing=0.1).item() > 0

@@ -24,7 +24,7 @@ def read_json(path: str | Path) -> Any:
     if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never ends
         raise ConfigError(f"{path}: not a regular file; pass a JSON file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Notepad's UTF-8) is not JSON: dropped
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except IsADirectoryError:
