@@ -78,7 +78,7 @@ def _lowest(scores: torch.Tensor, available: torch.Tensor, count: int) -> torch.
 
 
 def split_indices(
-    keys: Sequence[str],
+    keys: Sequence[str] | int,
     validation_split: float | int,
     test_split: float | int,
     seed: int,
@@ -94,7 +94,11 @@ def split_indices(
     `validation_split` never moves a sample into or out of it; the validation set takes its fraction of the rest.
     `strata` (each sample's label: a stratified split) makes every split take its share of each label exactly;
     a new sample then can move the one at the edge of its own label (with a count, of another label too).
+    A number n in place of the keys (the earlier `split_indices(n, ...)` that loaders were written to) splits
+    by index, as `index_keys(n)` does: right for a data set that never changes, not for files a user adds to.
     """
+    if isinstance(keys, int) and not isinstance(keys, bool):
+        keys = index_keys(keys)
     everything = torch.ones(len(keys), dtype=torch.bool)
     scores = {salt: torch.tensor([_unit_hash(seed, salt, k) for k in keys], dtype=torch.float64) for salt in
               ("test", "valid")}  # fmt: skip

@@ -28,6 +28,13 @@ def test_splits_are_disjoint_cover_everything_and_depend_only_on_the_seed():
     assert len(split_indices(keys, 300, 0.2, seed=0)["valid"]) == 300
 
 
+def test_a_loader_written_to_the_earlier_split_indices_of_a_count_keeps_working():
+    """The README once told loader authors to call split_indices(n, ...): a number splits by index."""
+    by_count = split_indices(1797, 0.1, 0.2, seed=0)
+    by_keys = split_indices([str(i) for i in range(1797)], 0.1, 0.2, seed=0)
+    assert all(torch.equal(by_count[k], by_keys[k]) for k in by_keys) and len(by_count["test"]) == 348
+
+
 def test_a_samples_split_follows_its_id_not_its_position():
     """Issue 18: one image added to a folder moved 10 of 12 test images into training. Now a sample's split
     is a function of its id and the seed: adding, removing or reordering samples moves no other sample."""
