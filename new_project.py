@@ -98,18 +98,28 @@ def _plain_file(path: Path) -> bool:
     return not path.is_symlink() and path.is_file()
 
 
-def parse_features(text: str | None) -> list[str]:
-    """The names after --with ("sweeps,text", or "all"), checked against FEATURES."""
-    if not text:
-        return []
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if names == ["all"]:
-        return list(FEATURES)
+def held(name: str) -> bool:
+    """Whether this copy holds the feature: a project made without it can make no project with it."""
+    return all((TEMPLATE / f).exists() for f in FEATURES[name].files)
+
+
+def parse_features(values: list[str] | None) -> list[str]:
+    """The names of every --with ("sweeps,text", or "all"), checked against FEATURES and this copy."""
+    names = [n.strip() for value in values or [] for n in value.split(",") if n.strip()]
+    if "all" in names:
+        if names != ["all"]:
+            raise ConfigError("--with all: it takes every feature; name no other with it")
+        return [name for name in FEATURES if held(name)]
     for name in names:
         if name not in FEATURES:
             raise ConfigError(
                 f"--with {name}: no such feature{did_you_mean(name, list(FEATURES))} (features: "
                 f"{', '.join(FEATURES)}, or all; python new_project.py --list says what each adds)"
+            )
+        if not held(name):
+            raise ConfigError(
+                f"--with {name}: this copy was made without the {name} feature; run the new_project.py of the "
+                "template it came from"
             )
     return list(dict.fromkeys(names))
 
@@ -179,14 +189,19 @@ def build_parser() -> ArgumentParser:
         "  cd ../myproj && python train.py -c config.json",
     )
     parser.add_argument("target", nargs="?", help="folder to create (must not exist, or be empty)")
-    parser.add_argument("--with", dest="features", metavar="F,G", help="features to add (see --list), or all")
+    parser.add_argument(
+        "--with", dest="features", action="append", metavar="F,G", help="features to add (see --list), or all"
+    )
     parser.add_argument("--list", action="store_true", help="print each feature and what it adds, then exit")
     return parser
 
 
 def feature_list() -> str:
     width = max(map(len, FEATURES))
-    return "\n".join(f"{name:<{width}}  {feature.summary}" for name, feature in FEATURES.items())
+    absent = "  (not in this copy)"
+    return "\n".join(
+        f"{name:<{width}}  {feature.summary}{'' if held(name) else absent}" for name, feature in FEATURES.items()
+    )
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def test_new_project_refuses_targets_it_would_damage(target, fragment, tmp_path)
     assert_one_error_line(run_script(str(ROOT / "new_project.py"), cwd=tmp_path), "required: target")
     result = run_script(str(ROOT / "new_project.py"), str(tmp_path / "new"), "--with", "text,sweep", cwd=tmp_path)
     assert_one_error_line(result, "--with sweep: no such feature; did you mean 'sweeps'?")
+    result = run_script(str(ROOT / "new_project.py"), str(tmp_path / "new"), "--with", "all,text", cwd=tmp_path)
+    assert_one_error_line(result, "--with all: it takes every feature; name no other with it")
     assert tree_snapshot(tmp_path) == before
 
 
@@ -148,5 +150,13 @@ def test_each_features_project_passes_its_own_tests(tmp_path, feature):
     assert result.returncode == 0, result.stderr
     others = [f for name, spec in FEATURES.items() if name != feature for f in spec.files]
     assert not any((target / f).exists() for f in others)
+    if feature:  # --with twice adds both; a feature this copy was made without is refused in one line
+        result = run_script(str(ROOT / "new_project.py"), str(tmp_path / "two"), "--with", feature, "--with", "text")
+        assert result.returncode == 0 and (tmp_path / "two" / FEATURES[feature].files[0]).exists(), result.stderr
+        assert (tmp_path / "two" / "data_loader" / "text_csv.py").is_file()
+        other = next(name for name in FEATURES if name != feature)
+        result = run_script("new_project.py", str(tmp_path / "again"), "--with", other, cwd=target)
+        assert_one_error_line(result, f"--with {other}: this copy was made without the {other} feature")
+        assert not (tmp_path / "again").exists()
     result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", cwd=target)
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-3000:]
