@@ -46,6 +46,10 @@ FEATURES = {
             "docs/text.md",
         ),
     ),
+    "wandb": Feature(
+        "Weights & Biases: a run's numbers, images and checkpoints to a W&B run too, test.py's results to its summary",
+        ("logger/wandb_writer.py", "requirements-wandb.txt", "tests/test_wandb.py", "docs/wandb.md"),
+    ),
     "kaggle": Feature(
         "Kaggle image competitions: train.csv/test.csv with image folders to a submission, config_kaggle.json",
         ("data_loader/csv_images.py", "config_kaggle.json", "tests/test_kaggle.py", "docs/kaggle.md"),

@@ -7,7 +7,6 @@ any data is read.
 """
 
 import copy
-import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -302,12 +301,9 @@ def validate(config: dict) -> None:
         from trainer.finetuning import Finetuning
 
         errors.extend(Finetuning(**config["finetune"]).check())
-    if config["wandb"] is not None and importlib.util.find_spec("wandb") is None:
-        errors.append('wandb: the wandb package is not installed; run pip install wandb, or set "wandb": null')
-    elif config["wandb"] is not None:
-        from logger.visualization import wandb_errors
+    from logger.visualization import tracker_errors
 
-        errors.extend(wandb_errors(config["wandb"]))
+    errors.extend(tracker_errors(config))
     scheduler = config["lr_scheduler"]
     if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau":
         from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -355,6 +351,9 @@ class ConfigParser:
             config = copy.deepcopy(resume.state[KEY_CONFIG])
             if not isinstance(config, dict):
                 raise ConfigError(f"{resume.path}: the checkpoint's config is {shown(config)}, not a JSON object")
+            from logger.visualization import stored_trackers
+
+            stored_trackers(config)  # data: a stranger's checkpoint chooses no host, folder or mode for W&B
         move_victoresque_keys(config)
         for override in overrides:
             apply_override(config, override)

@@ -35,7 +35,7 @@ def main(
 
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
-    from logger.visualization import wandb_summary
+    from logger.visualization import tracker_summary
     from trainer.checkpoint import KEY_DATA, wandb_run_id
     from trainer.evaluation import evaluate, loader_arguments, predict, prediction_rows, trained_model, write_csv
     from utils.distributed import place_model
@@ -58,9 +58,9 @@ def main(
     if data_loader.n_samples == 0:
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
 
-    # loss and metrics, averaged per sample; with W&B, also into the summary of the run that trained the model
+    # loss and metrics, averaged per sample; with a tracker (W&B), also into the summary of the run that trained it
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
-    with wandb_summary(wandb_dir(checkpoint), config["wandb"], wandb_run_id(checkpoint)) as summary:
+    with tracker_summary(tracker_dir(checkpoint), config.config, wandb_run_id(checkpoint)) as summary:
         with worker_failures_as_data_errors():
             results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
         results = {"n_samples": data_loader.n_samples, **results}
@@ -79,9 +79,9 @@ def main(
     return results
 
 
-def wandb_dir(checkpoint: "Checkpoint") -> Path:
-    """Where W&B keeps its files when test.py reports to a run: the run's log folder, or beside the checkpoint
-    when it was taken out of its run folder."""
+def tracker_dir(checkpoint: "Checkpoint") -> Path:
+    """Where a tracker (W&B) keeps its files when test.py reports to a run: the run's log folder, or beside the
+    checkpoint when it was taken out of its run folder."""
     from logger.run_folder import RunFolder
 
     try:

@@ -51,9 +51,9 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
         logging.getLogger().addHandler(early)
 
 
-def start_run_logging(run: RunFolder | None, config: dict, wandb_run_id: str | None = None) -> Writer:
-    """From here on info.log gets what the console gets, after a header; return the run's writer (W&B going on
-    with the run `wandb_run_id`, when resuming one).
+def start_run_logging(run: RunFolder | None, config: dict, run_id: str | None = None) -> Writer:
+    """From here on info.log gets what the console gets, after a header; return the run's writer (a tracker
+    such as W&B going on with the run `run_id`, when resuming one).
 
     Only rank 0 writes; other ranks, and a dry run (`run` None), get a Writer with no backend and touch nothing.
     """
@@ -72,7 +72,7 @@ def start_run_logging(run: RunFolder | None, config: dict, wandb_run_id: str | N
                     file.handle(record)
         handler.close()
     try:
-        return make_writer(run.log_dir, config, wandb_run_id)
+        return make_writer(run.log_dir, config, run_id)
     except ConfigError:
         run.remove_unused()  # a new run that cannot start its writer leaves no folder behind
         raise

@@ -1,9 +1,9 @@
-"""TensorBoard and Weights & Biases output through one small explicit writer."""
+"""TensorBoard output through one small explicit writer, and the trackers a project's features add to it."""
 
 import contextlib
-import html
+import importlib
 import inspect
-import logging
+import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,102 +11,61 @@ from typing import Any
 
 import torch
 
-from utils.errors import ConfigError, did_you_mean, first_line
-
 # A W&B run id as W&B takes it (none of / \ # ? % :, nor blanks), short enough for the artifact name
 # model-<id>, which W&B caps at 128 characters. Checked in the config and in a checkpoint alike.
 WANDB_RUN_ID = re.compile(r"[^/\\#?%:\s\x00-\x1f\x7f]{1,122}")
 
 
 class Writer:
-    """What a run shows in TensorBoard and in Weights & Biases: scalars, pictures, text and histograms at an epoch,
-    the training loss at a global step, and the final results. Either backend may be off; with both off (a dry
-    run, a rank other than 0, a config without them) it writes nothing.
+    """What a run shows in TensorBoard: scalars, pictures, text and histograms at an epoch, the training loss at a
+    global step, and the final results. With TensorBoard off (a dry run, a rank other than 0, a config without
+    it) it writes nothing.
 
-    TensorBoard gets every call as it comes. W&B gets one `log` per epoch, with everything of that epoch and an
-    explicit `epoch` axis, and one per logged training step, on a `global_step` axis: its own step counter then
-    counts rows, and batch and epoch numbers never mix.
+    An experiment tracker is a subclass in a file of logger/ that names its config `section` (the wandb feature's
+    WandbWriter, for "wandb"): `make_writer` finds it there, as a model is found in model/.
     """
 
-    def __init__(self, tensorboard_dir: Path | None = None, wandb_run: Any = None) -> None:
+    section: str | None = None  # a tracker's top-level config key: its arguments
+    run_id: str | None = None  # the tracker's run, kept in the checkpoint: a resume and test.py add to it
+
+    def __init__(self, tensorboard_dir: Path | None = None) -> None:
         self.tensorboard = None
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imported here: runs without TensorBoard never load it
 
             self.tensorboard = SummaryWriter(log_dir=str(tensorboard_dir))
-        self.wandb = wandb_run
-        self._row: dict[str, Any] = {}  # W&B: what the epoch `_row_epoch` logged so far
-        self._row_epoch: int | None = None
-        if wandb_run is not None:
-            wandb_run.define_metric("epoch")
-            wandb_run.define_metric("global_step")
-            wandb_run.define_metric("*", step_metric="epoch")
-            wandb_run.define_metric("loss/train_step", step_metric="global_step")
 
     def add_scalar(self, tag: str, value: float, epoch: int) -> None:
         if self.tensorboard is not None:
             self.tensorboard.add_scalar(tag, value, epoch)
-        self._add_to_row(epoch, tag, value)
 
     def add_step_scalar(self, tag: str, value: float, global_step: int) -> None:
         """A training-step value (the loss every log_step batches), on the global-step axis."""
         if self.tensorboard is not None:
             self.tensorboard.add_scalar(tag, value, global_step)
-        if self.wandb is not None:
-            self._log_row()
-            self.wandb.log({tag: value, "global_step": global_step})
 
     def add_image(self, tag: str, image: "torch.Tensor", epoch: int) -> None:
         """A (C, H, W) image with values in [0, 1]."""
         if self.tensorboard is not None:
             self.tensorboard.add_image(tag, image, epoch)
-        if self.wandb is not None:  # W&B reads an array as uint8 pixels: floats in [0, 1] would be black
-            import wandb
-
-            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            self._add_to_row(epoch, tag, wandb.Image(pixels))
 
     def add_text(self, tag: str, text: str, epoch: int) -> None:
         if self.tensorboard is not None:
             self.tensorboard.add_text(tag, text, epoch)
-        if self.wandb is not None:
-            import wandb
-
-            self._add_to_row(epoch, tag, wandb.Html(f"<pre>{html.escape(text)}</pre>"))
 
     def add_histogram(self, tag: str, values: "torch.Tensor", epoch: int) -> None:
         if self.tensorboard is not None:
             self.tensorboard.add_histogram(tag, values, epoch)
-        if self.wandb is not None:
-            import wandb
-
-            self._add_to_row(epoch, tag, wandb.Histogram(values.numpy()))
 
     def add_checkpoint(self, path: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
-        """A checkpoint file as a new version of the W&B model artifact `model-<run id>` (as Lightning's
-        WandbLogger names it). W&B copies the file at once, so the trainer may overwrite it next epoch."""
-        if self.wandb is not None:
-            import wandb
-
-            artifact = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata=metadata)  # Lightning's name
-            artifact.add_file(str(path))
-            self.wandb.log_artifact(artifact, aliases=aliases)
-
-    @property
-    def wandb_run_id(self) -> str | None:
-        """The id of the W&B run written to (None without one, or when W&B is disabled)."""
-        return self.wandb.id if self.wandb is not None and not self.wandb.disabled else None
+        """A checkpoint file for a tracker that keeps them (trainer.log_model); TensorBoard does not."""
 
     def add_hparams(self, hparams: dict, metrics: dict) -> None:
-        """The flat config beside the final results: TensorBoard's HPARAMS tab, the W&B run's summary (its
-        config went in at wandb.init)."""
+        """The flat config beside the final results: TensorBoard's HPARAMS tab."""
         if self.tensorboard is not None:
             self.tensorboard.add_hparams(hparams, metrics, run_name=".")
-        if self.wandb is not None:
-            self.wandb.summary.update(metrics)
 
     def flush(self) -> None:
-        self._log_row()
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
@@ -114,21 +73,28 @@ class Writer:
         self.flush()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
 
-    def _add_to_row(self, epoch: int, tag: str, value: Any) -> None:
-        if self.wandb is None:
-            return
-        if epoch != self._row_epoch:
-            self._log_row()
-            self._row_epoch = epoch
-        self._row[tag] = value
+    # What a tracker adds: its config section checked, read from a checkpoint, and results added to a run.
+    @classmethod
+    def errors(cls, args: dict[str, Any]) -> list[str]:
+        """What is wrong with the tracker's config section, one message per problem."""
+        return []
 
-    def _log_row(self) -> None:
-        if self._row:
-            self.wandb.log({**self._row, "epoch": self._row_epoch})
-        self._row = {}
+    @classmethod
+    def stored_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """The part of a checkpoint's stored section that may be used: a checkpoint is data, and nothing in it may
+        choose a host, a folder or a mode."""
+        return {}
+
+    @classmethod
+    def start(cls, log_dir: Path, tensorboard_dir: Path | None, config: dict, run_id: str | None) -> "Writer":
+        return cls(tensorboard_dir)
+
+    @classmethod
+    @contextlib.contextmanager
+    def summary(cls, log_dir: Path, args: dict[str, Any], run_id: str) -> Iterator[dict[str, Any]]:
+        """A dict whose items go to the run `run_id`'s summary when the block ends (test.py's results)."""
+        yield {}
 
 
 def matrix_image(matrix: list[list[float]], cell: int = 16) -> "torch.Tensor":
@@ -187,59 +153,68 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def make_writer(log_dir: Path, config: dict, wandb_run_id: str | None = None) -> Writer:
-    """The writer a config asks for: TensorBoard (`tensorboard`), W&B (`wandb`: wandb.init's arguments), both,
-    or neither. W&B's files go to `<log_dir>/wandb`; `WANDB_MODE=offline` keeps everything on disk. With
-    `wandb_run_id` (a resumed run), W&B goes on with the run of that id."""
-    wandb_run = None
-    if config["wandb"] is not None:
-        wandb_run = init_wandb(log_dir, config["wandb"], wandb_run_id, config=flatten_config(config))
-    return Writer(log_dir if config["tensorboard"] else None, wandb_run)
+def make_writer(log_dir: Path, config: dict, run_id: str | None = None) -> Writer:
+    """The writer a config asks for: TensorBoard (`tensorboard`), a tracker (a section such as `wandb`), both, or
+    neither. With `run_id` (a resumed run), the tracker goes on with that run."""
+    tensorboard_dir = log_dir if config["tensorboard"] else None
+    return tracker(config).start(log_dir, tensorboard_dir, config, run_id)
 
 
-def init_wandb(log_dir: Path, args: dict[str, Any], run_id: str | None, **more: Any) -> Any:
-    """wandb.init with the config's arguments, continuing the run `run_id` if given; a refusal is one line."""
-    import wandb  # imported here: W&B is optional
+# The config sections a tracker reads, and the feature that brings each one's writer.
+TRACKER_SECTIONS = {"wandb": "wandb"}
 
-    if run_id is not None:  # unless the config names a run, or how to resume, itself
-        args = {"id": run_id, "resume": "allow", **args}
-    try:
-        return wandb.init(dir=str(log_dir), **args, **more)
-    except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
-        raise ConfigError(f"wandb: wandb.init refused its arguments: {first_line(e)}") from None
+
+def trackers() -> dict[str, type[Writer]]:
+    """The trackers of this project, by config section: Writer subclasses defined in the files of logger/."""
+    found = {}
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        module = importlib.import_module(f"logger.{info.name}")
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, Writer) and obj.section and obj.__module__ == module.__name__:
+                found[obj.section] = obj
+    return found
+
+
+def tracker(config: dict) -> type[Writer]:
+    """The writer class of the tracker the config turns on, else Writer (TensorBoard only)."""
+    chosen = [section for section in TRACKER_SECTIONS if config.get(section) is not None]
+    return trackers()[chosen[0]] if chosen else Writer
+
+
+def tracker_errors(config: dict) -> list[str]:
+    """Each tracker section's problems, by its writer; a section whose feature this project lacks is one."""
+    errors, found = [], trackers()
+    for section, feature in TRACKER_SECTIONS.items():
+        if config.get(section) is None:
+            continue
+        if section not in found:
+            errors.append(
+                f"{section}: this project has no {section} writer (python new_project.py --with {feature} makes a "
+                f'project with it); set "{section}": null'
+            )
+        else:
+            errors.extend(found[section].errors(config[section]))
+    return errors
+
+
+def stored_trackers(config: dict) -> None:
+    """A checkpoint's stored config, made safe to run (in place): of each tracker section, only what its writer
+    lets a checkpoint say (`Writer.stored_args`); a section this project has no writer for is turned off."""
+    found = trackers()
+    for section in TRACKER_SECTIONS:
+        if isinstance(config.get(section), dict) and section in found:
+            config[section] = found[section].stored_args(config[section])
+        elif section in config:
+            config[section] = None
 
 
 @contextlib.contextmanager
-def wandb_summary(log_dir: Path, args: dict[str, Any] | None, run_id: str | None) -> Iterator[dict[str, Any]]:
-    """A dict whose items go to the summary of the W&B run `run_id` when the block ends (test.py's results, to
-    the run that trained the model); nothing without a wandb section (`args`) or a run. The run is joined at
-    the start, so that a refusal by W&B comes before any work is done or any file written."""
-    if args is None or run_id is None:
+def tracker_summary(log_dir: Path, config: dict, run_id: str | None) -> Iterator[dict[str, Any]]:
+    """A dict whose items go to the summary of the tracker's run `run_id` when the block ends (test.py's results,
+    to the run that trained the model); nothing without a tracker section or a run."""
+    writer = tracker(config)
+    if writer is Writer or run_id is None:
         yield {}
         return
-    run = init_wandb(log_dir, args, run_id)
-    summary: dict[str, Any] = {}
-    try:
+    with writer.summary(log_dir, config[writer.section], run_id) as summary:
         yield summary
-        run.summary.update(summary)
-        if not run.disabled:
-            logging.getLogger("test").info("Results added to the summary of W&B run %s", run_id)
-    finally:
-        run.finish()
-
-
-def wandb_errors(args: dict[str, Any]) -> list[str]:
-    """The config's `wandb` section, checked against wandb.init's own signature (every argument passes through)."""
-    import wandb
-
-    accepted = [name for name in inspect.signature(wandb.init).parameters if name not in ("dir", "config")]
-    errors = []
-    for key in args:
-        if key in ("dir", "config"):
-            errors.append(f"wandb.{key}: set by the template (the run's log folder, its config); remove it")
-        elif key not in accepted:
-            errors.append(f"wandb.{key}: wandb.init has no argument {key!r}{did_you_mean(key, accepted)}")
-    run_id = args.get("id")
-    if run_id is not None and not (isinstance(run_id, str) and WANDB_RUN_ID.fullmatch(run_id)):
-        errors.append(f"wandb.id: expected 1 to 122 characters, none of / \\ # ? % : or blanks; found {run_id!r:.60}")
-    return errors

@@ -174,7 +174,7 @@ class BaseTrainer(abc.ABC):
             self.start_epoch = epoch + 1
             self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
             if self.log_model == "all":
-                self._checkpoint_to_wandb(LAST_NAME, last, ["latest", *(["best"] if improved else [])])
+                self._log_checkpoint(LAST_NAME, last, ["latest", *(["best"] if improved else [])])
             # After the checkpoints: a callback that reports the epoch elsewhere (Ray Tune, which may stop the
             # trial inside its report) leaves the epoch saved.
             self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, last)
@@ -188,8 +188,8 @@ class BaseTrainer(abc.ABC):
         outcome = {"last": last, "best": self.best_result}
         if self.log_model is True and last:  # last.pth last: W&B gives "latest" to the version logged last
             if self.best_result is not None:
-                self._checkpoint_to_wandb(BEST_NAME, self.best_result, ["best"])
-            self._checkpoint_to_wandb(LAST_NAME, last, ["latest"])
+                self._log_checkpoint(BEST_NAME, self.best_result, ["best"])
+            self._log_checkpoint(LAST_NAME, last, ["latest"])
         write_hparams(self.writer, self.config, outcome)
         self._call_hooks([c.on_train_end for c in self.callbacks], outcome)
         self.writer.flush()
@@ -316,7 +316,7 @@ class BaseTrainer(abc.ABC):
             KEY_BEST_RESULT: self.best_result,
             KEY_RNG: capture_rng_state(),
             KEY_CONFIG: self.config,
-            KEY_WANDB_RUN: self.writer.wandb_run_id,
+            KEY_WANDB_RUN: self.writer.run_id,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -398,8 +398,9 @@ class BaseTrainer(abc.ABC):
         if self.is_main and self.run is not None:
             save_checkpoint(self.state_dict(epoch, batch), path)
 
-    def _checkpoint_to_wandb(self, name: str, result: dict[str, Any], aliases: list[str]) -> None:
-        """The run's checkpoint `name` as a version of its W&B model artifact, with its epoch's results."""
+    def _log_checkpoint(self, name: str, result: dict[str, Any], aliases: list[str]) -> None:
+        """The run's checkpoint `name` to its tracker (W&B: a version of its model artifact), with its epoch's
+        results."""
         if self.is_main and self.run is not None:
             metadata = {key: value for key, value in result.items() if not isinstance(value, list)}
             self.writer.add_checkpoint(self.run.checkpoint_dir / name, aliases, metadata)
