@@ -89,6 +89,7 @@ def build_trainer(
     # data: the training and validation splits (the test split is for test.py)
     data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
     valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
+    data_loader.fit_batch_norm(model)  # no training batch of one sample for a model with BatchNorm
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
     optimizer, lr_scheduler = build_optimizer(

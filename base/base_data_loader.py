@@ -207,6 +207,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
         self.start_batch = start_batch
 
+    def keep_batches_of_at_least(self, samples: int) -> bool:
+        """Leave out a last batch that would give a rank fewer than `samples` samples; True if that drops one."""
+        before = self.num_batches()
+        self.min_global = max(self.min_global, samples * self.world_size)
+        return self.num_batches() < before
+
     def num_batches(self) -> int:
         """Batches in a whole epoch (before `start_batch` is skipped)."""
         global_batch = self.batch_size * self.world_size
@@ -387,6 +393,17 @@ class BaseDataLoader(DataLoader):
         self.epoch_sampler.set_epoch(epoch, start_batch)
         # Worker seeds: a function of (seed, epoch) only.
         self.worker_generator.manual_seed(derive_seed(self.epoch_sampler.seed, epoch, 1))
+
+    def fit_batch_norm(self, model: torch.nn.Module) -> None:
+        """BatchNorm in training mode cannot train on one sample ("Expected more than 1 value per channel"): for a
+        model that holds it (frozen now, maybe trained after an unfreeze), a last training batch of one sample is
+        left out of every epoch, and info.log says so once. Call it before the optimizer counts the batches."""
+        has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if has_batch_norm and self.epoch_sampler.keep_batches_of_at_least(2):
+            logging.getLogger("trainer").info(
+                "The last training batch would hold one sample, which BatchNorm cannot train on: it is left out of "
+                "each epoch (a different sample each epoch when shuffled); choose another batch_size to keep it"
+            )
 
     @property
     def batches_per_epoch(self) -> int:

@@ -495,3 +495,25 @@ def test_a_head_of_another_size_than_the_classes_is_refused_before_training(tmp_
     with pytest.raises(ConfigError, match=r"the model gives 5 scores per sample, the data has 3 classes \(a, b, c\)"):
         train(tiny_config, tmp_path, "five")
     assert not (tmp_path / "saved").exists()  # refused in the rehearsal: no run folder
+
+
+@pytest.mark.e2e
+def test_the_transfer_recipe_trains_through_its_unfreeze_with_a_last_batch_of_one(tmp_path):
+    """3 classes of the digits in an image folder, and a batch size that leaves one sample for the last batch:
+    BatchNorm cannot train on it (the recipe crashed at its unfreeze epoch, after two epochs' work)."""
+    write_digit_images(tmp_path / "three", size=32, classes=3)
+    torch.manual_seed(0)
+    torch.save(__import__("torchvision").models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    folders = {"digits": tmp_path / "three", "weights": tmp_path / "resnet18.pth"}
+    config = transfer_config(folders, tmp_path / "saved")
+    config["trainer"]["epochs"], config["finetune"]["unfreeze_epoch"] = 3, 2
+    config["arch"]["args"]["num_classes"] = 3
+    n = ImageFolderDataLoader(str(folders["digits"]), image_size=32, split="train").n_samples
+    batch_size = next(b for b in range(16, n) if n % b == 1)
+    config["data_loader"]["args"]["batch_size"] = batch_size
+    result, run = train(config, tmp_path)
+    assert result["last"]["epoch"] == 3 and load_checkpoint(run.checkpoint_dir / LAST_NAME).state["epoch"] == 3
+    info = (run.log_dir / "info.log").read_text()
+    assert info.count("The last training batch would hold one sample, which BatchNorm cannot train on") == 1
+    assert n // batch_size == ImageFolderDataLoader(str(folders["digits"]), image_size=32, split="train",
+                                                    batch_size=batch_size).batches_per_epoch - 1  # fmt: skip
