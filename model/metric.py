@@ -7,6 +7,8 @@ Two kinds:
   computes once per epoch, exactly, also over DDP ranks and across a mid-epoch resume.
 """
 
+import logging
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,6 +76,17 @@ class auroc(_Classification):
         multiclass = None if num_classes is None else classification.MulticlassAUROC(num_classes, average="macro")
         super().__init__(classification.BinaryAUROC(), multiclass)
 
+    def compute(self) -> float:
+        """NaN where the area is undefined: a class missing from the epoch's targets (torchmetrics says 0.0)."""
+        from torchmetrics.utilities import dim_zero_cat
+
+        with self.metric.sync_context():  # every rank's targets, under DDP
+            classes = dim_zero_cat(self.metric.target).unique().numel() if self.metric.target else 0
+        needed = 2 if self.binary else self.metric.num_classes
+        if classes < needed:
+            return _undefined("auroc", f"the epoch's targets hold {classes} of its {needed} classes")
+        return super().compute()
+
 
 class f1(_Classification):
     """F1 score over the epoch: binary (threshold 0.5 on the probability), or macro-averaged over classes."""
@@ -83,6 +96,21 @@ class f1(_Classification):
 
         multiclass = None if num_classes is None else classification.MulticlassF1Score(num_classes, average="macro")
         super().__init__(classification.BinaryF1Score(), multiclass)
+
+    def compute(self) -> float:
+        """NaN where binary F1 is undefined: no positive target in the epoch (recall divides by zero)."""
+        if self.binary:
+            with self.metric.sync_context():
+                positives = int(self.metric.tp.sum() + self.metric.fn.sum())
+            if positives == 0:
+                return _undefined("f1", "the epoch's targets hold no positive")
+        return super().compute()
+
+
+def _undefined(name: str, why: str) -> float:
+    """An epoch-level metric with no value: NaN (never the best epoch), said in one warning line."""
+    logging.getLogger("trainer").warning("%s is undefined: %s; logged as NaN, never the best epoch", name, why)
+    return math.nan
 
 
 class confusion_matrix(_Classification):

@@ -1,6 +1,7 @@
 """Metrics: per-batch functions and epoch-level metrics equal scikit-learn's on the same predictions."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -156,3 +157,42 @@ def test_a_loss_classes_tensor_arguments_are_written_as_json_lists(base_config):
     base_config["loss"] = {"type": "CrossEntropyLoss", "args": {"weight": [1.0, 2.0], "label_smoothing": 0.1}}
     criterion = ConfigParser(base_config).init_ftn("loss")
     assert torch.equal(criterion.weight, torch.tensor([1.0, 2.0])) and criterion.label_smoothing == 0.1
+
+
+def test_an_undefined_epoch_metric_is_nan_with_one_warning_and_never_the_best(caplog):
+    """AUROC of one class, F1 with no positive target: NaN (torchmetrics says 0.0, which could become "best")."""
+    from model.metric import auroc, f1
+    from utils.monitor import Monitor
+
+    no_positive = (torch.tensor([[0.3], [-1.2], [2.0]]), torch.tensor([[0.0], [0.0], [0.0]]))
+    for metric in (auroc(), f1()):
+        metric.update(*no_positive)
+        with caplog.at_level("WARNING", logger="trainer"):
+            assert math.isnan(metric.compute())
+    multiclass = auroc(num_classes=3)
+    multiclass.update(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))  # class 2 never seen
+    assert math.isnan(multiclass.compute())
+    assert [r.getMessage() for r in caplog.records] == [
+        "auroc is undefined: the epoch's targets hold 1 of its 2 classes; logged as NaN, never the best epoch",
+        "f1 is undefined: the epoch's targets hold no positive; logged as NaN, never the best epoch",
+        "auroc is undefined: the epoch's targets hold 2 of its 3 classes; logged as NaN, never the best epoch",
+    ]
+    assert "\n" not in caplog.records[0].getMessage()
+    defined = auroc()
+    defined.update(torch.tensor([[0.3], [-1.2], [2.0]]), torch.tensor([[1.0], [0.0], [1.0]]))
+    assert defined.compute() == 1.0
+    monitor = Monitor.parse("max val_auroc")
+    assert not monitor.improves(math.nan, monitor.worst, 0.0) and not monitor.improves(math.nan, 0.5, 0.0)
+
+
+def test_an_undefined_metric_is_written_as_null_in_results_json(tmp_path, capsys):
+    from utils.util import strict_json_loads, write_json, write_output
+
+    write_json({"auroc": math.nan, "loss": 0.5, "per_class": [math.inf, 1.0]}, tmp_path / "r.json")
+    assert strict_json_loads((tmp_path / "r.json").read_text()) == {
+        "auroc": None,
+        "loss": 0.5,
+        "per_class": [None, 1.0],
+    }
+    write_output({"f1": math.nan}, "-")
+    assert strict_json_loads(capsys.readouterr().out) == {"f1": None}

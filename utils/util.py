@@ -67,8 +67,17 @@ def strict_json_loads(text: str) -> Any:
 def write_json(content: Any, path: str | Path, replace: bool = True) -> None:
     """Write JSON through output_file: atomically, and straight through to a device or a FIFO."""
     with output_file(Path(path), replace=replace) as handle:
-        json.dump(content, handle, indent=4)
+        json.dump(json_safe(content), handle, indent=4)
         handle.write("\n")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (an undefined metric) as null: JSON has no word for them, and parsers refuse `NaN`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return [json_safe(v) for v in value] if isinstance(value, list) else value
 
 
 def cache_home() -> Path:
@@ -157,7 +166,7 @@ def _check_output_path(path: Path) -> None:
 def write_output(content: Any, path: Path) -> None:
     """JSON to a file the user named (see output_file); `-` is standard output."""
     if str(path) == "-":
-        print(json.dumps(content, indent=4))
+        print(json.dumps(json_safe(content), indent=4))
         return
     try:
         write_json(content, path, replace=False)
