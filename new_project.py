@@ -28,9 +28,28 @@ class Feature:
 
     summary: str
     files: tuple[str, ...]
+    requires: tuple[str, ...] = ()  # features it builds on, added with it
 
 
 FEATURES = {
+    "images": Feature(
+        "image folders, torchvision data sets and backbones, transfer learning and fine-tuning: config_transfer.json",
+        (
+            "data_loader/image_folder.py",
+            "data_loader/make_digit_images.py",
+            "data_loader/torchvision_data.py",
+            "model/torchvision_model.py",
+            "config_transfer.json",
+            "tests/test_transfer.py",
+            "tests/test_image_cache.py",
+            "tests/test_torchvision_data.py",
+            "docs/images.md",
+        ),
+    ),
+    "csv": Feature(
+        "your own CSV tables: numeric features, classification, binary or regression (CsvDataLoader)",
+        ("data_loader/csv_data.py", "tests/test_csv.py", "docs/csv.md"),
+    ),
     "sweeps": Feature(
         "hyper-parameter sweeps with Ray Tune and Optuna: tune.py, sweep/, space.json",
         ("tune.py", "sweep", "space.json", "requirements-tune.txt", "tests/test_tune.py", "docs/sweeps.md"),
@@ -45,6 +64,7 @@ FEATURES = {
             "tests/test_text.py",
             "docs/text.md",
         ),
+        requires=("csv",),
     ),
     "wandb": Feature(
         "Weights & Biases: a run's numbers, images and checkpoints to a W&B run too, test.py's results to its summary",
@@ -53,6 +73,7 @@ FEATURES = {
     "kaggle": Feature(
         "Kaggle image competitions: train.csv/test.csv with image folders to a submission, config_kaggle.json",
         ("data_loader/csv_images.py", "config_kaggle.json", "tests/test_kaggle.py", "docs/kaggle.md"),
+        requires=("csv", "images"),
     ),
 }
 
@@ -125,7 +146,8 @@ def parse_features(values: list[str] | None) -> list[str]:
                 f"--with {name}: this copy was made without the {name} feature; run the new_project.py of the "
                 "template it came from"
             )
-    return list(dict.fromkeys(names))
+    with_required = [needed for name in names for needed in (*FEATURES[name].requires, name)]
+    return [name for name in FEATURES if name in with_required]  # in FEATURES' order, each once
 
 
 def check_target(target: Path) -> None:

@@ -67,7 +67,7 @@ def main(
 def without_image_extension(ids: list[str]) -> list[str]:
     """Each id without its image file's extension (cats/0001.png -> cats/0001); any other id (v1.final, a row
     number) as it is. Two images that would get the same id are one error line."""
-    from data_loader.image_folder import IMAGE_SUFFIXES
+    from base.base_data_loader import IMAGE_SUFFIXES
 
     stripped, named = [], {}
     for name in ids:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from utils.distributed import rank_and_world_size
 from utils.errors import DataError, UserError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # what Pillow reads
 # A batch transform: (images (B, C, H, W) float, generator) -> images; runs on whole batches of tensors.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 

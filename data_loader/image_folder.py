@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from base.base_data_loader import BaseDataLoader, BatchTransform, InMemoryImages, split_indices
+from base.base_data_loader import IMAGE_SUFFIXES, BaseDataLoader, BatchTransform, InMemoryImages, split_indices
 from data_loader.augment import flip_and_affine
 from utils.errors import DataError, first_line
 from utils.util import cache_home, written_atomically
@@ -37,7 +37,6 @@ from utils.util import cache_home, written_atomically
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # what Pillow reads
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's pretrained weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_VERSION = 2  # 2: a cache file is {"listing": the digest it was built from, "images": uint8 (N, C, H, W)}

@@ -2,7 +2,9 @@
 
 import csv
 import json
+import os
 import random
+import stat
 import statistics
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from conftest import evaluate, shrink, train
 from data_loader.csv_data import CsvDataLoader
 from model.metric import r2
 from parse_config import ConfigParser
-from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, load_checkpoint
+from test_outputs import read_fifo_while, rows_of
+from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, LAST_NAME, load_checkpoint
 from trainer.evaluation import prediction_rows
 from utils.errors import DataError
 
@@ -298,3 +301,78 @@ def test_regression_on_a_users_csv_trains_and_tests_by_name(tmp_path, base_confi
     assert results["n_samples"] == 72
     assert results["r2"] == pytest.approx(sk.r2_score(y.numpy(), output.numpy()), abs=1e-5)
     assert results["r2"] >= 0.95
+
+
+def test_a_checkpoints_preprocessing_of_the_wrong_kind_is_one_line(tmp_path):
+    from data_loader.csv_data import CsvDataLoader
+
+    rows = tmp_path / "new.csv"
+    rows.write_text("a,b\n1,2\n3,4\n")
+    good = {"columns": ["a", "b"], "means": [0.0, 0.0], "stds": [1.0, 1.0], "target_mean": 1.0, "target_std": 2.0}
+    args = dict(csv_path=str(rows), target_column="y", task="regression", split="predict", inputs=str(rows))
+    assert CsvDataLoader(**args, preprocessing=good).n_samples == 2
+    for key, value, message in (
+        ("target_mean", "x", "'target_mean' should be a finite number"),
+        ("means", [0.0], "'means' should hold one value per feature column"),
+        ("stds", [1.0, 0.0], "'stds' should be a list of numbers > 0"),
+    ):
+        with pytest.raises(DataError, match=message):
+            CsvDataLoader(**args, preprocessing={**good, key: value})
+
+
+def formula_rows(path: Path, n: int) -> Path:
+    """Rows whose ids and classes a spreadsheet would run: `=ID<i>`, classes `=high` and `-low` (by x's sign)."""
+    lines = ["id,x,y,label", *(f"=ID{i},{i % 7 - 3},{i % 3},{'=high' if i % 7 >= 3 else '-low'}" for i in range(n))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.e2e
+def test_predictions_go_through_a_fifo_with_formulas_quoted_unless_raw_csv(base_config, tmp_path):
+    import predict as predict_script
+
+    config = shrink(base_config, tmp_path / "saved", epochs=1)
+    config.update(
+        name="Formulas_MLP",
+        arch={"type": "MLP", "args": {"in_features": 2, "out_features": 2}},
+        data_loader={
+            "type": "CsvDataLoader",
+            "args": {
+                "csv_path": str(formula_rows(tmp_path / "rows.csv", 40)),
+                "target_column": "label",
+                "id_column": "id",
+                "batch_size": 8,
+            },
+        },
+        loss="cross_entropy",
+        metrics=["accuracy"],
+        lr_scheduler=None,
+    )
+    config["trainer"].update(monitor="off", early_stop=0)
+    _, run = train(config, tmp_path)
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    results = {}
+    checkpoint = run.checkpoint_dir / LAST_NAME
+    tested = rows_of(read_fifo_while(fifo, lambda: results.update(evaluate(checkpoint, "--predictions", str(fifo)))))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and len(tested) == results["n_samples"] > 0
+    assert all(r["id"].startswith("'=ID") and {r["target"], r["prediction"]} <= {"'=high", "'-low"} for r in tested)
+    assert list(tested[0]) == ["id", "target", "prediction", "prob_-low", "prob_=high"]  # the header: as it was
+    raw_tested = tmp_path / "raw_tested.csv"
+    evaluate(checkpoint, "--predictions", str(raw_tested), "--raw-csv", "--out", str(tmp_path / "raw_tested.json"))
+    assert [r["id"] for r in rows_of(raw_tested.read_bytes())] == [r["id"][1:] for r in tested]
+
+    new = tmp_path / "new.csv"
+    new.write_text("id,x,y\n=1+1,3,0\n@SUM(A1),-3,1\n-7,2,2\n")
+
+    def predict(*args: str) -> int:
+        return predict_script.main(*predict_script.parse_args(["-r", str(run.checkpoint_dir), "-i", str(new), *args]))
+
+    predicted = rows_of(read_fifo_while(fifo, lambda: predict("-o", str(fifo))))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [r["id"] for r in predicted] == ["'=1+1", "'@SUM(A1)", "-7"]  # -7 is a number
+    assert all(r["prediction"] in ("'=high", "'-low") and 0 <= float(r["prob_-low"]) <= 1 for r in predicted)
+    assert predict("-o", str(tmp_path / "raw.csv"), "--raw-csv") == 3
+    raw = rows_of((tmp_path / "raw.csv").read_bytes())
+    assert [r["id"] for r in raw] == ["=1+1", "@SUM(A1)", "-7"]
+    assert [r["prediction"] for r in raw] == [r["prediction"][1:] for r in predicted]

@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, train
-from data_loader.image_folder import ImageFolderDataLoader
-from data_loader.make_digit_images import save_png
 from parse_config import ConfigParser
 from test_cli import assert_one_error_line
 from trainer.checkpoint import LAST_NAME, load_checkpoint
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError
 from utils.util import strict_json_loads
 
 
@@ -26,27 +24,6 @@ def test_a_number_beyond_a_floats_range_is_refused_like_infinity(base_config):
 def test_a_name_holding_a_newline_still_makes_one_error_line(tmp_path):
     result = run_script(str(ROOT / "train.py"), "-c", str(tmp_path / "no\nsuch.json"), cwd=tmp_path)
     assert_one_error_line(result, "no\\nsuch.json")
-
-
-def test_an_image_size_of_zero_is_refused(tmp_path):
-    with pytest.raises(DataError, match=r"image_size: expected a whole number >= 1, found 0"):
-        ImageFolderDataLoader(str(tmp_path), image_size=0)
-
-
-def test_the_image_cache_never_follows_a_link_at_a_temporary_name(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    root = tmp_path / "images"
-    for c in ("a", "b"):
-        save_png(torch.full((3, 8, 8), 40, dtype=torch.uint8), root / c / "0.png")
-    ImageFolderDataLoader(str(root), image_size=8)  # the cache's file name, to plant a link beside it
-    [made] = (cache / "pytorch_template").glob("*.pt")
-    made.unlink()
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    (made.parent / f".{made.name}.tmp").symlink_to(victim)
-    ImageFolderDataLoader(str(root), image_size=8)
-    assert victim.read_text() == "keep me" and made.is_file() and not made.is_symlink()
 
 
 @pytest.mark.e2e
@@ -74,23 +51,6 @@ def test_bad_requests_around_a_finished_run_are_one_line(tiny_config, tmp_path):
     result = run_script(str(ROOT / "train.py"), "--resume", str(crafted), "trainer.epochs=2")
     assert_one_error_line(result, "training state does not fit")
     assert crafted.read_bytes() == before
-
-
-def test_a_checkpoints_preprocessing_of_the_wrong_kind_is_one_line(tmp_path):
-    from data_loader.csv_data import CsvDataLoader
-
-    rows = tmp_path / "new.csv"
-    rows.write_text("a,b\n1,2\n3,4\n")
-    good = {"columns": ["a", "b"], "means": [0.0, 0.0], "stds": [1.0, 1.0], "target_mean": 1.0, "target_std": 2.0}
-    args = dict(csv_path=str(rows), target_column="y", task="regression", split="predict", inputs=str(rows))
-    assert CsvDataLoader(**args, preprocessing=good).n_samples == 2
-    for key, value, message in (
-        ("target_mean", "x", "'target_mean' should be a finite number"),
-        ("means", [0.0], "'means' should hold one value per feature column"),
-        ("stds", [1.0, 0.0], "'stds' should be a list of numbers > 0"),
-    ):
-        with pytest.raises(DataError, match=message):
-            CsvDataLoader(**args, preprocessing={**good, key: value})
 
 
 def test_a_key_ending_in_a_newline_is_quoted_so_the_message_stays_one_line():

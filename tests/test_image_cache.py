@@ -15,6 +15,7 @@ import torch
 
 from data_loader import image_folder
 from data_loader.image_folder import ImageFolderDataLoader
+from data_loader.make_digit_images import save_png
 from utils.errors import DataError
 
 
@@ -254,3 +255,19 @@ def test_log_lines_quote_a_folder_name_holding_a_newline(tmp_path, data_log):
     assert any(line.startswith("Decoded 6 images from") for line in lines)
     assert any(line.startswith("Read 6 decoded images from") for line in lines)
     assert all("\n" not in line and f"images{ODD_SHOWN}" in line for line in lines), lines
+
+
+def test_the_image_cache_never_follows_a_link_at_a_temporary_name(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        save_png(torch.full((3, 8, 8), 40, dtype=torch.uint8), root / c / "0.png")
+    ImageFolderDataLoader(str(root), image_size=8)  # the cache's file name, to plant a link beside it
+    [made] = (cache / "pytorch_template").glob("*.pt")
+    made.unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (made.parent / f".{made.name}.tmp").symlink_to(victim)
+    ImageFolderDataLoader(str(root), image_size=8)
+    assert victim.read_text() == "keep me" and made.is_file() and not made.is_symlink()

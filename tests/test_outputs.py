@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import evaluate, shrink, train
-from trainer.checkpoint import LAST_NAME
 from trainer.evaluation import write_csv
 from utils.errors import ConfigError
 from utils.util import output_file, write_json
@@ -116,66 +114,8 @@ def test_cells_a_spreadsheet_would_run_get_a_quote_unless_raw_and_numbers_stay_n
         assert [r[:2] for r in list(csv.reader(handle))[1:]] == [[t, t] for t in texts]
 
 
-def formula_rows(path: Path, n: int) -> Path:
-    """Rows whose ids and classes a spreadsheet would run: `=ID<i>`, classes `=high` and `-low` (by x's sign)."""
-    lines = ["id,x,y,label", *(f"=ID{i},{i % 7 - 3},{i % 3},{'=high' if i % 7 >= 3 else '-low'}" for i in range(n))]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def rows_of(text: bytes) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text.decode(), newline="")))
-
-
-@pytest.mark.e2e
-def test_predictions_go_through_a_fifo_with_formulas_quoted_unless_raw_csv(base_config, tmp_path):
-    import predict as predict_script
-
-    config = shrink(base_config, tmp_path / "saved", epochs=1)
-    config.update(
-        name="Formulas_MLP",
-        arch={"type": "MLP", "args": {"in_features": 2, "out_features": 2}},
-        data_loader={
-            "type": "CsvDataLoader",
-            "args": {
-                "csv_path": str(formula_rows(tmp_path / "rows.csv", 40)),
-                "target_column": "label",
-                "id_column": "id",
-                "batch_size": 8,
-            },
-        },
-        loss="cross_entropy",
-        metrics=["accuracy"],
-        lr_scheduler=None,
-    )
-    config["trainer"].update(monitor="off", early_stop=0)
-    _, run = train(config, tmp_path)
-    fifo = tmp_path / "fifo.csv"
-    os.mkfifo(fifo)
-    results = {}
-    checkpoint = run.checkpoint_dir / LAST_NAME
-    tested = rows_of(read_fifo_while(fifo, lambda: results.update(evaluate(checkpoint, "--predictions", str(fifo)))))
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and len(tested) == results["n_samples"] > 0
-    assert all(r["id"].startswith("'=ID") and {r["target"], r["prediction"]} <= {"'=high", "'-low"} for r in tested)
-    assert list(tested[0]) == ["id", "target", "prediction", "prob_-low", "prob_=high"]  # the header: as it was
-    raw_tested = tmp_path / "raw_tested.csv"
-    evaluate(checkpoint, "--predictions", str(raw_tested), "--raw-csv", "--out", str(tmp_path / "raw_tested.json"))
-    assert [r["id"] for r in rows_of(raw_tested.read_bytes())] == [r["id"][1:] for r in tested]
-
-    new = tmp_path / "new.csv"
-    new.write_text("id,x,y\n=1+1,3,0\n@SUM(A1),-3,1\n-7,2,2\n")
-
-    def predict(*args: str) -> int:
-        return predict_script.main(*predict_script.parse_args(["-r", str(run.checkpoint_dir), "-i", str(new), *args]))
-
-    predicted = rows_of(read_fifo_while(fifo, lambda: predict("-o", str(fifo))))
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert [r["id"] for r in predicted] == ["'=1+1", "'@SUM(A1)", "-7"]  # -7 is a number
-    assert all(r["prediction"] in ("'=high", "'-low") and 0 <= float(r["prob_-low"]) <= 1 for r in predicted)
-    assert predict("-o", str(tmp_path / "raw.csv"), "--raw-csv") == 3
-    raw = rows_of((tmp_path / "raw.csv").read_bytes())
-    assert [r["id"] for r in raw] == ["=1+1", "@SUM(A1)", "-7"]
-    assert [r["prediction"] for r in raw] == [r["prediction"][1:] for r in predicted]
 
 
 def test_an_output_that_appears_while_it_is_written_is_kept(tmp_path):

@@ -517,3 +517,8 @@ def test_the_transfer_recipe_trains_through_its_unfreeze_with_a_last_batch_of_on
     assert info.count("The last training batch would hold one sample, which BatchNorm cannot train on") == 1
     assert n // batch_size == ImageFolderDataLoader(str(folders["digits"]), image_size=32, split="train",
                                                     batch_size=batch_size).batches_per_epoch - 1  # fmt: skip
+
+
+def test_an_image_size_of_zero_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"image_size: expected a whole number >= 1, found 0"):
+        ImageFolderDataLoader(str(tmp_path), image_size=0)

@@ -71,7 +71,7 @@ def loader_arguments(data_loader_class: type, preprocessing: dict | None, **scri
     if "inputs" in script_arguments and "inputs" not in takes:
         raise ConfigError(
             f"data_loader.type: {data_loader_class.__name__} cannot read new inputs for predictions (it has no "
-            "`inputs` argument); loaders that take one can, e.g. ImageFolderDataLoader and CsvDataLoader"
+            "`inputs` argument); a loader that takes one can (the images, csv, text and kaggle features' loaders do)"
         )
     if "preprocessing" in takes and preprocessing is not None:
         script_arguments["preprocessing"] = preprocessing
