@@ -19,7 +19,7 @@ from parse_config import ConfigParser
 from test_outputs import read_fifo_while, rows_of
 from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, LAST_NAME, load_checkpoint
 from trainer.evaluation import prediction_rows
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -376,3 +376,15 @@ def test_predictions_go_through_a_fifo_with_formulas_quoted_unless_raw_csv(base_
     raw = rows_of((tmp_path / "raw.csv").read_bytes())
     assert [r["id"] for r in raw] == ["=1+1", "@SUM(A1)", "-7"]
     assert [r["prediction"] for r in raw] == [r["prediction"][1:] for r in predicted]
+
+
+def test_a_head_of_another_size_than_the_classes_is_refused_before_training(tmp_path, tiny_config):
+    rows = ["x,y,label", *(f"{i % 7},{i % 3},{'abc'[i % 3]}" for i in range(60))]
+    (tmp_path / "three.csv").write_text("\n".join(rows) + "\n")
+    tiny_config["arch"] = {"type": "MLP", "args": {"in_features": 2, "out_features": 5}}
+    tiny_config["data_loader"] = {"type": "CsvDataLoader", "args": {"csv_path": str(tmp_path / "three.csv"),
+                                                                    "target_column": "label"}}  # fmt: skip
+    tiny_config["loss"], tiny_config["metrics"], tiny_config["lr_scheduler"] = "cross_entropy", ["accuracy"], None
+    with pytest.raises(ConfigError, match=r"the model gives 5 scores per sample, the data has 3 classes \(a, b, c\)"):
+        train(tiny_config, tmp_path, "five")
+    assert not (tmp_path / "saved").exists()  # refused in the rehearsal: no run folder

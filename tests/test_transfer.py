@@ -485,18 +485,6 @@ def test_predict_py_refuses_bad_requests_with_one_line(tiny_config, tmp_path):
     assert sum(r["target"] == r["prediction"] for r in rows) / len(rows) == pytest.approx(tested["accuracy"], abs=1e-9)
 
 
-def test_a_head_of_another_size_than_the_classes_is_refused_before_training(tmp_path, tiny_config):
-    rows = ["x,y,label", *(f"{i % 7},{i % 3},{'abc'[i % 3]}" for i in range(60))]
-    (tmp_path / "three.csv").write_text("\n".join(rows) + "\n")
-    tiny_config["arch"] = {"type": "MLP", "args": {"in_features": 2, "out_features": 5}}
-    tiny_config["data_loader"] = {"type": "CsvDataLoader", "args": {"csv_path": str(tmp_path / "three.csv"),
-                                                                    "target_column": "label"}}  # fmt: skip
-    tiny_config["loss"], tiny_config["metrics"], tiny_config["lr_scheduler"] = "cross_entropy", ["accuracy"], None
-    with pytest.raises(ConfigError, match=r"the model gives 5 scores per sample, the data has 3 classes \(a, b, c\)"):
-        train(tiny_config, tmp_path, "five")
-    assert not (tmp_path / "saved").exists()  # refused in the rehearsal: no run folder
-
-
 @pytest.mark.e2e
 def test_the_transfer_recipe_trains_through_its_unfreeze_with_a_last_batch_of_one(tmp_path):
     """3 classes of the digits in an image folder, and a batch size that leaves one sample for the last batch:
