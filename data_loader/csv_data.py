@@ -169,8 +169,12 @@ def saved(preprocessing: dict, key: str, table: CsvTable) -> list | float:
 
 
 def mean_and_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column of (N, ...) values; a constant column (or a single row) gets std 1 instead of 0 or NaN."""
-    mean, std = values.mean(dim=0), values.std(dim=0)
+    """Per column of (N, ...) values; a constant column (or a single row) gets std 1 instead of 0 or NaN. Taken on
+    the values divided by the column's largest magnitude: squares of values near 1e200 pass float64's range, and
+    an infinite std made every value 0."""
+    scale = values.abs().amax(dim=0)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    mean, std = (values / scale).mean(dim=0) * scale, (values / scale).std(dim=0) * scale
     return mean, torch.where(std > 0, std, torch.ones_like(std))  # NaN > 0 is False
 
 

@@ -388,3 +388,14 @@ def test_a_head_of_another_size_than_the_classes_is_refused_before_training(tmp_
     with pytest.raises(ConfigError, match=r"the model gives 5 scores per sample, the data has 3 classes \(a, b, c\)"):
         train(tiny_config, tmp_path, "five")
     assert not (tmp_path / "saved").exists()  # refused in the rehearsal: no run folder
+
+
+def test_features_and_targets_near_1e200_are_standardized_not_zeroed(tmp_path):
+    rows = [[f"r{i}", f"{(i % 5 + 1) * 1e200:.6e}", i % 3, f"{(i % 4 + 1) * 1e200:.6e}"] for i in range(40)]
+    path = write_csv(tmp_path / "huge.csv", ["id", "a", "b", "y"], rows)
+    loader = CsvDataLoader(str(path), "y", id_column="id", task="regression", validation_split=0, test_split=0)
+    features, targets = everything(loader)
+    assert torch.isfinite(features).all() and features.std(dim=0).min() > 0.9
+    assert targets.std() > 0.9 and loader.preprocessing["target_std"] == pytest.approx(
+        statistics.stdev(i % 4 + 1 for i in range(40)) * 1e200
+    )
