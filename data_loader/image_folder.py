@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's pretrained weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_VERSION = 2  # 2: a cache file is {"listing": the digest it was built from, "images": uint8 (N, C, H, W)}
+# 2: a cache file is {"listing": the digest it was built from, "images": uint8 (N, C, H, W)}; 3: EXIF orientation
+CACHE_VERSION = 3
 
 logger = logging.getLogger("data")
 
@@ -103,12 +104,13 @@ def to_8_bit(image: "PILImage") -> "PILImage":
 
 
 def decode(path: Path, image_size: int, channels: int) -> torch.Tensor:
-    """One image file as uint8 (channels, image_size, image_size), decoded and resized by Pillow."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file as uint8 (channels, image_size, image_size), decoded and resized by Pillow, turned upright
+    as its EXIF orientation says (a phone's photo is stored sideways, and every viewer turns it)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image = to_8_bit(image).convert("RGB" if channels == 3 else "L")
+            image = to_8_bit(ImageOps.exif_transpose(image)).convert("RGB" if channels == 3 else "L")
             if image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)  # antialiased
             pixels = np.array(image)  # (H, W, C) or (H, W), a copy torch may own

@@ -271,3 +271,18 @@ def test_the_image_cache_never_follows_a_link_at_a_temporary_name(tmp_path, monk
     (made.parent / f".{made.name}.tmp").symlink_to(victim)
     ImageFolderDataLoader(str(root), image_size=8)
     assert victim.read_text() == "keep me" and made.is_file() and not made.is_symlink()
+
+
+def test_a_photo_is_decoded_upright_as_its_exif_orientation_says(tmp_path):
+    from PIL import Image
+
+    from data_loader.image_folder import decode
+
+    wide = torch.zeros(3, 4, 8, dtype=torch.uint8)  # stored 8 wide and 4 high, a bright left column
+    wide[:, :, 0] = 255
+    image = Image.fromarray(wide.permute(1, 2, 0).numpy())
+    exif = image.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view (a phone held upright)
+    image.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    upright = decode(tmp_path / "photo.jpg", 8, 3)  # viewed: 4 wide, 8 high, resized to 8x8
+    assert upright[0, 0, :].float().mean() > 200 and upright[0, -1, :].float().mean() < 60  # the bright row on top
