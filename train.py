@@ -67,7 +67,7 @@ def build_trainer(
 ) -> "Trainer":
     """Everything the config describes, built in order: loss and metrics, model, data, optimizer and scheduler,
     the trainer; with `resume`, at the point where that run stopped."""
-    from trainer.checkpoint import load_model_state
+    from trainer.checkpoint import check_resumed_classes, load_model_state
     from trainer.finetuning import Finetuning, build_optimizer
     from trainer.trainer import Trainer
     from utils.distributed import place_model
@@ -90,6 +90,8 @@ def build_trainer(
     data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
     valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
     data_loader.fit_batch_norm(model)  # no training batch of one sample for a model with BatchNorm
+    if resume:
+        check_resumed_classes(resume, data_loader.classes)
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
     optimizer, lr_scheduler = build_optimizer(

@@ -510,3 +510,20 @@ def test_the_transfer_recipe_trains_through_its_unfreeze_with_a_last_batch_of_on
 def test_an_image_size_of_zero_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"image_size: expected a whole number >= 1, found 0"):
         ImageFolderDataLoader(str(tmp_path), image_size=0)
+
+
+def test_a_resume_on_data_whose_classes_changed_is_one_line(tmp_path, tiny_config):
+    root = write_image_folder(tmp_path / "pets")
+    tiny_config["arch"]["args"]["num_classes"] = 3
+    args = {"data_dir": str(root), "image_size": 8, "channels": 1, "batch_size": 4, "validation_split": 3}
+    args.update(test_split=3, mean=[0.5], std=[0.25])
+    tiny_config["data_loader"] = {"type": "ImageFolderDataLoader", "args": args}
+    tiny_config["trainer"]["epochs"] = 1
+    _, run = train(tiny_config, tmp_path, "pets")
+    last = run.checkpoint_dir / LAST_NAME
+    before = last.read_bytes()
+    (root / "dog").rename(root / "eel")
+    with pytest.raises(ConfigError, match=r"^data_loader: the run was trained on the classes cat, dog, owl; the data "
+                       r"now has cat, eel, owl \(gone: dog; new: eel\); a resumed run keeps its classes"):  # fmt: skip
+        train(None, tmp_path, resume=last, overrides=["trainer.epochs=2"])
+    assert last.read_bytes() == before

@@ -252,6 +252,26 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
         )
 
 
+def check_resumed_classes(checkpoint: Checkpoint, classes: list[str] | None) -> None:
+    """The class list a run was trained on is part of the run: a resume on data whose classes changed (a folder
+    renamed, a label added) would train each output toward another class than before, and rewrite the list."""
+    then = (checkpoint.state.get(KEY_DATA) or {}).get("classes")
+    if then is None or classes is None or list(then) == list(classes):
+        return
+    gone, new = [c for c in then if c not in classes], [c for c in classes if c not in then]
+    change = "; ".join(
+        [
+            *([f"gone: {', '.join(map(str, gone))}"] if gone else []),
+            *([f"new: {', '.join(map(str, new))}"] if new else []),
+        ]
+    )
+    raise ConfigError(
+        f"data_loader: the run was trained on the classes {', '.join(map(str, then))}; the data now has "
+        f"{', '.join(map(str, classes))} ({change or 'another order'}); a resumed run keeps its classes: restore the "
+        "data, or add -c CONFIG to fine-tune into a new run"
+    )
+
+
 # What to do when a checkpoint's weights do not fit the configured model, by what the weights are loaded for.
 WEIGHTS_ADVICE = {
     "evaluate": "evaluate it with the arch it was trained with",
