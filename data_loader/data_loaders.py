@@ -5,6 +5,7 @@ Each class loads its data set once into memory and serves one split of it ("trai
 in its own file under data_loader/: every BaseDataLoader subclass defined there is selectable by its name.
 """
 
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.error import URLError
@@ -66,6 +67,12 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> "datasets.MNIST":
 
     try:
         return datasets.MNIST(data_dir, train=train, download=False)
+    except pickle.UnpicklingError:  # torch refused objects other than tensors; its advice (load them) would run code
+        processed = Path(data_dir) / "MNIST" / "processed"
+        raise DataError(
+            f"{processed}: holds Python objects other than tensors, which are never loaded (a pickle runs code when "
+            f"read); remove that folder and put {', '.join(MNIST_FILES)} in {processed.parent / 'raw'}"
+        ) from None
     except RuntimeError:
         if not download:
             raise DataError(_missing_mnist(data_dir, "download is off")) from None

@@ -209,3 +209,22 @@ def test_iterating_a_loader_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     next(iter(loader))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_planted_pickle_in_an_mnist_folder_runs_nothing_and_the_line_never_advises_loading_it(tmp_path):
+    from data_loader.data_loaders import MnistDataLoader
+
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir(parents=True)
+    for name in ("training.pt", "test.pt"):
+        torch.save({"x": Payload()}, processed / name)
+    with pytest.raises(DataError, match=r"MNIST/processed: holds Python objects other than tensors") as error:
+        MnistDataLoader(str(tmp_path), download=False)
+    assert "weights_only" not in str(error.value) and "trusted" not in str(error.value)
+
+
+class Payload:
+    """What a planted pickle would run when loaded with weights_only=False."""
+
+    def __reduce__(self):
+        return (print, ("ran",))
