@@ -88,3 +88,23 @@ def test_loss_arguments_are_checked_against_their_meaning(args, message):
         with pytest.raises(ValueError, match=message):
             cross_entropy(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]), **args)
     assert bce_with_logits(output, target, pos_weight=3.0, label_smoothing=0.1).item() > 0
+
+
+def test_a_one_cycle_schedule_shorter_than_the_run_is_one_line_before_it_starts(tiny_config, tmp_path):
+    tiny_config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.01, "epochs": 1}}
+    tiny_config["trainer"].update(scheduler_interval="step", epochs=2)
+    with pytest.raises(ConfigError, match=r"^lr_scheduler\.args: OneCycleLR is laid out for \d+ steps, the run takes"):
+        train(tiny_config, tmp_path, "short")
+    assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.e2e
+def test_a_resume_that_changes_the_steps_of_a_laid_out_schedule_is_one_line(tiny_config, tmp_path):
+    tiny_config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.01}}  # laid out by the trainer
+    tiny_config["trainer"].update(scheduler_interval="step", epochs=2, save_period=1, keep_last=None)
+    _, run = train(tiny_config, tmp_path, "cycle")
+    first = run.checkpoint_dir / "checkpoint-epoch1.pth"
+    with pytest.raises(ConfigError, match=r"^lr_scheduler: the checkpoint's OneCycleLR was laid out for 42 steps; "
+                       r"with this config the run takes 82 \(2 epochs x 41\); resume with the batch_size"):  # fmt: skip
+        train(None, tmp_path, resume=first, overrides=["data_loader.args.batch_size=32"])
+    train(None, tmp_path, resume=first)  # as it was trained: goes on

@@ -168,10 +168,41 @@ def build_optimizer(
     set_learning_rate(optimizer, optimizer.defaults["lr"])
     if scheduler is None:
         return optimizer, None
-    batches = trainer["len_epoch"] or batches_per_epoch
-    steps = math.ceil(batches / trainer["accumulate_steps"]) if trainer["scheduler_interval"] == "step" else 1
+    steps = scheduler_steps(
+        trainer["len_epoch"], trainer["accumulate_steps"], trainer["scheduler_interval"], batches_per_epoch
+    )
     filled = run_length_args(scheduler, trainer["epochs"], steps)
-    return optimizer, build("lr_scheduler", optimizer, **filled, **per_group_lrs(scheduler, optimizer))
+    lr_scheduler = build("lr_scheduler", optimizer, **filled, **per_group_lrs(scheduler, optimizer))
+    check_schedule_length(lr_scheduler, scheduler, trainer["epochs"], steps)
+    return optimizer, lr_scheduler
+
+
+def scheduler_steps(len_epoch: int | None, accumulate_steps: int, interval: str, batches_per_epoch: int) -> int:
+    """The scheduler's steps in an epoch: 1 when it steps once an epoch, else the optimizer's steps."""
+    batches = len_epoch or batches_per_epoch
+    return math.ceil(batches / accumulate_steps) if interval == "step" else 1
+
+
+def check_schedule_length(lr_scheduler: Any, entry: dict, epochs: int, steps: int, resumed: bool = False) -> None:
+    """OneCycleLR raises on the step past its `total_steps` ("Tried to step N times"), after that much training:
+    a schedule shorter than the run is refused before it starts. A resumed run whose schedule the trainer laid
+    out (`run_length_args`) must keep the steps an epoch it was laid out for."""
+    laid_out = getattr(lr_scheduler, "total_steps", None)
+    if laid_out is None and run_length_args(entry, 1, 1):
+        laid_out = getattr(lr_scheduler, "T_max", None)
+    needed = epochs * steps
+    if resumed and run_length_args(entry, 1, 1) and laid_out != needed:
+        raise ConfigError(
+            f"lr_scheduler: the checkpoint's {entry['type']} was laid out for {laid_out} steps; with this config the "
+            f"run takes {needed} ({epochs} epochs x {steps}); resume with the batch_size, len_epoch and "
+            "accumulate_steps it was trained with"
+        )
+    if entry["type"] == "OneCycleLR" and laid_out is not None and laid_out < needed:
+        raise ConfigError(
+            f"lr_scheduler.args: OneCycleLR is laid out for {laid_out} steps, the run takes {needed} (trainer.epochs "
+            f"{epochs} x {steps} steps an epoch); leave out epochs, steps_per_epoch and total_steps to have them "
+            "filled in for the run"
+        )
 
 
 def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[str, int]:

@@ -15,7 +15,7 @@ from base.base_model import summary
 from trainer.base_trainer import BaseTrainer
 from trainer.checkpoint import KEY_DATA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from trainer.evaluation import autocast, evaluate, resolve_amp
-from trainer.finetuning import Finetuning
+from trainer.finetuning import Finetuning, check_schedule_length, scheduler_steps
 from trainer.metric_tracker import MetricTracker
 from utils.distributed import agree_max, describe_placement, unwrap_model
 from utils.errors import CheckpointError, ConfigError, UserError
@@ -246,6 +246,11 @@ class Trainer(BaseTrainer):
                 f"the checkpoint stopped after batch {self.start_batch} of epoch {state[KEY_EPOCH]}, which has "
                 f"{per_epoch} batches with this config; resume with the batch_size and len_epoch it was trained with"
             )
+        if self.lr_scheduler is not None:
+            steps = scheduler_steps(
+                self.len_epoch, self.accumulate_steps, self.scheduler_interval, self.data_loader.batches_per_epoch
+            )
+            check_schedule_length(self.lr_scheduler, self.config["lr_scheduler"], self.epochs, steps, resumed=True)
         self.optimizer_steps = 0
         if state[KEY_SCALER]:  # empty when the run trained without loss scaling
             self.scaler.load_state_dict(state[KEY_SCALER])
