@@ -109,7 +109,7 @@ def test_load_applies_overrides_and_validates(write_config, tiny_config):
         ),
         (
             lambda c: c["trainer"].update(amp="fp8"),
-            'trainer.amp: expected one of false, true, "fp16", "bf16"; found "fp8"',
+            'trainer.amp: expected one of false, true, "fp16", "bf16", "auto"; found "fp8"',
         ),
         (lambda c: c["trainer"].update(epocs=3), "trainer.epocs: unknown key; did you mean 'epochs'?"),
         (lambda c: c.update(optimiser=c["optimizer"]), "optimiser: unknown key; did you mean 'optimizer'?"),

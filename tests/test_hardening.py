@@ -108,3 +108,17 @@ def test_a_resume_that_changes_the_steps_of_a_laid_out_schedule_is_one_line(tiny
                        r"with this config the run takes 82 \(2 epochs x 41\); resume with the batch_size"):  # fmt: skip
         train(None, tmp_path, resume=first, overrides=["data_loader.args.batch_size=32"])
     train(None, tmp_path, resume=first)  # as it was trained: goes on
+
+
+def test_amp_auto_takes_what_the_cpu_runs_natively_and_emulated_bf16_is_said(monkeypatch, caplog):
+    from trainer import evaluation
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(evaluation, "cpu_runs_bf16", lambda: True)
+    assert evaluation.resolve_amp("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(evaluation, "cpu_runs_bf16", lambda: False)  # AVX2 only: bf16 would be emulated
+    with caplog.at_level("WARNING", logger="trainer"):
+        assert evaluation.resolve_amp("auto", cpu) is None and caplog.records == []
+        assert evaluation.resolve_amp("bf16", cpu) == torch.bfloat16
+    (record,) = caplog.records
+    assert record.getMessage().startswith("trainer.amp: bf16 on this CPU is emulated (no AVX512-BF16 or AMX)")

@@ -121,3 +121,8 @@ def test_a_csv_id_cannot_name_a_file_outside_its_folder_and_training_needs_rows(
     (tmp_path / "train.csv").write_text("image_name,target\na,0\n")
     with pytest.raises(DataError, match=r"train\.csv: 1 rows leave none for training"):
         CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8, test_split=0.99)
+
+
+def test_the_shipped_recipe_runs_in_what_the_device_runs_natively():
+    """bf16 on a CPU without AVX512-BF16 or AMX is emulated: 90 s a step against fp32's 2.5 s (issue 25)."""
+    assert read_config(ROOT / "config_kaggle.json")["trainer"]["amp"] == "auto"

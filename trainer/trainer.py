@@ -73,7 +73,7 @@ class Trainer(BaseTrainer):
         if compile:
             # In place (nn.Module.compile): state_dict keys stay free of an `_orig_mod.` prefix.
             self.model.compile()
-        self.amp_dtype = resolve_amp(amp, self.device)
+        self.amp, self.amp_dtype = amp, resolve_amp(amp, self.device)
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_metrics = MetricTracker(metric_fns, device=self.device)
@@ -89,9 +89,10 @@ class Trainer(BaseTrainer):
             self.valid_data_loader.n_samples if self.valid_data_loader is not None else 0,
         )
         if self.amp_dtype is None:
-            amp = "off (fp32)"
+            amp = "off (fp32)" + (": this CPU has no native bf16 (AVX512-BF16 or AMX)" if self.amp == "auto" else "")
         else:
             amp = f"{str(self.amp_dtype).removeprefix('torch.')} autocast"
+            amp += " (auto: what this device runs natively)" if self.amp == "auto" else ""
             amp += " with loss scaling" if self.scaler.is_enabled() else ""
         per_step = sampler.batch_size * sampler.world_size * self.accumulate_steps
         self.logger.info(
