@@ -179,4 +179,15 @@ def init_wandb(log_dir: Path, args: dict[str, Any], run_id: str | None, **more: 
     try:
         return wandb.init(dir=str(log_dir), **args, **more)
     except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
-        raise ConfigError(f"wandb: wandb.init refused its arguments: {first_line(e)}") from None
+        raise ConfigError(f"wandb: wandb.init refused its arguments: {_reason(e)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """The first line of W&B's refusal; for its settings (a pydantic ValidationError, whose first line names no
+    key: "1 validation error for Settings"), each field and what is wrong with it."""
+    fields = error.errors() if callable(getattr(error, "errors", None)) else None
+    if not isinstance(fields, list) or not all(isinstance(f, dict) for f in fields):
+        return first_line(error)
+    return "; ".join(
+        f"settings.{'.'.join(map(str, f.get('loc', ())))}: {first_line(Exception(f.get('msg', '')))}" for f in fields
+    )

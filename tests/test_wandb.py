@@ -185,6 +185,11 @@ def test_wandb_inits_own_refusal_is_one_line_and_leaves_no_run_folder(tiny_confi
     result = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "refused")
     assert_one_error_line(result, "wandb: wandb.init refused its arguments: Invalid project name")
     assert not list(Path(tiny_config["save_dir"]).glob("models/*/refused"))
+    tiny_config["wandb"] = {"project": "digits", "settings": {"console": 5}}  # pydantic's first line names no key
+    path.write_text(json.dumps(tiny_config))
+    result = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "refused")
+    assert_one_error_line(result, "wandb: wandb.init refused its arguments: settings.console: Input should be")
+    assert not list(Path(tiny_config["save_dir"]).glob("models/*/refused"))
 
 
 def test_where_wandb_talks_and_writes_is_checked_in_the_users_own_config(tiny_config):
