@@ -214,6 +214,9 @@ class Sweep:
 # sweep stopped: an HMAC of each file by a key that stays in this user's cache, outside every sweep folder.
 
 
+KEY_BYTES = 32
+
+
 def state_key() -> bytes:
     """This machine's key for the signatures, made on first use (readable by this user only)."""
     path = cache_home() / "sweep_state.key"
@@ -225,13 +228,26 @@ def state_key() -> bytes:
                 contextlib.suppress(FileExistsError),
                 written_atomically(path, replace=False, permissions=0o600) as handle,
             ):
-                handle.write(secrets.token_bytes(32))
-        return path.read_bytes()
+                handle.write(secrets.token_bytes(KEY_BYTES))
+        info, key = path.lstat(), path.read_bytes()
     except OSError as e:
         raise ConfigError(
             f"{path}: cannot make or read the key that signs sweeps' Ray state ({e.strerror or e}); "
             "set XDG_CACHE_HOME to a folder of yours"
         ) from None
+    # Whoever can read the key can sign a forged sweep folder, whose pickles --resume would then run.
+    if os.name == "posix" and (info.st_uid != os.geteuid() or info.st_mode & 0o077):
+        found = f"owner uid {info.st_uid}, mode {info.st_mode & 0o777:04o}"
+        raise ConfigError(
+            f"{path}: the key that signs sweeps' Ray state must be yours and private ({found}); remove it (a new one "
+            "is made) or chmod 600 it"
+        )
+    if len(key) < KEY_BYTES:
+        raise ConfigError(
+            f"{path}: the key that signs sweeps' Ray state holds {len(key)} bytes, not {KEY_BYTES}: anyone could sign "
+            "with it; remove it (a new one is made; sweeps signed with the old one cannot be resumed)"
+        )
+    return key
 
 
 def ray_state_signatures(folder: Path, key: bytes) -> dict[str, str]:

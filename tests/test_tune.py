@@ -558,3 +558,19 @@ def test_an_address_where_something_else_answers_is_one_line_at_once(sweep_confi
         "head node's port (ray start --head prints it: 6379 by default, not the dashboard's 8265), or auto"
     ]
     assert seconds < 20, f"{seconds:.1f} s: Ray retries such an address for minutes"
+
+
+def test_a_signing_key_that_others_can_read_or_that_is_short_is_refused(stopped_sweep, tmp_path):
+    from sweep.space import state_key
+
+    key = tmp_path / "cache" / "pytorch_template" / "sweep_state.key"
+    key.chmod(0o644)  # readable by all: anyone could sign a forged sweep folder
+    with pytest.raises(ConfigError, match=r"sweep_state\.key: the key that signs sweeps' Ray state must be yours and "
+                       r"private \(owner uid \d+, mode 0644\); remove it"):  # fmt: skip
+        state_key()
+    key.chmod(0o600)
+    key.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"holds 0 bytes, not 32: anyone could sign with it; remove it"):
+        state_key()
+    key.unlink()
+    assert len(state_key()) == 32 and key.stat().st_mode & 0o777 == 0o600  # a new one is made
