@@ -187,14 +187,59 @@ def class_names(labels: list[str]) -> list[str]:
         return sorted(distinct)
 
 
-def class_targets(table: CsvTable, column: str, split: str, preprocessing: dict) -> tuple[list[str], torch.Tensor]:
+def as_label(cell: str) -> str:
+    """A label as a class name: a number as its shortest form ("1.0" and "1" are one class, "2.50" is "2.5")."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    if not math.isfinite(value):
+        return cell
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+# Binary labels whose positive class goes without saying, compared lower-case: the second of each pair is 1.
+BINARY_PAIRS = (("0", "1"), ("false", "true"), ("no", "yes"), ("n", "y"), ("negative", "positive"))
+
+
+def binary_classes(classes: list[str], positive_label: str | None, column: str) -> list[str]:
+    """[negative, positive]: `positive_label`, else the pair's obvious one (1, true, yes); anything else must be
+    named, as which of "benign" and "malignant" is 1 is the question the model answers."""
+    if positive_label is not None:
+        if as_label(str(positive_label)) not in classes:
+            raise DataError(
+                f"data_loader.args.positive_label: {positive_label!r} is not a label of column {column!r} "
+                f"({', '.join(classes)})"
+            )
+        return sorted(classes, key=lambda c: c == as_label(str(positive_label)))
+    for negative, positive in BINARY_PAIRS:
+        if sorted(c.lower() for c in classes) == [negative, positive]:
+            return sorted(classes, key=lambda c: c.lower() == positive)
+    raise DataError(
+        f"data_loader.args.positive_label: which of {classes[0]!r} and {classes[1]!r} in column {column!r} is the "
+        "positive class (the 1 the model's probability is of)? name it, e.g. positive_label: "
+        f"{classes[1]!r}"
+    )
+
+
+def class_targets(
+    table: CsvTable, column: str, split: str, preprocessing: dict, id_column: str | None = None
+) -> tuple[list[str], torch.Tensor]:
     """The class names (the checkpoint's, or the file's labels sorted) and each row's class index (N,) int64;
-    -1 for every row of the split "predict" (no labels)."""
+    -1 for every row of the split "predict" (no labels). An id listed twice with two labels is an error."""
     if split == "predict":
         return list(saved(preprocessing, "classes", table)), torch.full((len(table),), -1)
-    labels = table.texts(column, "target")
+    labels = [as_label(cell) for cell in table.texts(column, "target")]
+    if id_column is not None:
+        first: dict[str, int] = {}
+        for i, name in enumerate(table.ids(id_column)):
+            j = first.setdefault(name, i)
+            if labels[j] != labels[i]:
+                raise table.error(
+                    i, column, f"id {name!r} is labelled {labels[i]!r} here and {labels[j]!r} on line {table.lines[j]}"
+                )
     classes = list(saved(preprocessing, "classes", table)) if preprocessing else class_names(labels)
-    number = {name: i for i, name in enumerate(classes)}
+    number = {as_label(name): i for i, name in enumerate(classes)}
     for i, label in enumerate(labels):
         if label not in number:
             raise table.error(i, column, f"class {label!r} is not one the model was trained on ({', '.join(classes)})")
@@ -209,11 +254,18 @@ def check_task(task: str, stratify: bool = False) -> None:
 
 
 def csv_targets(
-    table: CsvTable, column: str, task: str, split: str, train_rows: torch.Tensor | None, preprocessing: dict
+    table: CsvTable,
+    column: str,
+    task: str,
+    split: str,
+    train_rows: torch.Tensor | None,
+    preprocessing: dict,
+    id_column: str | None = None,
+    positive_label: str | None = None,
 ) -> tuple[torch.Tensor, list[str] | None, dict]:
     """(each row's target, the class names or None, what predictions need to read an output) for `task`:
     - "classification": class indices (N,) int64 of the labels sorted (numerically when all are numbers);
-    - "binary": exactly two labels, the second in sorted order is 1: (N, 1) float 0/1, for one logit;
+    - "binary": exactly two labels, `positive_label` (or 1, true, yes) is 1: (N, 1) float 0/1, for one logit;
     - "regression": the value standardized with the training rows' mean and std, (N, 1) float.
     Rows of the split "predict" have no target: -1. Statistics and classes come from the checkpoint's
     `preprocessing` when there is one, else from the training rows."""
@@ -226,13 +278,17 @@ def csv_targets(
         if values is None:
             return torch.full((len(table), 1), -1.0), None, {"target_mean": mean, "target_std": std}
         return ((values - mean) / std).float().unsqueeze(1), None, {"target_mean": mean, "target_std": std}
-    classes, targets = class_targets(table, column, split, preprocessing)
+    classes, targets = class_targets(table, column, split, preprocessing, id_column)
     if task == "binary":
         if len(classes) != 2:
             raise DataError(
                 f"{table.path}: column {column!r} has {len(classes)} classes ({', '.join(classes[:10])}); "
                 "task 'binary' needs exactly two (or use 'classification')"
             )
+        if not preprocessing:  # [negative, positive]; a checkpoint's order stays as it was trained
+            ordered = binary_classes(classes, positive_label, column)
+            targets = targets if ordered == classes else 1 - targets
+            classes = ordered
         targets = targets.float().unsqueeze(1)  # (N, 1) 0/1, for one logit (BCEWithLogitsLoss, bce_with_logits)
     return targets, classes, {"classes": classes}
 
@@ -245,8 +301,8 @@ class CsvDataLoader(BaseDataLoader):
     - "classification": the targets are class labels (any text); the classes are the distinct labels,
       sorted (numerically when all are numbers); targets are class indices (B,) int64 and the model gives a
       score per class (cross_entropy);
-    - "binary": exactly two labels, the second in sorted order is 1; targets (B, 1) float 0/1 and the model
-      gives one logit (BCEWithLogitsLoss);
+    - "binary": exactly two labels; `positive_label` is 1 (by default 1, true or yes, whatever the case; other
+      labels must be named); targets (B, 1) float 0/1 and the model gives one logit (BCEWithLogitsLoss);
     - "regression": a numeric target, standardized with the training rows' mean and std (as (B, 1) float):
       R² is unchanged, the loss and MAE are in standard deviations; predictions are in the target's units.
     Batches are (features (B, F) float32, targets). For predictions, `inputs` is a CSV file with the same
@@ -260,6 +316,7 @@ class CsvDataLoader(BaseDataLoader):
         feature_columns: list[str] | None = None,
         id_column: str | None = None,
         task: str = "classification",  # classification | binary | regression
+        positive_label: str | None = None,
         batch_size: int = 32,
         shuffle: bool = True,
         validation_split: float | int = 0.1,
@@ -289,7 +346,9 @@ class CsvDataLoader(BaseDataLoader):
         features = ((features - mean) / std).float()
 
         self.task = task
-        targets, self.classes, kept = csv_targets(table, target_column, task, split, splits.get("train"), preprocessing)
+        targets, self.classes, kept = csv_targets(
+            table, target_column, task, split, splits.get("train"), preprocessing, id_column, positive_label
+        )
         self.preprocessing |= kept
         self.ids = table.ids(id_column)
         super().__init__(

@@ -44,7 +44,7 @@ class CsvImageDataLoader(BaseDataLoader):
     ".png", where the ids have none), in `image_dir` of `data_dir` (null: the folder named like the CSV file:
     train.csv -> train/), with their label in `target_column`.
 
-    `task`: "binary" (two labels, the second in sorted order is 1; targets (B, 1) float, for one logit:
+    `task`: "binary" (two labels, `positive_label` or 1/true/yes is 1; targets (B, 1) float, for one logit:
     bce_with_logits, BCEWithLogitsLoss), "classification" (class indices, a score per class) or "regression"
     (the value, standardized with the training rows). A sample's split follows its id; `stratify` gives each
     split its share of every label (binary and classification). For predictions,
@@ -60,6 +60,7 @@ class CsvImageDataLoader(BaseDataLoader):
         id_column: str = "image_name",
         target_column: str = "target",
         task: str = "binary",
+        positive_label: str | None = None,
         image_dir: str | None = None,
         extension: str = "",
         image_size: int = 32,
@@ -100,7 +101,7 @@ class CsvImageDataLoader(BaseDataLoader):
         rows = rows_of(table, id_column, split, validation_split, test_split, split_seed, strata)  # by id
         self.task, self.submission = task, (id_column, target_column)
         targets, self.classes, self.preprocessing = csv_targets(
-            table, target_column, task, split, rows.get("train"), preprocessing
+            table, target_column, task, split, rows.get("train"), preprocessing, id_column, positive_label
         )
         dataset = image_dataset(folder, files, targets, image_size, channels, mean, std, augment, in_memory,
                                 cache and split != "predict", cache_dir)  # fmt: skip

@@ -49,7 +49,7 @@ class TextCsvDataLoader(BaseDataLoader):
         table, preprocessing = read_split(csv_path, split, inputs, preprocessing)
         texts = table.texts(text_column, "text")
         splits = rows_of(table, id_column, split, validation_split, test_split, split_seed)
-        self.classes, targets = class_targets(table, target_column, split, preprocessing)
+        self.classes, targets = class_targets(table, target_column, split, preprocessing, id_column)
         encoded = tokenize(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         tokens = torch.stack([encoded["input_ids"], encoded["attention_mask"]], dim=1).long()  # (N, 2, L)
         self.preprocessing = {"classes": self.classes}

@@ -13,7 +13,7 @@ import torch
 from sklearn import metrics as sk
 
 from conftest import evaluate, shrink, train
-from data_loader.csv_data import CsvDataLoader
+from data_loader.csv_data import CsvDataLoader, as_label
 from model.metric import r2
 from parse_config import ConfigParser
 from test_outputs import read_fifo_while, rows_of
@@ -399,3 +399,45 @@ def test_features_and_targets_near_1e200_are_standardized_not_zeroed(tmp_path):
     assert targets.std() > 0.9 and loader.preprocessing["target_std"] == pytest.approx(
         statistics.stdev(i % 4 + 1 for i in range(40)) * 1e200
     )
+
+
+@pytest.mark.parametrize(
+    ("labels", "positive_label", "classes"),
+    [
+        (["no", "Yes"], None, ["no", "Yes"]),  # sorted as text, "Yes" came first and "no" was the positive class
+        (["TRUE", "false"], None, ["false", "TRUE"]),
+        (["1.0", "0"], None, ["0", "1"]),
+        (["benign", "malignant"], "benign", ["malignant", "benign"]),
+        (["2", "7"], 2, ["7", "2"]),
+    ],
+)
+def test_the_positive_class_of_a_binary_task_is_defined(tmp_path, labels, positive_label, classes):
+    rows = [[i, labels[i % 2]] for i in range(8)]
+    path = write_csv(tmp_path / "b.csv", ["x", "label"], rows)
+    loader = CsvDataLoader(str(path), "label", task="binary", positive_label=positive_label, validation_split=0,
+                           test_split=0, shuffle=False)  # fmt: skip
+    assert loader.classes == classes
+    targets = everything(loader)[1][:, 0].tolist()
+    assert targets == [float(as_label(labels[i % 2]) == classes[1]) for i in order(loader)]
+
+
+def test_a_binary_task_whose_positive_class_is_not_obvious_must_name_it(tmp_path):
+    path = write_csv(tmp_path / "b.csv", ["x", "label"], [[i, ["benign", "malignant"][i % 2]] for i in range(8)])
+    with pytest.raises(DataError, match=r"positive_label: which of 'benign' and 'malignant' in column 'label' is the "
+                       r"positive class"):  # fmt: skip
+        CsvDataLoader(str(path), "label", task="binary")
+    with pytest.raises(DataError, match=r"positive_label: 'cyst' is not a label of column 'label'"):
+        CsvDataLoader(str(path), "label", task="binary", positive_label="cyst")
+
+
+def test_numeric_labels_are_one_class_whatever_their_spelling(tmp_path):
+    path = write_csv(tmp_path / "n.csv", ["x", "grade"], [[i, g] for i, g in enumerate(["1", "1.0", "2.50", "2.5"])])
+    loader = CsvDataLoader(str(path), "grade", validation_split=0, test_split=0, shuffle=False)
+    assert loader.classes == ["1", "2.5"]
+
+
+def test_an_id_listed_twice_with_two_labels_is_one_line_naming_both(tmp_path):
+    path = write_csv(tmp_path / "d.csv", ["id", "x", "label"], [["a", 1, "cat"], ["b", 2, "dog"], ["a", 3, "dog"]])
+    with pytest.raises(DataError, match=r"d\.csv, line 4, column 'label': id 'a' is labelled 'dog' here and 'cat' "
+                       r"on line 2"):  # fmt: skip
+        CsvDataLoader(str(path), "label", id_column="id", validation_split=0, test_split=0)
