@@ -24,8 +24,9 @@ from utils.errors import DataError
 
 
 def image_files(folder: Path, ids: list[str], extension: str, csv_path: Path) -> list[Path]:
-    """The image file of each id; one line naming the first that is missing."""
-    files = [folder / f"{name}{extension}" for name in ids]
+    """The image file of each id (with `extension` where it does not end in it already, as ids of Kaggle's files
+    do or do not); one line naming the first that is missing."""
+    files = [folder / (name if name.lower().endswith(extension.lower()) else f"{name}{extension}") for name in ids]
     inside = folder.resolve()
     outside = [f for f in files if not f.resolve().is_relative_to(inside)]
     if outside:  # an id such as ../../secret: a CSV file names images in its folder, nowhere else
@@ -94,6 +95,9 @@ class CsvImageDataLoader(BaseDataLoader):
         else:
             folder = table.path.with_suffix("")  # data/train.csv -> data/train/
         self.ids = table.texts(id_column, "id")
+        for i, name in enumerate(self.ids):  # no file has such a name: the line says where, not "embedded null byte"
+            if "\0" in name:
+                raise table.error(i, id_column, "the id holds a NUL byte; no file can be named so")
         files = image_files(folder, self.ids, extension, table.path)
         if split != "predict":
             table.check_column(target_column, "target")

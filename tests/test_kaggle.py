@@ -126,3 +126,14 @@ def test_a_csv_id_cannot_name_a_file_outside_its_folder_and_training_needs_rows(
 def test_the_shipped_recipe_runs_in_what_the_device_runs_natively():
     """bf16 on a CPU without AVX512-BF16 or AMX is emulated: 90 s a step against fp32's 2.5 s (issue 25)."""
     assert read_config(ROOT / "config_kaggle.json")["trainer"]["amp"] == "auto"
+
+
+def test_an_id_that_ends_in_the_extension_is_not_given_it_twice_and_a_nul_names_its_line(tmp_path):
+    for name in ("a", "b"):
+        save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "train" / f"{name}.png")
+    (tmp_path / "train.csv").write_text("image_name,target\na.png,0\nb,1\n")  # one id with the extension, one without
+    loader = CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8, validation_split=0, test_split=0)
+    assert loader.n_samples == 2
+    (tmp_path / "train.csv").write_text("image_name,target\na,0\nb\0x,1\n")
+    with pytest.raises(DataError, match=r"train\.csv, line 3, column 'image_name': the id holds a NUL byte"):
+        CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8)
