@@ -122,3 +122,12 @@ def test_amp_auto_takes_what_the_cpu_runs_natively_and_emulated_bf16_is_said(mon
         assert evaluation.resolve_amp("bf16", cpu) == torch.bfloat16
     (record,) = caplog.records
     assert record.getMessage().startswith("trainer.amp: bf16 on this CPU is emulated (no AVX512-BF16 or AMX)")
+
+
+def test_a_freezing_setup_that_leaves_nothing_to_train_names_the_backbone(tiny_config, tmp_path):
+    tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2", "fc1", "fc2"]}
+    tiny_config["finetune"]["unfreeze_epoch"] = 2
+    with pytest.raises(ConfigError, match=r"^finetune\.backbone: conv1, conv2, fc1, fc2 holds every parameter of the "
+                       r"model, so the first epoch would train nothing"):  # fmt: skip
+        train(tiny_config, tmp_path, "frozen")
+    assert not (tmp_path / "saved").exists()

@@ -86,6 +86,11 @@ class Finetuning:
         backbone = self.backbone if self.backbone is not None else getattr(model, "backbone_prefix", "backbone")
         prefixes = (backbone,) if isinstance(backbone, str) else tuple(backbone)
         self.frozen = _matching(model, "finetune.backbone", prefixes)
+        if len(self.frozen) == len(list(model.parameters())):  # backward would find nothing that needs a gradient
+            raise ConfigError(
+                f"finetune.backbone: {', '.join(prefixes)} holds every parameter of the model, so the first epoch "
+                "would train nothing; name only the pretrained body (the head stays trainable)"
+            )
         stages = []
         if self.strategy == "freeze_unfreeze":
             stages = [Stage(self.unfreeze_epoch, prefixes)]
