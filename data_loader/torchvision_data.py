@@ -16,10 +16,11 @@ PICKLED = ("CIFAR10", "CIFAR100")
 
 
 def load_torchvision(
-    name: str, root: str, train: bool, allow_pickle: bool
+    name: str, root: str, train: bool, allow_pickle: bool, dataset_args: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images (N, C, H, W) uint8, targets (N,) int64, class names) of torchvision's data set `name` in `root`:
-    its training set, or its test set (`train` false)."""
+    its training set, or its test set (`train` false); `dataset_args`: the class's own further arguments (EMNIST's
+    `split`)."""
     from torchvision import datasets
 
     names = [n for n in dir(datasets) if inspect.isclass(getattr(datasets, n)) and n[0].isupper()]
@@ -31,13 +32,23 @@ def load_torchvision(
             "allow_pickle to true for files you downloaded yourself from the data set's own site"
         )
     cls = getattr(datasets, name)
-    parameters = inspect.signature(cls).parameters
-    which = {"train": train} if "train" in parameters else {"split": "train" if train else "test"}
+    signature = inspect.signature(cls).parameters
+    parameters = {n: p for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    passes_on = len(parameters) < len(signature)  # EMNIST(root, split, **kwargs): `train` goes on to MNIST
+    which = {"train": train} if "train" in parameters or passes_on else {"split": "train" if train else "test"}
+    given = {**(dataset_args or {}), **which, **({"download": False} if "download" in parameters or passes_on else {})}
+    own = [n for n in parameters if n not in ("root", "download", "transform", "target_transform", "loader", *which)]
+    wrong = [k for k in dataset_args or {} if k not in own or k in which]
+    needed = [n for n, p in parameters.items() if p.default is p.empty and n != "root" and n not in given]
+    if wrong or needed:
+        problem = f"{name} takes no argument {wrong[0]!r}" if wrong else f"{name} needs {needed[0]!r}"
+        raise DataError(f"data_loader.args.dataset_args: {problem} (its own: {', '.join(own) or 'none'})")
     try:
-        dataset = cls(root, **which, **({"download": False} if "download" in parameters else {}))
+        dataset = cls(root, **given)
     except (RuntimeError, OSError, ValueError) as e:
         raise DataError(
-            f"data_loader.args.root: {name} not found in {root} ({first_line(e)}); put its files there"
+            f"data_loader.args.root: {name} not found in {root}, or its files are not the official ones, whose "
+            f"checksums torchvision checks ({first_line(e)}); put its files there"
         ) from None
     images, targets = as_tensors(dataset)
     classes = [str(c) for c in getattr(dataset, "classes", None) or range(int(targets.max()) + 1)]
@@ -70,7 +81,8 @@ class TorchvisionDataLoader(BaseDataLoader):
     as torchvision lays it out, never downloaded: its test set for "test", its training set split into
     "train" and "valid" (by each image's index). Decoded once into memory, normalized with `mean` and `std`
     per channel, and augmented (`augment`: a random flip, rotation and shift) a batch at a time, as the other
-    loaders. `allow_pickle`: CIFAR10's and CIFAR100's files are pickles; read them only when set.
+    loaders. `allow_pickle`: CIFAR10's and CIFAR100's files are pickles; read them only when set. `dataset_args`:
+    the data set's own further arguments, e.g. {"split": "letters"} for EMNIST.
     """
 
     def __init__(
@@ -81,6 +93,7 @@ class TorchvisionDataLoader(BaseDataLoader):
         std: Sequence[float] = (0.25,),
         augment: bool = False,
         allow_pickle: bool = False,
+        dataset_args: dict | None = None,
         batch_size: int = 128,
         shuffle: bool = True,
         validation_split: float | int = 0.1,
@@ -91,7 +104,7 @@ class TorchvisionDataLoader(BaseDataLoader):
         split: str = "train",
         seed: int = 0,
     ) -> None:
-        images, targets, self.classes = load_torchvision(dataset, root, split != "test", allow_pickle)
+        images, targets, self.classes = load_torchvision(dataset, root, split != "test", allow_pickle, dataset_args)
         check_image_args(images.shape[1], mean, std)
         transform = flip_and_affine if augment else None
         data = InMemoryImages(images, targets, 1 / 255, mean, std, transform)

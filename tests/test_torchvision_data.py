@@ -62,3 +62,18 @@ def test_it_is_selectable_in_a_config(base_config, tmp_path):
     }
     loader = ConfigParser(base_config).init_obj("data_loader", split="valid", seed=0)
     assert loader.n_samples == 120 - TorchvisionDataLoader("FashionMNIST", str(tmp_path)).n_samples
+
+
+def test_a_data_sets_own_arguments_pass_through_and_files_that_fail_the_checksum_say_so(tmp_path):
+    with pytest.raises(DataError, match=r"^data_loader\.args\.dataset_args: EMNIST needs 'split' \(its own: split\)"):
+        TorchvisionDataLoader("EMNIST", str(tmp_path))  # it said "not found" when its split was the problem
+    with pytest.raises(DataError, match=r"dataset_args: EMNIST takes no argument 'splt' \(its own: split\)"):
+        TorchvisionDataLoader("EMNIST", str(tmp_path), dataset_args={"splt": "letters"})
+    with pytest.raises(DataError, match=r"^data_loader\.args\.root: EMNIST not found in .*, or its files are not the "
+                       r"official ones, whose checksums torchvision checks"):  # fmt: skip
+        TorchvisionDataLoader("EMNIST", str(tmp_path), dataset_args={"split": "letters"})
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    for name in ("data_batch_1", "test_batch", "batches.meta"):
+        (tmp_path / "cifar-10-batches-py" / name).write_bytes(b"not the official file")
+    with pytest.raises(DataError, match=r"CIFAR10 not found in .*, or its files are not the official ones"):
+        TorchvisionDataLoader("CIFAR10", str(tmp_path), allow_pickle=True)
