@@ -15,7 +15,7 @@ from typing import Any
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser, apply_override, move_victoresque_keys, read_config
 from utils.errors import ConfigError, did_you_mean, quoted, shown
-from utils.util import cache_home, output_file, read_json, write_json, written_atomically
+from utils.util import cache_home, csv_cell, output_file, read_json, write_json, written_atomically
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHES = ("random", "optuna")  # random: grid values in turn, the other distributions drawn at random
@@ -349,12 +349,13 @@ def write_outputs(records: list[TrialRecord], sweep: Sweep, top: int = 5) -> Tri
     keys = [d.key for d in sweep.space]
     with output_file(sweep.folder / TRIALS_NAME, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["trial", *keys, "status", "epochs", f"best_{metric}", "best_epoch", "run_folder", "error"])
+        header = ["trial", *keys, "status", "epochs", f"best_{metric}", "best_epoch", "run_folder", "error"]
+        writer.writerow([csv_cell(cell) for cell in header])
         for r in sorted(records, key=lambda r: r.trial):
             best = r.best or {}
             values = [as_text(r.values.get(key)) for key in keys]
             row = [r.trial, *values, r.status, r.epochs, best.get(metric, ""), best.get("epoch", "")]
-            writer.writerow([*row, r.run_folder, r.error])
+            writer.writerow([csv_cell(cell) for cell in [*row, r.run_folder, r.error]])
     counts = ", ".join(f"{sum(r.status == s for r in records)} {s}" for s in STATUSES)
     print(f"\n{len(records)} trials: {counts}; {sweep.folder / TRIALS_NAME}")
     sign = -1 if mode == "max" else 1

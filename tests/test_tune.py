@@ -574,3 +574,21 @@ def test_a_signing_key_that_others_can_read_or_that_is_short_is_refused(stopped_
         state_key()
     key.unlink()
     assert len(state_key()) == 32 and key.stat().st_mode & 0o777 == 0o600  # a new one is made
+
+
+def test_trials_csv_quotes_what_a_spreadsheet_would_run(sweep_config, write_space, tmp_path, capsys):
+    """One CSV writer for every CSV the project writes: text such as "=HYPERLINK(...)" is text in trials.csv."""
+    from sweep.space import TRIALS_NAME, TrialRecord, write_outputs
+
+    _, config_path = sweep_config
+    space = write_space({"optimizer.args.lr": {"choice": [0.5, 1]}})
+    sweep, _ = parse("-c", config_path, "--space", space, "--sweep-id", "formulas")
+    sweep.folder.mkdir(parents=True)
+    values = {"optimizer.args.lr": "=HYPERLINK(1)"}  # as a drawn text value could be
+    records = [TrialRecord("trial_0000", values, "error", 0, None, tmp_path / "run", error="@SUM(A1)")]
+    records.append(TrialRecord("trial_0001", {"optimizer.args.lr": -0.5}, "error", 0, None, tmp_path / "r1"))
+    write_outputs(records, sweep)
+    with (sweep.folder / TRIALS_NAME).open(newline="") as handle:
+        first, second = list(csv.DictReader(handle))
+    assert first["optimizer.args.lr"] == "'=HYPERLINK(1)" and first["error"] == "'@SUM(A1)"
+    assert second["optimizer.args.lr"] == "-0.5"  # a number stays a number

@@ -12,8 +12,6 @@ import contextlib
 import csv
 import inspect
 import logging
-import math
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from trainer.metric_tracker import MetricTracker
 from utils.errors import ConfigError
-from utils.util import output_file
+from utils.util import csv_cell, output_file
 
 
 def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
@@ -198,20 +196,6 @@ def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool
         with output_file(path, newline="", replace=False) as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
-            writer.writerows([[_cell(v, raw) for v in row] for row in rows])
+            writer.writerows([[csv_cell(v, raw) for v in row] for row in rows])
     except OSError as e:
         raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
-
-
-# What a spreadsheet opening a CSV reads as the start of a formula (OWASP, "CSV Injection"), and a plain number,
-# which starts with + or - and is harmless: -1.5 stays a number.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _cell(value: Any, raw: bool) -> Any:
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
-        return "'" + value  # OWASP's advice: the cell is shown as the text it is, never evaluated
-    return value

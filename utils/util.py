@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -191,3 +192,19 @@ def seed_everything(seed: int, deterministic: bool, num_threads: int | None = No
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+# What a spreadsheet opening a CSV reads as the start of a formula (OWASP, "CSV Injection"), and a plain number,
+# which starts with + or - and is harmless: -1.5 stays a number.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any, raw: bool = False) -> Any:
+    """A cell of every CSV file the project writes: a float in full, and unless `raw`, a text cell that a
+    spreadsheet would read as a formula with a leading single quote."""
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value  # OWASP's advice: the cell is shown as the text it is, never evaluated
+    return value
