@@ -1,5 +1,6 @@
-"""Data loading shared by every data set: seeded splits, a batch order that is a pure function of
-(seed, epoch), sharding across DDP ranks, and an in-memory image set normalized per batch.
+"""Data loading shared by every data set: a batch order that is a pure function of (seed, epoch), sharding
+across DDP ranks, and worker failures as one line (the seeded splits are in splits.py, the in-memory data sets
+in datasets.py; both are imported from here too).
 
 Because the order of batch b in epoch e depends on nothing but (seed, e, b), resuming a run -- even in
 the middle of an epoch -- replays exactly the batches an uninterrupted run would have seen, whatever
@@ -7,124 +8,24 @@ the middle of an epoch -- replays exactly the batches an uninterrupted run would
 """
 
 import contextlib
-import copy
-import hashlib
 import logging
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from numbers import Integral
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+# Where a loader author imports from (the README's contract): the splits and the in-memory data sets too.
+from base.datasets import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from base.datasets import BatchTransform as BatchTransform
+from base.datasets import InMemoryImages as InMemoryImages
+from base.datasets import InMemoryTensors as InMemoryTensors
+from base.splits import index_keys as index_keys
+from base.splits import split_indices as split_indices
+from base.splits import split_with_own_test_set as split_with_own_test_set
 from utils.distributed import rank_and_world_size
 from utils.errors import DataError, UserError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # what Pillow reads
-# A batch transform: (images (B, C, H, W) float, generator) -> images; runs on whole batches of tensors.
-BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _check_split(split: float | int, available: int, key: str) -> None:
-    """A split is a fraction in [0, 1) or a whole number of samples, fewer than are available."""
-    expected = f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count"
-    if isinstance(split, bool) or not isinstance(split, (Integral, float)):
-        raise DataError(f"{expected}, found {split!r}")
-    if isinstance(split, float) and not 0.0 <= split < 1.0:  # a count is a whole number (JSON 1.0 is a float)
-        raise DataError(f"{expected}, found {split}")
-    if not isinstance(split, float) and not 0 <= split < available:
-        raise DataError(
-            f"data_loader.args.{key}: {split} samples asked for, but only {available} are available "
-            f"(use a smaller count or a fraction such as 0.1)"
-        )
-
-
-def _unit_hash(seed: int, salt: str, key: str) -> float:
-    """A number in [0, 1) that depends on (seed, salt, key) only."""
-    digest = hashlib.blake2b(f"{seed}\0{salt}\0{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def _take(
-    split: float | int, scores: torch.Tensor, available: torch.Tensor, key: str, strata: torch.Tensor | None
-) -> torch.Tensor:
-    """The samples a split takes among the available ones (a mask): a fraction f takes those whose score is
-    below f; a count n the n of lowest score. With `strata` (each sample's class as a number), each class gives
-    its share: round(f * size) of lowest score, or a count shared out in proportion to the classes' sizes."""
-    _check_split(split, int(available.sum()), key)
-    if strata is None and isinstance(split, float):
-        return available & (scores < split)
-    if strata is None:
-        return _lowest(scores, available, int(split))
-    groups = [available & (strata == stratum) for stratum in strata.unique()]
-    sizes = [int(group.sum()) for group in groups]
-    wanted = [split * size if isinstance(split, float) else split * size / sum(sizes) for size in sizes]
-    counts = [math.floor(w + 0.5) if isinstance(split, float) else math.floor(w) for w in wanted]  # halves up
-    if not isinstance(split, float):  # exactly n: the largest remainders get one more
-        for i in sorted(range(len(sizes)), key=lambda i: counts[i] - wanted[i])[: int(split) - sum(counts)]:
-            counts[i] += 1
-    taken = torch.zeros_like(available)
-    for group, count in zip(groups, counts, strict=True):
-        taken |= _lowest(scores, group, count)
-    return taken
-
-
-def _lowest(scores: torch.Tensor, available: torch.Tensor, count: int) -> torch.Tensor:
-    """A mask of the `count` available samples of lowest score."""
-    taken = torch.zeros_like(available)
-    candidates = available.nonzero().flatten()
-    taken[candidates[scores[candidates].argsort()[:count]]] = True
-    return taken
-
-
-def split_indices(
-    keys: Sequence[str] | int,
-    validation_split: float | int,
-    test_split: float | int,
-    seed: int,
-    strata: Sequence[str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Split samples into disjoint "train", "valid" and "test" index sets by each sample's key: its id (a file
-    name, an id column's value, a row's content, its index in a data set that never changes).
-
-    Which split a sample belongs to depends on its key and the seed only (a seeded hash), never on its position
-    in a listing: adding or removing samples does not move any other sample between the splits. A fraction f
-    takes the samples whose hash is below f (about f of them); a count n takes the n of lowest hash (exactly n:
-    a new sample can move the one at the edge). The test set is taken first, from its own hash, so changing
-    `validation_split` never moves a sample into or out of it; the validation set takes its fraction of the rest.
-    `strata` (each sample's label: a stratified split) makes every split take its share of each label exactly;
-    a new sample then can move the one at the edge of its own label (with a count, of another label too).
-    A number n in place of the keys (the earlier `split_indices(n, ...)` that loaders were written to) splits
-    by index, as `index_keys(n)` does: right for a data set that never changes, not for files a user adds to.
-    """
-    if isinstance(keys, int) and not isinstance(keys, bool):
-        keys = index_keys(keys)
-    everything = torch.ones(len(keys), dtype=torch.bool)
-    scores = {salt: torch.tensor([_unit_hash(seed, salt, k) for k in keys], dtype=torch.float64) for salt in
-              ("test", "valid")}  # fmt: skip
-    codes = None
-    if strata is not None:
-        numbers = {label: i for i, label in enumerate(sorted(set(strata)))}
-        codes = torch.tensor([numbers[label] for label in strata], dtype=torch.long)
-    test = _take(test_split, scores["test"], everything, "test_split", codes)
-    valid = _take(validation_split, scores["valid"], ~test, "validation_split", codes)
-    return {
-        name: mask.nonzero().flatten() for name, mask in (("test", test), ("valid", valid), ("train", ~(test | valid)))
-    }
-
-
-def index_keys(n: int) -> list[str]:
-    """Split keys for a data set that never changes (a library's bundled data, MNIST's files): the index."""
-    return [str(i) for i in range(n)]
-
-
-def split_with_own_test_set(n: int, split: str, validation_split: float | int, seed: int) -> torch.Tensor:
-    """The indices of `split` among the `n` samples of a data set that comes with its own test set (MNIST,
-    torchvision's): every one of the test set for "test"; the training set split by index into "train" and "valid"."""
-    if split == "test":
-        return torch.arange(n)
-    return split_indices(index_keys(n), validation_split, 0, seed)[split]
 
 
 @contextlib.contextmanager
@@ -257,84 +158,17 @@ class _SeededBatches(Sampler[tuple[list[int], int]]):
             yield indices, self.batches.batch_seed(batch)
 
 
-class InMemoryTensors(Dataset):
-    """Inputs and targets kept in tensors, read a whole batch at a time: indexed with `(indices, seed)` it
-    returns `(inputs[indices], targets[indices])` (the seed is for augmentation, which this class has none of)."""
-
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        if len(inputs) != len(targets):
-            raise ValueError(f"expected as many targets as inputs, got {len(targets)} and {len(inputs)}")
-        self.inputs = inputs
-        self.targets = targets
-
-    def without_augmentation(self) -> "InMemoryTensors":
-        return self
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, request: tuple[list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
-        indices, _ = request
-        return self.inputs[indices], self.targets[indices]
-
-
-class InMemoryImages(Dataset):
-    """Images kept decoded in one tensor; normalization and augmentation run once per batch, not per image.
-
-    Indexed with `(indices, seed)` it returns a whole batch `(images (B, C, H, W) float32, targets (B,))`.
-    Storing uint8 pixels keeps MNIST's 60,000 training images at 47 MB.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        scale: float,
-        mean: float | Sequence[float],
-        std: float | Sequence[float],
-        augment: BatchTransform | None = None,
-    ) -> None:
-        if images.ndim != 4 or len(images) != len(targets):
-            raise ValueError(
-                f"expected images (N, C, H, W) and N targets, got {tuple(images.shape)} and {len(targets)}"
-            )
-        self.images = images
-        self.targets = targets  # class indices (N,) int64, or (N, 1) float for one logit or a value
-        # (x * scale - mean) / std folded into one multiply-add per pixel; a mean and std per channel
-        # broadcast as (C, 1, 1).
-        mean_, std_ = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in (mean, std))
-        self.multiplier = scale / std_
-        self.offset = -mean_ / std_
-        self.augment = augment
-
-    def without_augmentation(self) -> "InMemoryImages":
-        view = copy.copy(self)  # shares the image tensor
-        view.augment = None
-        return view
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def pixels(self, indices: list[int]) -> torch.Tensor:
-        """The batch's images as stored: uint8 (B, C, H, W)."""
-        return self.images[indices]
-
-    def __getitem__(self, request: tuple[list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
-        indices, seed = request
-        images = self.pixels(indices).float().mul_(self.multiplier).add_(self.offset)
-        if self.augment is not None:
-            images = self.augment(images, torch.Generator().manual_seed(seed))
-        return images, self.targets[indices]
-
-
 class BaseDataLoader(DataLoader):
     """A DataLoader over one split of a data set, in a seeded, resumable, DDP-aware batch order.
 
-    Subclasses load their data and call this with the indices of the split they were asked for.
-    An `InMemoryImages` or `InMemoryTensors` data set is read a whole batch at a time; any other map-style
-    Dataset is read a sample at a time and collated, in the same order.
+    What a loader must do (DigitsDataLoader in data_loader/data_loaders.py is the whole of it): take its own
+    arguments (the config's data_loader.args) and `split` ("train", "valid", "test") and `seed`, which the scripts
+    pass; load the data; pick the split's indices (`split_indices(keys, validation_split, test_split, split_seed)`,
+    by each sample's id); call `super().__init__(dataset, indices, batch_size, shuffle, num_workers, seed,
+    training=split == "train")`. An `InMemoryImages` or `InMemoryTensors` data set is read a whole batch at a
+    time; any other map-style Dataset is read a sample at a time and collated, in the same order.
 
-    What predictions need besides the batches (predict.py, test.py --predictions), set by a subclass:
+    Optional, for predictions (predict.py, test.py --predictions) and a run's record, set by a subclass:
     - `task`: how an output reads: "classification" (a score per class, (B, C)), "binary" (one logit per
       sample) or "regression" (the value itself);
     - `classes`: the class names, in the order of the outputs (None: the class numbers);
