@@ -8,10 +8,9 @@ import torch
 
 from conftest import ROOT, run_script, train, tree_snapshot
 from parse_config import ConfigParser
-from trainer.base_trainer import OutOfMemory
 from trainer.callbacks import Callback
 from trainer.trainer import Trainer
-from utils.errors import CallbackError, ConfigError
+from utils.errors import CallbackError, ConfigError, OutOfMemory
 
 
 class Recorder(Callback):

@@ -10,14 +10,12 @@ every callback hook, so a subclass that rewrites an epoch never loses one:
 """
 
 import abc
-import contextlib
 import copy
 import logging
 import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,26 +55,13 @@ from utils.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    OutOfMemory,
     TrainingInterrupted,
     UserError,
     describe_exception,
+    stop_requests,
 )
 from utils.monitor import Monitor
-
-
-class OutOfMemory(UserError):
-    """The device ran out of memory; the message says what to try."""
-
-    @classmethod
-    def advice(cls, epoch: int, batch_size: Any, device: torch.device) -> "OutOfMemory":
-        peak = ""
-        if device.type == "cuda":
-            peak = f", {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at the peak on {device}"
-        return cls(
-            f"out of memory in epoch {epoch} with data_loader.args.batch_size {batch_size}{peak}; try a smaller "
-            "batch_size with trainer.accumulate_steps to keep the batch per optimizer step, trainer.amp=true, or "
-            "a smaller model (checkpoints of finished epochs are kept)"
-        )
 
 
 class BaseTrainer(abc.ABC):
@@ -153,7 +138,10 @@ class BaseTrainer(abc.ABC):
         self.batch_limit = 1 if dry_run else None
         last_epoch = self.start_epoch if dry_run else self.epochs
         try:
-            with self._stop_on_signals(), worker_failures_as_data_errors(self.logger):
+            with (
+                stop_requests(lambda signum: setattr(self, "stop_signal", signum)),
+                worker_failures_as_data_errors(self.logger),
+            ):
                 return self._train(last_epoch)
         except torch.OutOfMemoryError:
             batch_size = self.config["data_loader"].get("args", {}).get("batch_size", "?")
@@ -233,26 +221,6 @@ class BaseTrainer(abc.ABC):
                 raise CallbackError(
                     f"callback {hook.__qualname__} failed: {type(e).__name__}: {e} (the traceback is in info.log)"
                 ) from None
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """Turn SIGINT and SIGTERM into a request to stop after the current step; a second one acts at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def request_stop(signum: int, frame: Any) -> None:
-            self.stop_signal = signum
-            signal.signal(signum, previous[signum])
-
-        for s in previous:
-            signal.signal(s, request_stop)
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def _stop_agreed(self, share: bool) -> bool:
         """Whether a stop signal arrived. Under DDP every rank must stop at the same step, so the flag is

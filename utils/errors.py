@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,28 @@ def interrupts_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def stop_requests(request_stop: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call `request_stop(signum)` (the trainer stops after the current step, saving where it
+    is); a second one acts at once, as the handler before does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        request_stop(signum)
+        signal.signal(signum, previous[signum])
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
+
+
+@contextlib.contextmanager
 def one_line_errors(interrupted: str) -> Iterator[None]:
     """How an entry script ends on bad input: a UserError prints its one line and exits with its code, and
     Ctrl-C before the trainer takes over signals prints `interrupted: <interrupted>` and exits with 130."""
@@ -75,6 +97,23 @@ class DataError(UserError):
 
 class CallbackError(UserError):
     """A configured callback raised; its traceback goes to info.log."""
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory; the message says what to try."""
+
+    @classmethod
+    def advice(cls, epoch: int, batch_size: Any, device: Any) -> "OutOfMemory":
+        import torch
+
+        peak = ""
+        if device.type == "cuda":
+            peak = f", {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at the peak on {device}"
+        return cls(
+            f"out of memory in epoch {epoch} with data_loader.args.batch_size {batch_size}{peak}; try a smaller "
+            "batch_size with trainer.accumulate_steps to keep the batch per optimizer step, trainer.amp=true, or "
+            "a smaller model (checkpoints of finished epochs are kept)"
+        )
 
 
 class TrainingInterrupted(UserError):
