@@ -131,3 +131,27 @@ def test_a_freezing_setup_that_leaves_nothing_to_train_names_the_backbone(tiny_c
                        r"model, so the first epoch would train nothing"):  # fmt: skip
         train(tiny_config, tmp_path, "frozen")
     assert not (tmp_path / "saved").exists()
+
+
+class Picky(torch.nn.Module):
+    """Fails on a batch of fewer than 20 samples, as a layer may on few samples: only the epoch's last batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) < 20:
+            raise ValueError(f"needs 20 samples, got {len(x)}")
+        return self.linear(x.flatten(1)).log_softmax(dim=1)
+
+
+def test_the_rehearsal_tries_the_epochs_smallest_batch_as_well_as_the_first(tiny_config):
+    from test_around_the_loop import trainer_with
+
+    trainer = trainer_with(tiny_config, [], model=Picky())  # 1297 training samples: the last batch of 64 holds 17
+    with pytest.raises(ConfigError, match=r"^the epoch's last and smallest training batch \(17 samples\) failed, "
+                       r"before anything was written: ValueError: needs 20 samples, got 17"):  # fmt: skip
+        trainer.rehearse()
+    tiny_config["data_loader"]["args"]["batch_size"] = 1297 // 2 + 1  # two batches: 649 and 648
+    assert trainer_with(tiny_config, [], model=Picky()).rehearse()["last"]["epoch"] == 1

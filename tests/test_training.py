@@ -162,7 +162,8 @@ def test_one_cycle_per_batch_across_an_unfreeze_with_the_run_length_filled_in(ti
     tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2"], "unfreeze_epoch": 2}
     rehearsed = RehearsedEpochs()
     result, run = train(tiny_config, tmp_path, "onecycle", callbacks=[rehearsed])
-    assert rehearsed.epochs == [1, 2] and result["last"]["epoch"] == 3
+    # epoch 1's first batch, its last and smallest (1297 samples: 17 in the last batch of 64), the unfreeze's
+    assert rehearsed.epochs == [1, 1, 2] and result["last"]["epoch"] == 3
     state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
     scheduler = state["lr_scheduler"]
     assert scheduler["total_steps"] == 3 * 21 and scheduler["_step_count"] == 3 * 21 + 1  # 1297 samples, batch 64

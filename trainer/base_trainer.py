@@ -330,13 +330,19 @@ class BaseTrainer(abc.ABC):
         snapshot = copy.deepcopy(self.state_dict(epoch, self.start_batch))
         self.logger.disabled = True  # the rehearsal's epoch lines are not the run's
         self.rehearsing = True
-        later_epochs = self._rehearsal_epochs()
+        later_epochs, first_epoch, what = self._rehearsal_epochs(), self.start_epoch, "the first training batch"
         try:
             # Nor are its library warnings: the run meets each again, and one batch warns of what a whole epoch
             # would not (AUROC over a validation batch that lacks a class).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = self.train(dry_run=True)
+                smallest = self._smallest_batch()
+                if smallest is not None and not snapshot[KEY_BATCH]:  # a layer or metric may fail on few samples
+                    what = f"the epoch's last and smallest training batch ({smallest[1]} samples)"
+                    self.start_epoch, self.start_batch = first_epoch, smallest[0]
+                    self.train(dry_run=True)
+                what = "a training batch of an unfreeze epoch"
                 for later in later_epochs:
                     self.start_epoch, self.start_batch = later, 0
                     self.train(dry_run=True)
@@ -347,7 +353,7 @@ class BaseTrainer(abc.ABC):
             if failure is not None:
                 raise DataError(failure) from None
             raise ConfigError(
-                f"the first training batch failed, before anything was written: {describe_exception(e)}; "
+                f"{what} failed, before anything was written: {describe_exception(e)}; "
                 "check arch, loss, metrics, optimizer and lr_scheduler"
             ) from None
         finally:
@@ -356,6 +362,10 @@ class BaseTrainer(abc.ABC):
         unwrap_model(self.model).load_state_dict(snapshot[KEY_STATE_DICT])
         self._restore(snapshot)
         return result
+
+    def _smallest_batch(self) -> tuple[int, int] | None:
+        """(index, samples) of an epoch's last batch when it is smaller than the first, for the rehearsal."""
+        return None
 
     def _rehearsal_epochs(self) -> list[int]:
         """Epochs after the first whose step differs and the rehearsal also tries (none here; see Trainer)."""

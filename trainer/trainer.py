@@ -184,6 +184,14 @@ class Trainer(BaseTrainer):
         self.epoch_samples = samples
         return self.train_metrics.result()
 
+    def _smallest_batch(self) -> tuple[int, int] | None:
+        sampler = self.data_loader.epoch_sampler
+        batches, rest = sampler.num_batches(), len(sampler.indices) % (sampler.batch_size * sampler.world_size)
+        left_out = batches * sampler.batch_size * sampler.world_size <= len(sampler.indices)  # by fit_batch_norm
+        if self.len_epoch is not None or batches < 2 or rest == 0 or left_out:
+            return None  # no pass of its own, one batch, or no smaller last batch
+        return batches - 1, -(-rest // sampler.world_size)
+
     def _rehearsal_epochs(self) -> list[int]:
         """The epochs where a freezing strategy unfreezes a stage: the step then trains other parameters."""
         return sorted({s.epoch for s, _ in self.finetuning.stages if self.start_epoch < s.epoch <= self.epochs})
