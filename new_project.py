@@ -169,10 +169,13 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
 
     The copy is made in a hidden folder beside the target and moved into place when complete: a full disk or an
     interrupt leaves no half-made project behind."""
-    target = Path(target).expanduser().resolve()
+    try:
+        target = Path(target).expanduser().resolve()
+    except RuntimeError as e:  # ~someone who has no home here
+        raise ConfigError(f"{target}: {e}; give the folder's path") from None
     check_target(target)
     files = [p for p in template_files() if owner(p) is None or owner(p) in features]
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=".new_project.", dir=target.parent))  # any length of name fits
     try:
         for path in files:
             (staging / path).parent.mkdir(parents=True, exist_ok=True)

@@ -102,10 +102,13 @@ def valid_names(role: Role) -> dict[str, Any]:
         for module in _modules(role):
             for name in dir(module):
                 obj = getattr(module, name)
-                if name.startswith("_") or inspect.ismodule(obj) or name in found:
+                if name.startswith("_") or inspect.ismodule(obj) or found.get(name) is obj:
                     continue
                 home = getattr(obj, "__module__", None) or ""
                 if (home.split(".")[0] == package and role.fits(name, obj)) or _library_member(role, obj):
+                    if name in found:  # a config names a part by its class name: two would be a silent choice
+                        where = sorted({_file(found[name]), _file(obj)})
+                        raise ConfigError(f"{where[0]} and {where[1]} both define {name}; rename one of them")
                     found[name] = obj
     for library, fits in role.libraries:
         module = importlib.import_module(library)
@@ -130,6 +133,10 @@ def _modules(role: Role) -> list[Any]:
         except Exception as e:  # a user's file that does not import: one line naming it, not a traceback
             raise ConfigError(f"{name.replace('.', '/')}.py could not be imported: {describe_exception(e)}") from None
     return modules
+
+
+def _file(obj: Any) -> str:
+    return (getattr(obj, "__module__", None) or "?").replace(".", "/") + ".py"
 
 
 def _library_member(role: Role, obj: Any) -> bool:

@@ -42,7 +42,8 @@ def main(
     from utils.util import write_output
 
     to_stdout = str(out) == "-"
-    setup_logging(None, 0 if to_stdout else config["verbosity"])  # with --out -, stdout holds the JSON alone
+    # with --out -, stdout holds the JSON alone: warnings (an undefined metric) go to stderr
+    setup_logging(None, 0 if to_stdout else config["verbosity"], "stderr" if to_stdout else "stdout")
     logger = logging.getLogger("test")
     logger.info("Evaluating %s on the %s split", checkpoint.path, split)
     if config["num_threads"] is not None:

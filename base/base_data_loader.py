@@ -234,6 +234,10 @@ class BaseDataLoader(DataLoader):
         model that holds it (frozen now, maybe trained after an unfreeze), a last training batch of one sample is
         left out of every epoch, and info.log says so once. Call it before the optimizer counts the batches."""
         has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if has_batch_norm and self.epoch_sampler.batch_size < 2:
+            raise DataError(
+                "data_loader.args.batch_size: 1 sample a batch, which BatchNorm cannot train on; use 2 or more"
+            )
         if has_batch_norm and self.epoch_sampler.keep_batches_of_at_least(2):
             logging.getLogger("trainer").info(
                 "The last training batch would hold one sample, which BatchNorm cannot train on: it is left out of "

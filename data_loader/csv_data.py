@@ -190,6 +190,10 @@ def class_names(labels: list[str]) -> list[str]:
 def as_label(cell: str) -> str:
     """A label as a class name: a number as its shortest form ("1.0" and "1" are one class, "2.50" is "2.5")."""
     try:
+        return str(int(cell))  # exact, however long (12345678901234567890 and ...891 stay two classes)
+    except ValueError:
+        pass
+    try:
         value = float(cell)
     except ValueError:
         return cell
@@ -205,13 +209,14 @@ BINARY_PAIRS = (("0", "1"), ("false", "true"), ("no", "yes"), ("n", "y"), ("nega
 def binary_classes(classes: list[str], positive_label: str | None, column: str) -> list[str]:
     """[negative, positive]: `positive_label`, else the pair's obvious one (1, true, yes); anything else must be
     named, as which of "benign" and "malignant" is 1 is the question the model answers."""
-    if positive_label is not None:
-        if as_label(str(positive_label)) not in classes:
+    if positive_label is not None:  # true in JSON is "True"; "yes" names "Yes": matched regardless of case
+        named = [c for c in classes if c.lower() == as_label(str(positive_label)).lower()]
+        if len(named) != 1:
             raise DataError(
                 f"data_loader.args.positive_label: {positive_label!r} is not a label of column {column!r} "
                 f"({', '.join(classes)})"
             )
-        return sorted(classes, key=lambda c: c == as_label(str(positive_label)))
+        return sorted(classes, key=lambda c: c == named[0])
     for negative, positive in BINARY_PAIRS:
         if sorted(c.lower() for c in classes) == [negative, positive]:
             return sorted(classes, key=lambda c: c.lower() == positive)
@@ -220,6 +225,17 @@ def binary_classes(classes: list[str], positive_label: str | None, column: str) 
         "positive class (the 1 the model's probability is of)? name it, e.g. positive_label: "
         f"{classes[1]!r}"
     )
+
+
+def check_one_target_per_id(table: CsvTable, id_column: str, column: str) -> None:
+    """An id listed twice with two targets would train both ways without a word: one line naming both lines."""
+    labels, first = [as_label(cell) for cell in table.texts(column, "target")], {}
+    for i, name in enumerate(table.ids(id_column)):
+        j = first.setdefault(name, i)
+        if labels[j] != labels[i]:
+            raise table.error(
+                i, column, f"id {name!r} is labelled {labels[i]!r} here and {labels[j]!r} on line {table.lines[j]}"
+            )
 
 
 def class_targets(
@@ -231,13 +247,7 @@ def class_targets(
         return list(saved(preprocessing, "classes", table)), torch.full((len(table),), -1)
     labels = [as_label(cell) for cell in table.texts(column, "target")]
     if id_column is not None:
-        first: dict[str, int] = {}
-        for i, name in enumerate(table.ids(id_column)):
-            j = first.setdefault(name, i)
-            if labels[j] != labels[i]:
-                raise table.error(
-                    i, column, f"id {name!r} is labelled {labels[i]!r} here and {labels[j]!r} on line {table.lines[j]}"
-                )
+        check_one_target_per_id(table, id_column, column)
     classes = list(saved(preprocessing, "classes", table)) if preprocessing else class_names(labels)
     number = {as_label(name): i for i, name in enumerate(classes)}
     for i, label in enumerate(labels):
@@ -269,6 +279,10 @@ def csv_targets(
     - "regression": the value standardized with the training rows' mean and std, (N, 1) float.
     Rows of the split "predict" have no target: -1. Statistics and classes come from the checkpoint's
     `preprocessing` when there is one, else from the training rows."""
+    if positive_label is not None and task != "binary":
+        raise DataError(f"data_loader.args.positive_label: only for task 'binary' (the task is {task!r}); remove it")
+    if split != "predict" and id_column is not None:
+        check_one_target_per_id(table, id_column, column)
     if task == "regression":
         values = None if split == "predict" else table.numbers(column, "target", " (task 'regression')")
         if preprocessing:
@@ -278,7 +292,7 @@ def csv_targets(
         if values is None:
             return torch.full((len(table), 1), -1.0), None, {"target_mean": mean, "target_std": std}
         return ((values - mean) / std).float().unsqueeze(1), None, {"target_mean": mean, "target_std": std}
-    classes, targets = class_targets(table, column, split, preprocessing, id_column)
+    classes, targets = class_targets(table, column, split, preprocessing)
     if task == "binary":
         if len(classes) != 2:
             raise DataError(

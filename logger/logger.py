@@ -21,7 +21,7 @@ CONFIG_PATH = Path(__file__).resolve().parent / "logger_config.json"
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
-def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
+def setup_logging(log_dir: Path | None, verbosity: int = 2, console: str = "stdout") -> None:
     """Configure the console and `<log_dir>/info.log` from logger_config.json.
 
     With `log_dir=None` (before a run folder exists) the console is set up, and the messages are also kept
@@ -38,6 +38,7 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2) -> None:
             else:
                 handler["filename"] = str(log_dir / handler["filename"])
     config["root"]["level"] = LOG_LEVELS[verbosity]
+    handlers["console"]["stream"] = f"ext://sys.{console}"  # "stderr" where stdout holds a result (test.py --out -)
     logging.config.dictConfig(config)
     # A log line that cannot be written (a full disk) must not print a traceback of its own, once per line:
     # the save that fails on the same disk ends the run with one line.

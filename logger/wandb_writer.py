@@ -10,6 +10,7 @@ import html
 import importlib.util
 import inspect
 import logging
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,17 +158,30 @@ def _settings_errors(settings: Any) -> list[str]:
         return []
     if not isinstance(settings, dict):
         return [f"wandb.settings: expected an object of wandb.Settings' fields, found {type(settings).__name__}"]
-    errors = [
+    errors = [  # x_files_dir, root_dir, x_sync_dir_suffix, sync_file, ...: anything that names a place on disk
         f"wandb.settings.{key}: W&B's files go to the run's log folder; remove it"
         for key in settings
-        if key.endswith(("_dir", "_path"))
+        if any(part in str(key).lower() for part in ("dir", "path", "file", "root"))
     ]
     url = settings.get("base_url")
-    if url is not None and not (
-        isinstance(url, str) and url.startswith(("https://", "http://localhost", "http://127.0.0.1"))
-    ):
-        errors.append(f"wandb.settings.base_url: expected an https:// address (your API key goes there); found {url!r}")
+    if url is not None and not _trusted_address(url):
+        errors.append(
+            f"wandb.settings.base_url: expected an https:// address, or http:// on this machine (your API key goes "
+            f"there); found {url!r}"
+        )
     return errors
+
+
+def _trusted_address(url: Any) -> bool:
+    """https to any host, or plain http to this machine only: the host compared whole, no user part."""
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        host = parts.hostname if parts is not None else None
+    except ValueError:
+        return False
+    if parts is None or host is None or "@" in parts.netloc:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in ("localhost", "127.0.0.1", "::1"))
 
 
 def init_wandb(log_dir: Path, args: dict[str, Any], run_id: str | None, **more: Any) -> Any:

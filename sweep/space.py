@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,12 @@ def state_key() -> bytes:
                 written_atomically(path, replace=False, permissions=0o600) as handle,
             ):
                 handle.write(secrets.token_bytes(KEY_BYTES))
-        info, key = path.lstat(), path.read_bytes()
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):  # a link, a folder, a FIFO (whose read would wait for ever)
+            raise ConfigError(
+                f"{path}: the key that signs sweeps' Ray state is not a plain file; remove it (a new one is made)"
+            )
+        key = path.read_bytes()
     except OSError as e:
         raise ConfigError(
             f"{path}: cannot make or read the key that signs sweeps' Ray state ({e.strerror or e}); "
@@ -238,10 +244,8 @@ def state_key() -> bytes:
     # Whoever can read the key can sign a forged sweep folder, whose pickles --resume would then run.
     if os.name == "posix" and (info.st_uid != os.geteuid() or info.st_mode & 0o077):
         found = f"owner uid {info.st_uid}, mode {info.st_mode & 0o777:04o}"
-        raise ConfigError(
-            f"{path}: the key that signs sweeps' Ray state must be yours and private ({found}); remove it (a new one "
-            "is made) or chmod 600 it"
-        )
+        fix = "remove it (a new one is made)" + (" or chmod 600 it" if info.st_uid == os.geteuid() else "")
+        raise ConfigError(f"{path}: the key that signs sweeps' Ray state must be yours and private ({found}); {fix}")
     if len(key) < KEY_BYTES:
         raise ConfigError(
             f"{path}: the key that signs sweeps' Ray state holds {len(key)} bytes, not {KEY_BYTES}: anyone could sign "

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import random
 import stat
@@ -441,3 +442,40 @@ def test_an_id_listed_twice_with_two_labels_is_one_line_naming_both(tmp_path):
     with pytest.raises(DataError, match=r"d\.csv, line 4, column 'label': id 'a' is labelled 'dog' here and 'cat' "
                        r"on line 2"):  # fmt: skip
         CsvDataLoader(str(path), "label", id_column="id", validation_split=0, test_split=0)
+
+
+@pytest.mark.e2e
+def test_regression_predictions_near_1e200_and_1e_300_are_in_the_targets_units(tmp_path, base_config):
+    import predict as predict_script
+
+    for scale in (1e200, 1e-300):
+        rows = [[f"r{i}", i % 7, f"{(1 + i % 7) * scale:.6e}"] for i in range(60)]
+        path = write_csv(tmp_path / f"y{scale:g}.csv", ["id", "x", "y"], rows)
+        config = shrink(base_config, tmp_path / "saved", epochs=1)
+        config.update(name="Scaled", arch={"type": "MLP", "args": {"in_features": 1, "out_features": 1}},
+                      data_loader={"type": "CsvDataLoader", "args": {"csv_path": str(path), "target_column": "y",
+                                                                     "id_column": "id", "task": "regression"}},
+                      loss="MSELoss", metrics=["r2"], lr_scheduler=None)  # fmt: skip
+        _, run = train(config, tmp_path, f"s{int(scale > 1)}")
+        out = tmp_path / f"p{scale:g}.csv"
+        predict_script.main(
+            *predict_script.parse_args(["-r", str(run.checkpoint_dir), "-i", str(path), "-o", str(out)])
+        )
+        predicted = [float(v) for v in column(out, "prediction")]
+        assert all(math.isfinite(v) and 0.01 * scale < abs(v) < 100 * scale for v in predicted), predicted[:3]
+
+
+def test_labels_beyond_2_to_the_53_ids_with_two_values_and_positive_label_edges(tmp_path):
+    big = write_csv(tmp_path / "big.csv", ["x", "y"], [[i, ["12345678901234567890", "12345678901234567891"][i % 2]]
+                                                         for i in range(8)])  # fmt: skip
+    assert CsvDataLoader(str(big), "y", validation_split=0, test_split=0).classes == [
+        "12345678901234567890", "12345678901234567891"]  # fmt: skip
+    twice = write_csv(tmp_path / "r.csv", ["id", "x", "y"], [["a", 1, 7.5], ["b", 2, 3.0], ["a", 3, 999]])
+    with pytest.raises(DataError, match=r"line 4, column 'y': id 'a' is labelled '999' here and '7.5' on line 2"):
+        CsvDataLoader(str(twice), "y", id_column="id", task="regression", validation_split=0, test_split=0)
+    flags = write_csv(tmp_path / "f.csv", ["x", "y"], [[i, ["true", "FALSE"][i % 2]] for i in range(8)])
+    args = dict(task="binary", validation_split=0, test_split=0)
+    assert CsvDataLoader(str(flags), "y", positive_label=True, **args).classes == ["FALSE", "true"]  # JSON true
+    assert CsvDataLoader(str(flags), "y", positive_label="false", **args).classes == ["true", "FALSE"]
+    with pytest.raises(DataError, match=r"positive_label: only for task 'binary' \(the task is 'classification'\)"):
+        CsvDataLoader(str(flags), "y", positive_label="true", validation_split=0, test_split=0)

@@ -9,7 +9,7 @@ from conftest import ROOT, run_script, train
 from parse_config import ConfigParser
 from test_cli import assert_one_error_line
 from trainer.checkpoint import LAST_NAME, load_checkpoint
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 from utils.util import strict_json_loads
 
 
@@ -155,3 +155,32 @@ def test_the_rehearsal_tries_the_epochs_smallest_batch_as_well_as_the_first(tiny
         trainer.rehearse()
     tiny_config["data_loader"]["args"]["batch_size"] = 1297 // 2 + 1  # two batches: 649 and 648
     assert trainer_with(tiny_config, [], model=Picky()).rehearse()["last"]["epoch"] == 1
+
+
+def test_a_one_cycle_schedule_longer_than_the_run_trains(tiny_config, tmp_path):
+    """Its own epochs and steps_per_epoch, longer than the run: allowed (the rehearsal took it for a resume)."""
+    tiny_config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.01, "epochs": 5, "steps_per_epoch": 21}}
+    tiny_config["trainer"].update(scheduler_interval="step", epochs=1)
+    assert train(tiny_config, tmp_path, "longer")[0]["last"]["epoch"] == 1
+
+
+def test_two_parts_of_one_name_in_two_files_are_one_line_naming_both(base_config, tmp_path, monkeypatch):
+    import roles
+
+    (tmp_path / "twins").mkdir()
+    (tmp_path / "twins" / "__init__.py").write_text("")
+    net = "from torch import nn\n\n\nclass TwinNet(nn.Module):\n    pass\n"
+    (tmp_path / "twins" / "a_net.py").write_text(net)
+    (tmp_path / "twins" / "b_net.py").write_text(net)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    role = roles.Role("twins.a_net", roles.subclass_of("torch.nn:Module"), whole_package=True)
+    with pytest.raises(ConfigError, match=r"^twins/a_net\.py and twins/b_net\.py both define TwinNet; rename one"):
+        roles.valid_names(role)
+
+
+def test_a_batch_size_of_one_with_batch_norm_is_one_line(tmp_path):
+    from data_loader.data_loaders import DigitsDataLoader
+
+    with pytest.raises(DataError, match=r"^data_loader\.args\.batch_size: 1 sample a batch, which BatchNorm cannot"):
+        DigitsDataLoader(batch_size=1).fit_batch_norm(torch.nn.BatchNorm1d(4))
+    DigitsDataLoader(batch_size=1).fit_batch_norm(torch.nn.Linear(4, 2))  # no BatchNorm: fine

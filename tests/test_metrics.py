@@ -196,3 +196,16 @@ def test_an_undefined_metric_is_written_as_null_in_results_json(tmp_path, capsys
     }
     write_output({"f1": math.nan}, "-")
     assert strict_json_loads(capsys.readouterr().out) == {"f1": None}
+
+
+def test_with_results_on_stdout_the_warnings_go_to_stderr(capsys):
+    """test.py --out -: stdout holds the JSON alone, an undefined metric's warning goes to stderr."""
+    import logging
+
+    from logger.logger import setup_logging
+
+    setup_logging(None, 0, "stderr")
+    logging.getLogger("trainer").warning("auroc is undefined: a test line")
+    setup_logging(None, 0)
+    captured = capsys.readouterr()
+    assert "auroc is undefined" in captured.err and captured.out == ""

@@ -161,3 +161,10 @@ def test_each_features_project_passes_its_own_tests(tmp_path, feature):
         assert not (tmp_path / "again").exists()
     result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", cwd=target)
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-3000:]
+
+
+def test_the_longest_folder_name_and_an_unknown_home_are_handled(tmp_path):
+    name = "p" * 255  # the staging folder beside it must not need a longer name
+    assert new_project.main(tmp_path / name).name == name
+    result = run_script(str(ROOT / "new_project.py"), "~nosuchuser_xyz/proj", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "~nosuchuser_xyz/proj" in result.stderr

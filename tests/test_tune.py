@@ -592,3 +592,23 @@ def test_trials_csv_quotes_what_a_spreadsheet_would_run(sweep_config, write_spac
         first, second = list(csv.DictReader(handle))
     assert first["optimizer.args.lr"] == "'=HYPERLINK(1)" and first["error"] == "'@SUM(A1)"
     assert second["optimizer.args.lr"] == "-0.5"  # a number stays a number
+
+
+def test_a_signing_key_that_is_not_a_plain_file_is_refused_without_waiting(tmp_path, monkeypatch):
+    import os
+
+    from sweep.space import state_key
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    key = tmp_path / "cache" / "pytorch_template" / "sweep_state.key"
+    key.parent.mkdir(parents=True)
+    os.mkfifo(key, 0o600)  # reading it would wait for ever
+    with pytest.raises(ConfigError, match=r"sweep_state\.key: the key that signs sweeps' Ray state is not a plain "
+                       r"file; remove it \(a new one is made\)"):  # fmt: skip
+        state_key()
+    key.unlink()
+    (tmp_path / "private").write_bytes(b"k" * 32)
+    (tmp_path / "private").chmod(0o600)
+    key.symlink_to(tmp_path / "private")  # chmod would change the file it points to, not the link
+    with pytest.raises(ConfigError, match=r"is not a plain file; remove it"):
+        state_key()

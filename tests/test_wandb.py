@@ -198,8 +198,16 @@ def test_where_wandb_talks_and_writes_is_checked_in_the_users_own_config(tiny_co
     tiny_config["wandb"]["settings"] = {"base_url": "http://evil.example", "x_files_dir": "/tmp/elsewhere"}
     with pytest.raises(ConfigError) as error:
         ConfigParser(tiny_config)
-    assert "wandb.settings.base_url: expected an https:// address (your API key goes there)" in str(error.value)
+    assert "wandb.settings.base_url: expected an https:// address, or http:// on this machine" in str(error.value)
     assert "wandb.settings.x_files_dir: W&B's files go to the run's log folder; remove it" in str(error.value)
+    # The host compared whole, and any setting that names a place on disk (a suffix of a folder too).
+    for url in ("http://localhost.evil.example:80", "http://127.0.0.1.nip.io", "http://localhost@evil.example/"):
+        tiny_config["wandb"]["settings"] = {"base_url": url}
+        with pytest.raises(ConfigError, match=r"wandb\.settings\.base_url: expected an https:// address"):
+            ConfigParser(tiny_config)
+    tiny_config["wandb"]["settings"] = {"base_url": "http://localhost:8080", "x_sync_dir_suffix": "/../../x"}
+    with pytest.raises(ConfigError, match=r"^wandb\.settings\.x_sync_dir_suffix: W&B's files go to the run's log"):
+        ConfigParser(tiny_config)
 
 
 @pytest.mark.e2e

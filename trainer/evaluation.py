@@ -147,8 +147,9 @@ def prediction_rows(
     id_name, target_name = submission or ("id", "target")
     if task == "regression":
         mean, std = preprocessing.get("target_mean", 0.0), preprocessing.get("target_std", 1.0)
-        predicted = (outputs.reshape(len(ids), -1)[:, 0] * std + mean).tolist()
-        truth = None if targets is None else (targets.reshape(len(ids), -1)[:, 0] * std + mean).tolist()
+        # float64: a float32 output times a std near 1e200 is inf (NaN after the mean), near 1e-300 it is 0
+        predicted = (outputs.reshape(len(ids), -1)[:, 0].double() * std + mean).tolist()
+        truth = None if targets is None else (targets.reshape(len(ids), -1)[:, 0].double() * std + mean).tolist()
         header = [id_name, *(["target"] if truth is not None else []), target_name if submission else "prediction"]
         return header, [[i, *([t] if truth is not None else []), p] for i, t, p in _zip(ids, truth, predicted)]
     classes, probabilities = _class_probabilities(task, outputs.reshape(len(ids), -1), data_loader.classes)

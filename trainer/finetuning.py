@@ -192,11 +192,12 @@ def check_schedule_length(lr_scheduler: Any, entry: dict, epochs: int, steps: in
     """OneCycleLR raises on the step past its `total_steps` ("Tried to step N times"), after that much training:
     a schedule shorter than the run is refused before it starts. A resumed run whose schedule the trainer laid
     out (`run_length_args`) must keep the steps an epoch it was laid out for."""
+    filled = set(run_length_args(entry, 1, 1)) - set(entry.get("args", {}))  # what the trainer laid out itself
     laid_out = getattr(lr_scheduler, "total_steps", None)
-    if laid_out is None and run_length_args(entry, 1, 1):
+    if laid_out is None and filled:
         laid_out = getattr(lr_scheduler, "T_max", None)
     needed = epochs * steps
-    if resumed and run_length_args(entry, 1, 1) and laid_out != needed:
+    if resumed and filled and laid_out != needed:
         raise ConfigError(
             f"lr_scheduler: the checkpoint's {entry['type']} was laid out for {laid_out} steps; with this config the "
             f"run takes {needed} ({epochs} epochs x {steps}); resume with the batch_size, len_epoch and "
