@@ -80,8 +80,11 @@ class auroc(_Classification):
         """NaN where the area is undefined: a class missing from the epoch's targets (torchmetrics says 0.0)."""
         from torchmetrics.utilities import dim_zero_cat
 
-        with self.metric.sync_context():  # every rank's targets, under DDP
-            classes = dim_zero_cat(self.metric.target).unique().numel() if self.metric.target else 0
+        with self.metric.sync_context():  # every rank's targets, under DDP (then one tensor, not a list)
+            target = self.metric.target
+            if isinstance(target, list):
+                target = dim_zero_cat(target) if target else torch.empty(0)
+            classes = target.unique().numel()
         needed = 2 if self.binary else self.metric.num_classes
         if classes < needed:
             return _undefined("auroc", f"the epoch's targets hold {classes} of its {needed} classes")
