@@ -181,8 +181,8 @@ def mean_and_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def class_names(labels: list[str]) -> list[str]:
     """The distinct labels, sorted numerically when all are numbers ("2" before "10"), else as text."""
     distinct = set(labels)
-    try:
-        return sorted(distinct, key=float)
+    try:  # ties of float (integers beyond 2**53) broken by the text: an order that never moves with the hash seed
+        return sorted(distinct, key=lambda label: (float(label), len(label), label))
     except ValueError:
         return sorted(distinct)
 
