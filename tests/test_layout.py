@@ -120,3 +120,14 @@ def test_functions_stay_short_and_train_py_main_reads_as_a_recipe():
                 lengths[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
     assert {name: n for name, n in lengths.items() if n > 60} == {}
     assert lengths["train.py:main"] <= 45
+
+
+def test_no_file_a_reader_opens_is_over_400_lines():
+    """A file is one concept: code, configs, the schema, the README and each docs page (tests and benchmarks aside)."""
+    files = [*python_files(), *ROOT.glob("*.json"), *ROOT.glob("*/*.json"), *ROOT.glob("*.md"), *ROOT.glob("docs/*.md")]
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in files
+        if "tests" not in p.parts and (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}

@@ -337,8 +337,7 @@ class BaseTrainer(abc.ABC):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = self.train(dry_run=True)
-                smallest = self._smallest_batch()
-                if smallest is not None and not snapshot[KEY_BATCH]:  # a layer or metric may fail on few samples
+                if (smallest := self._smallest_batch()) and not snapshot[KEY_BATCH]:  # a layer may fail on few samples
                     what = f"the epoch's last and smallest training batch ({smallest[1]} samples)"
                     self.start_epoch, self.start_batch = first_epoch, smallest[0]
                     self.train(dry_run=True)
