@@ -16,7 +16,7 @@ PICKLED = ("CIFAR10", "CIFAR100")
 
 
 def load_torchvision(
-    name: str, root: str, train: bool, allow_pickle: bool, dataset_args: dict | None = None
+    name: str, root: str, train: bool, allow_pickle: bool, dataset_args: dict | None = None, checksums: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images (N, C, H, W) uint8, targets (N,) int64, class names) of torchvision's data set `name` in `root`:
     its training set, or its test set (`train` false); `dataset_args`: the class's own further arguments (EMNIST's
@@ -32,6 +32,9 @@ def load_torchvision(
             "allow_pickle to true for files you downloaded yourself from the data set's own site"
         )
     cls = getattr(datasets, name)
+    if not checksums and hasattr(cls, "_check_integrity"):  # files in the set's format that are not its own
+        unchecked = {"_check_integrity": lambda self: True}  # and CIFAR's metadata file, checked by its md5
+        cls = type(name, (cls,), {**unchecked, **({"meta": {**cls.meta, "md5": None}} if hasattr(cls, "meta") else {})})
     signature = inspect.signature(cls).parameters
     parameters = {n: p for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     passes_on = len(parameters) < len(signature)  # EMNIST(root, split, **kwargs): `train` goes on to MNIST
@@ -48,7 +51,7 @@ def load_torchvision(
     except (RuntimeError, OSError, ValueError) as e:
         raise DataError(
             f"data_loader.args.root: {name} not found in {root}, or its files are not the official ones, whose "
-            f"checksums torchvision checks ({first_line(e)}); put its files there"
+            f"checksums torchvision checks ({first_line(e)}); put its files there, or set checksums false for your own"
         ) from None
     images, targets = as_tensors(dataset)
     classes = [str(c) for c in getattr(dataset, "classes", None) or range(int(targets.max()) + 1)]
@@ -82,7 +85,8 @@ class TorchvisionDataLoader(BaseDataLoader):
     "train" and "valid" (by each image's index). Decoded once into memory, normalized with `mean` and `std`
     per channel, and augmented (`augment`: a random flip, rotation and shift) a batch at a time, as the other
     loaders. `allow_pickle`: CIFAR10's and CIFAR100's files are pickles; read them only when set. `dataset_args`:
-    the data set's own further arguments, e.g. {"split": "letters"} for EMNIST.
+    the data set's own further arguments, e.g. {"split": "letters"} for EMNIST. `checksums` false: read files in
+    the data set's format that are not the official ones (torchvision otherwise refuses them by their checksums).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class TorchvisionDataLoader(BaseDataLoader):
         augment: bool = False,
         allow_pickle: bool = False,
         dataset_args: dict | None = None,
+        checksums: bool = True,
         batch_size: int = 128,
         shuffle: bool = True,
         validation_split: float | int = 0.1,
@@ -104,7 +109,9 @@ class TorchvisionDataLoader(BaseDataLoader):
         split: str = "train",
         seed: int = 0,
     ) -> None:
-        images, targets, self.classes = load_torchvision(dataset, root, split != "test", allow_pickle, dataset_args)
+        images, targets, self.classes = load_torchvision(
+            dataset, root, split != "test", allow_pickle, dataset_args, checksums
+        )
         check_image_args(images.shape[1], mean, std)
         transform = flip_and_affine if augment else None
         data = InMemoryImages(images, targets, 1 / 255, mean, std, transform)

@@ -446,3 +446,17 @@ def test_victoresque_flags_work_beside_the_short_ones(write_config):
     assert config["optimizer"]["args"]["lr"] == 0.01 and config["data_loader"]["args"]["batch_size"] == 64
     config, _, _ = train_script.parse_args(["-c", path, "--lr", "0.02", "--bs", "32"])
     assert config["optimizer"]["args"]["lr"] == 0.02 and config["data_loader"]["args"]["batch_size"] == 32
+
+
+def test_a_model_file_with_a_syntax_error_is_one_line_naming_its_file_and_line(tmp_path, monkeypatch):
+    from roles import Role, subclass_of
+
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("")
+    (tmp_path / "brokenpkg" / "model.py").write_text("")
+    (tmp_path / "brokenpkg" / "net.py").write_text("class Net(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as error:
+        valid_names(Role("brokenpkg.model", subclass_of("torch.nn:Module"), whole_package=True))
+    assert str(error.value).startswith("brokenpkg/net.py could not be imported: SyntaxError: ")
+    assert str(error.value).endswith("(net.py, line 1)") and "frozen" not in str(error.value)

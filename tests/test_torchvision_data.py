@@ -77,3 +77,21 @@ def test_a_data_sets_own_arguments_pass_through_and_files_that_fail_the_checksum
         (tmp_path / "cifar-10-batches-py" / name).write_bytes(b"not the official file")
     with pytest.raises(DataError, match=r"CIFAR10 not found in .*, or its files are not the official ones"):
         TorchvisionDataLoader("CIFAR10", str(tmp_path), allow_pickle=True)
+
+
+def test_files_in_cifars_format_that_are_not_the_official_ones_load_with_checksums_off(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b", "c", "d"]}))
+    with pytest.raises(DataError, match=r"or set checksums false for your own"):
+        TorchvisionDataLoader("CIFAR10", str(tmp_path), allow_pickle=True)
+    loader = TorchvisionDataLoader("CIFAR10", str(tmp_path), allow_pickle=True, checksums=False, split="test")
+    assert loader.n_samples == 4 and loader.classes == ["a", "b", "c", "d"]

@@ -145,6 +145,8 @@ def first_line(error: BaseException) -> str:
 def describe_exception(error: BaseException) -> str:
     """ "TypeName: first line of the message (file.py, line N)", the line being the innermost one of the
     project's own code where there is one (a user's model or data code), else the innermost of all."""
+    if isinstance(error, SyntaxError) and error.filename:  # where the code is, not the frame that imported it
+        return f"{type(error).__name__}: {error.msg} ({Path(error.filename).name}, line {error.lineno})"
     everything = traceback.extract_tb(error.__traceback__)
     frames = everything[1:] or everything  # [0] is where it was caught
     own = [f for f in frames if Path(f.filename).resolve().is_relative_to(PROJECT) and f.filename != __file__]
