@@ -122,6 +122,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         last = rest >= self.min_global and rest > self.rank
         return full + int(last)
 
+    def batch_samples(self, batch: int) -> int:
+        """This rank's samples in batch `batch` of an epoch (the last one may hold fewer)."""
+        global_batch = self.batch_size * self.world_size
+        chunk = min(global_batch, len(self.indices) - batch * global_batch)
+        return len(range(self.rank, max(chunk, 0), self.world_size))
+
     def __len__(self) -> int:
         return max(self.num_batches() - self.start_batch, 0)
 

@@ -186,11 +186,10 @@ class Trainer(BaseTrainer):
 
     def _smallest_batch(self) -> tuple[int, int] | None:
         sampler = self.data_loader.epoch_sampler
-        batches, rest = sampler.num_batches(), len(sampler.indices) % (sampler.batch_size * sampler.world_size)
-        left_out = batches * sampler.batch_size * sampler.world_size <= len(sampler.indices)  # by fit_batch_norm
-        if self.len_epoch is not None or batches < 2 or rest == 0 or left_out:
-            return None  # no pass of its own, one batch, or no smaller last batch
-        return batches - 1, -(-rest // sampler.world_size)
+        last = sampler.num_batches() - 1
+        if self.len_epoch is not None or last < 1 or sampler.batch_samples(last) == sampler.batch_samples(0):
+            return None  # no pass of its own, one batch, or a last batch as large as the first
+        return last, sampler.batch_samples(last)
 
     def _rehearsal_epochs(self) -> list[int]:
         """The epochs where a freezing strategy unfreezes a stage: the step then trains other parameters."""
