@@ -20,7 +20,7 @@ import torch
 
 from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
-from trainer.finetuning import run_length_args
+from trainer.finetuning import laid_out_by_trainer
 from utils.errors import CheckpointError, ConfigError, first_line, shown
 from utils.util import written_atomically
 
@@ -244,7 +244,7 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
             f"pass trainer.epochs=N with N > {done} to train further"
         )
     scheduler = config["lr_scheduler"]  # a schedule laid out for the run's length is kept: stepping past it fails
-    if scheduler is not None and run_length_args(scheduler, 1, 1) and saved["trainer"]["epochs"] != epochs:
+    if scheduler is not None and laid_out_by_trainer(scheduler) and saved["trainer"]["epochs"] != epochs:
         raise ConfigError(
             f"trainer.epochs: {scheduler['type']}'s schedule was laid out for the {saved['trainer']['epochs']} epochs "
             f"the run started with; a resumed run keeps it (trainer.epochs={saved['trainer']['epochs']}); add -c "

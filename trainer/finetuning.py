@@ -192,7 +192,7 @@ def check_schedule_length(lr_scheduler: Any, entry: dict, epochs: int, steps: in
     """OneCycleLR raises on the step past its `total_steps` ("Tried to step N times"), after that much training:
     a schedule shorter than the run is refused before it starts. A resumed run whose schedule the trainer laid
     out (`run_length_args`) must keep the steps an epoch it was laid out for."""
-    filled = set(run_length_args(entry, 1, 1)) - set(entry.get("args", {}))  # what the trainer laid out itself
+    filled = laid_out_by_trainer(entry)
     laid_out = getattr(lr_scheduler, "total_steps", None)
     if laid_out is None and filled:
         laid_out = getattr(lr_scheduler, "T_max", None)
@@ -221,6 +221,11 @@ def run_length_args(scheduler: dict, epochs: int, steps_per_epoch: int) -> dict[
     if scheduler["type"] == "CosineAnnealingLR" and "T_max" not in args:
         return {"T_max": epochs * steps_per_epoch}
     return {}
+
+
+def laid_out_by_trainer(entry: dict) -> bool:
+    """Whether the trainer filled in the scheduler's run length (`run_length_args`), which a resume then keeps."""
+    return bool(set(run_length_args(entry, 1, 1)) - set(entry.get("args", {})))
 
 
 def per_group_lrs(scheduler: dict | None, optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
