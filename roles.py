@@ -8,13 +8,13 @@ data loaders, its package), a private name or an object of the wrong kind is ref
 import importlib
 import inspect
 import math
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from utils.errors import ConfigError, describe_exception, did_you_mean, key_text, quoted, shown
+from utils.errors import ConfigError, did_you_mean, key_text, quoted, shown
+from utils.util import imported, package_modules
 
 
 def subclass_of(path: str) -> Callable[[str, Any], bool]:
@@ -122,17 +122,9 @@ def valid_names(role: Role) -> dict[str, Any]:
 def _modules(role: Role) -> list[Any]:
     """The role's module and, for a `whole_package` role, every other file of its package: a part is found
     where it is written, and a feature's file that is left out of a project needs no edit anywhere."""
-    names = [role.module]
-    if role.whole_package:
-        package = importlib.import_module(role.module.split(".")[0])
-        names += sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
-    modules = []
-    for name in dict.fromkeys(names):
-        try:
-            modules.append(importlib.import_module(name))
-        except Exception as e:  # a user's file that does not import: one line naming it, not a traceback
-            raise ConfigError(f"{name.replace('.', '/')}.py could not be imported: {describe_exception(e)}") from None
-    return modules
+    first = imported(role.module)
+    others = package_modules(role.module.split(".")[0]) if role.whole_package else []
+    return [first, *(module for module in others if module is not first)]
 
 
 def _file(obj: Any) -> str:

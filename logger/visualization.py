@@ -1,15 +1,15 @@
 """TensorBoard output through one small explicit writer, and the trackers a project's features add to it."""
 
 import contextlib
-import importlib
 import inspect
-import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from utils.util import package_modules
 
 # A W&B run id as W&B takes it (none of / \ # ? % :, nor blanks), short enough for the artifact name
 # model-<id>, which W&B caps at 128 characters. Checked in the config and in a checkpoint alike.
@@ -167,8 +167,7 @@ TRACKER_SECTIONS = {"wandb": "wandb"}
 def trackers() -> dict[str, type[Writer]]:
     """The trackers of this project, by config section: Writer subclasses defined in the files of logger/."""
     found = {}
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        module = importlib.import_module(f"logger.{info.name}")
+    for module in package_modules("logger"):
         for obj in vars(module).values():
             if inspect.isclass(obj) and issubclass(obj, Writer) and obj.section and obj.__module__ == module.__name__:
                 found[obj.section] = obj

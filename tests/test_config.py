@@ -460,3 +460,15 @@ def test_a_model_file_with_a_syntax_error_is_one_line_naming_its_file_and_line(t
         valid_names(Role("brokenpkg.model", subclass_of("torch.nn:Module"), whole_package=True))
     assert str(error.value).startswith("brokenpkg/net.py could not be imported: SyntaxError: ")
     assert str(error.value).endswith("(net.py, line 1)") and "frozen" not in str(error.value)
+
+
+def test_a_sub_package_that_fails_to_import_is_named_by_its_init_file(tmp_path, monkeypatch):
+    from roles import Role, subclass_of
+
+    (tmp_path / "pkgparts" / "sub").mkdir(parents=True)
+    (tmp_path / "pkgparts" / "__init__.py").write_text("")
+    (tmp_path / "pkgparts" / "model.py").write_text("")
+    (tmp_path / "pkgparts" / "sub" / "__init__.py").write_text("import not_installed_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^pkgparts/sub/__init__\.py could not be imported: ModuleNotFoundError"):
+        valid_names(Role("pkgparts.model", subclass_of("torch.nn:Module"), whole_package=True))

@@ -5,18 +5,21 @@ validating a config (which use read_json) answer without loading torch.
 """
 
 import contextlib
+import importlib
 import json
 import math
 import os
+import pkgutil
 import random
 import re
 import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any, TextIO
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, describe_exception
 
 
 def read_json(path: str | Path) -> Any:
@@ -208,3 +211,19 @@ def csv_cell(value: Any, raw: bool = False) -> Any:
     if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
         return "'" + value  # OWASP's advice: the cell is shown as the text it is, never evaluated
     return value
+
+
+def imported(name: str, is_package: bool = False) -> ModuleType:
+    """A project module by its dotted name; one that does not import is one line naming its file, not a traceback."""
+    try:
+        return importlib.import_module(name)
+    except Exception as e:  # a user's file: a syntax error, an import of something not installed, ...
+        path = name.replace(".", "/") + ("/__init__.py" if is_package else ".py")
+        raise ConfigError(f"{path} could not be imported: {describe_exception(e)}") from None
+
+
+def package_modules(package: str) -> list[ModuleType]:
+    """Every file and sub-package of the project's package `package`, imported, by name: where the parts of a
+    role are found (models in model/, loaders in data_loader/, trackers in logger/), with nothing to register."""
+    found = sorted(pkgutil.iter_modules(imported(package, is_package=True).__path__), key=lambda m: m.name)
+    return [imported(f"{package}.{m.name}", m.ispkg) for m in found]
