@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
     from trainer.checkpoint import check_resume, load_checkpoint
+    from trainer.regularization import Mixup
 
     overrides = shortcut_overrides(args)
     select_devices(args.device)
@@ -149,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
         raise ConfigError("--run-id: a resumed run keeps its folder; add -c config.json to fine-tune into a new run")
     config = ConfigParser.load(args.config, checkpoint, overrides + args.overrides)
     check_for_training(config.config)
+    Mixup.check_config(config.config)
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
     if resuming:
         check_resume(checkpoint, config.config)

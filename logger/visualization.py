@@ -17,9 +17,9 @@ WANDB_RUN_ID = re.compile(r"[^/\\#?%:\s\x00-\x1f\x7f]{1,122}")
 
 
 class Writer:
-    """What a run shows in TensorBoard: scalars, pictures, text and histograms at an epoch, the training loss at a
-    global step, and the final results. With TensorBoard off (a dry run, a rank other than 0, a config without
-    it) it writes nothing.
+    """What a run shows in TensorBoard: scalars, pictures (captioned ones too) and histograms at an epoch, the
+    training loss at a global step, and the final results. With TensorBoard off (a dry run, a rank other than 0, a
+    config without it) it writes nothing.
 
     An experiment tracker is a subclass in a file of logger/ that names its config `section` (the wandb feature's
     WandbWriter, for "wandb"): `make_writer` finds it there, as a model is found in model/.
@@ -49,9 +49,17 @@ class Writer:
         if self.tensorboard is not None:
             self.tensorboard.add_image(tag, image, epoch)
 
-    def add_text(self, tag: str, text: str, epoch: int) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.add_text(tag, text, epoch)
+    def add_images(self, tag: str, images: "torch.Tensor", captions: list[str], epoch: int) -> None:
+        """(N, C, H, W) images with values in [0, 1], one caption each: a grid in the IMAGES tab, and the captions
+        as a table in the grid's order (row by row) in the TEXT tab, both under `tag`."""
+        if self.tensorboard is None:
+            return
+        from torchvision.utils import make_grid  # imported here: only captioned images need torchvision
+
+        self.tensorboard.add_image(tag, make_grid(images, nrow=8, pad_value=1.0), epoch)
+        cells = [caption.replace("|", r"\|") for caption in captions]  # a | in a class name would split its cell
+        rows = "".join(f"\n| {i} | {cell} |" for i, cell in enumerate(cells))
+        self.tensorboard.add_text(tag, f"| image | caption |\n|---|---|{rows}", epoch)
 
     def add_histogram(self, tag: str, values: "torch.Tensor", epoch: int) -> None:
         if self.tensorboard is not None:

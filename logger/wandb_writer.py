@@ -6,7 +6,6 @@ wandb is optional (requirements-wandb.txt) and imported only here, when a run st
 """
 
 import contextlib
-import html
 import importlib.util
 import inspect
 import logging
@@ -59,15 +58,16 @@ class WandbWriter(Writer):
     def add_image(self, tag: str, image: "torch.Tensor", epoch: int) -> None:
         import wandb
 
-        super().add_image(tag, image, epoch)  # W&B reads an array as uint8 pixels: floats in [0, 1] would be black
-        pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        self._add_to_row(epoch, tag, wandb.Image(pixels))
+        super().add_image(tag, image, epoch)
+        self._add_to_row(epoch, tag, wandb.Image(_pixels(image)))
 
-    def add_text(self, tag: str, text: str, epoch: int) -> None:
+    def add_images(self, tag: str, images: "torch.Tensor", captions: list[str], epoch: int) -> None:
+        """One wandb.Image per image, with its caption, as a list under `tag` in the epoch's row."""
         import wandb
 
-        super().add_text(tag, text, epoch)
-        self._add_to_row(epoch, tag, wandb.Html(f"<pre>{html.escape(text)}</pre>"))
+        super().add_images(tag, images, captions, epoch)
+        captioned = [wandb.Image(_pixels(image), caption=c) for image, c in zip(images, captions, strict=True)]
+        self._add_to_row(epoch, tag, captioned)
 
     def add_histogram(self, tag: str, values: "torch.Tensor", epoch: int) -> None:
         import wandb
@@ -149,6 +149,12 @@ class WandbWriter(Writer):
                 logging.getLogger("test").info("Results added to the summary of W&B run %s", run_id)
         finally:
             run.finish()
+
+
+def _pixels(image: "torch.Tensor") -> Any:
+    """A (C, H, W) image in [0, 1] as (H, W, C) uint8: W&B reads an array as uint8 pixels, so floats in [0, 1]
+    would be black."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _settings_errors(settings: Any) -> list[str]:

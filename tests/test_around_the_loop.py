@@ -2,13 +2,17 @@
 
 import csv
 import json
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from base.base_data_loader import BaseDataLoader, InMemoryTensors
 from conftest import ROOT, run_script, train, tree_snapshot
+from logger.visualization import Writer
 from parse_config import ConfigParser
-from trainer.callbacks import Callback
+from trainer.callbacks import Callback, ImagePredictionLogger
 from trainer.trainer import Trainer
 from utils.errors import CallbackError, ConfigError, OutOfMemory
 
@@ -97,6 +101,60 @@ def test_a_callback_that_does_not_fit_the_task_is_refused_before_the_first_epoch
     assert not list((tmp_path / "saved" / "models" / "Diabetes_MLP" / "tabular").glob("*.pth"))
 
 
+class CatsAndDogs(BaseDataLoader):
+    """Four 8x8 pictures, dark, bright, bright, dark, of a cat, a dog, a cat and a dog."""
+
+    def __init__(self) -> None:
+        self.classes = ["cat", "dog"]
+        images = torch.tensor([-1.0, 1.0, 1.0, -1.0]).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+        targets = torch.tensor([0, 1, 0, 1])
+        super().__init__(InMemoryTensors(images, targets), torch.arange(4), 4, False, 0, 0, training=False)
+
+
+class Brightness(torch.nn.Module):
+    """Calls bright pictures dogs and dark ones cats (with sign -1, the other way round): scores (N, 2)."""
+
+    def __init__(self, sign: float = 1.0) -> None:
+        super().__init__()
+        self.sign = sign
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        brightness = self.sign * x.mean(dim=(1, 2, 3))
+        return torch.stack([-brightness, brightness], dim=1)
+
+
+def pets_trainer(writer: Writer) -> SimpleNamespace:
+    """What ImagePredictionLogger reads of a trainer, with the cats-and-dogs loader and the brightness model."""
+    return SimpleNamespace(
+        valid_data_loader=CatsAndDogs(), model=Brightness(), device=torch.device("cpu"), is_main=True, writer=writer
+    )
+
+
+def test_image_predictions_are_captioned_with_class_names_and_use_the_ema_weights(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = pets_trainer(Writer(tmp_path))
+    logger = ImagePredictionLogger(max_images=3)
+    logger.on_validation_end(trainer, 1, {})
+    trainer.ema_model = Brightness(-1.0)  # EMA weights that disagree with the model: validation uses them
+    logger.on_validation_end(trainer, 2, {})
+    trainer.valid_data_loader.classes = None  # a loader without names: the class numbers
+    logger.on_validation_end(trainer, 3, {})
+    trainer.writer.close()
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    tables = [event.tensor_proto.string_val[0].decode() for event in events.Tensors("predictions/images/text_summary")]
+    header = "| image | caption |\n|---|---|\n"
+    assert tables == [
+        header + "| 0 | Pred: cat, Label: cat |\n| 1 | Pred: dog, Label: dog |\n| 2 | Pred: dog, Label: cat |",
+        header + "| 0 | Pred: dog, Label: cat |\n| 1 | Pred: cat, Label: dog |\n| 2 | Pred: cat, Label: cat |",
+        header + "| 0 | Pred: 1, Label: 0 |\n| 1 | Pred: 0, Label: 1 |\n| 2 | Pred: 0, Label: 0 |",
+    ]
+    grids = events.Images("predictions/images")  # three 8x8 images in a row, 2 pixels of padding around each
+    assert [(grid.step, grid.width, grid.height) for grid in grids] == [(1, 32, 12), (2, 32, 12), (3, 32, 12)]
+
+
 class Greedy(torch.nn.Module):
     """Runs out of memory on batches larger than 16, as a too large model or batch does on a GPU."""
 
@@ -176,7 +234,12 @@ def test_tensorboard_images_histograms_hparams_and_rates(tiny_config, tmp_path):
     assert len(events.Images("predictions/images")) == 2
     assert "parameters/conv1.weight" in tags["histograms"]
     assert {"time/samples_per_second", "time/epoch_seconds", "lr"} <= set(tags["scalars"])
-    assert any(tag.startswith("predictions/labels") for tag in tags["tensors"])
+    # The grid's captions: each image's predicted and true class (Digits has no names: the numbers).
+    valid = ConfigParser(tiny_config).init_obj("data_loader", split="valid", seed=0)
+    valid.set_epoch(2)
+    labels = [str(t) for t in next(iter(valid))[1][:8].tolist()]
+    table = events.Tensors("predictions/images/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert re.findall(r"\| (\d) \| Pred: \d, Label: (\d) \|", table) == [(str(i), t) for i, t in enumerate(labels)]
     # add_hparams writes its own event file in the same folder, read here event by event.
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.util.tensor_util import make_ndarray

@@ -3,6 +3,7 @@ resume going on with the run, test.py's summary), its config section checked, an
 read as data: it chooses no host, folder or mode."""
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import torch
 
 from conftest import ROOT, evaluate, run_script, train
 from parse_config import ConfigParser
+from test_around_the_loop import pets_trainer
 from test_cli import assert_one_error_line
+from trainer.callbacks import ImagePredictionLogger
 from trainer.checkpoint import LAST_NAME, load_checkpoint
 from utils.errors import ConfigError
 
@@ -80,6 +83,39 @@ def read_wandb_run(path: Path) -> dict[str, dict]:
     return run
 
 
+class RecordedRun:
+    """A W&B run that keeps what WandbWriter logs to it, row by row (the offline tests read W&B's own files)."""
+
+    disabled, id = False, "recorded"
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def define_metric(self, name: str, step_metric: str | None = None) -> None:
+        pass
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+
+def test_wandb_gets_each_image_captioned_with_its_predicted_and_true_class_names():
+    import wandb
+
+    from logger.wandb_writer import WandbWriter
+
+    run = RecordedRun()
+    trainer = pets_trainer(WandbWriter(None, run))
+    ImagePredictionLogger(max_images=3).on_validation_end(trainer, 1, {})
+    trainer.writer.add_scalar("accuracy/valid", 0.5, 1)
+    trainer.writer.flush()
+    [row] = run.rows  # the images in the epoch's one row, beside its numbers
+    images = row.pop("predictions/images")
+    assert row == {"accuracy/valid": 0.5, "epoch": 1}
+    captions = ["Pred: cat, Label: cat", "Pred: dog, Label: dog", "Pred: dog, Label: cat"]
+    assert wandb.Image.all_captions(images) == captions
+    assert [image.image.getpixel((0, 0)) for image in images] == [(0, 0, 0), (255, 255, 255), (255, 255, 255)]
+
+
 @pytest.mark.e2e
 def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -108,13 +144,20 @@ def test_wandb_offline_run_gets_the_same_numbers(tiny_config, tmp_path, monkeypa
     steps = run["history"]["global_step"]
     assert len(run["history"]["loss/train_step"]) == len(steps) and steps == sorted(steps) and len(steps) >= 4
     assert run["history"]["_step"] == list(range(len(steps) + 2))  # W&B's own counter: rows, nothing else
-    # The image grid is visible: uint8 pixels, not floats in [0, 1] cast to black.
+    # Each epoch's 4 images, each captioned with its predicted and true class (Digits has no names: the numbers).
+    valid = ConfigParser(tiny_config).init_obj("data_loader", split="valid", seed=0)
+    valid.set_epoch(2)
+    labels = [str(t) for t in next(iter(valid))[1][:4].tolist()]
+    captions = run["history"]["predictions/images/captions"]
+    assert len(captions) == 2 and [re.fullmatch(r"Pred: \d, Label: (\d)", c)[1] for c in captions[-1]] == labels
+    # The images are visible: uint8 pixels, not floats in [0, 1] cast to black.
     from PIL import Image
 
-    images = sorted(runs[0].parent.glob("files/media/images/predictions/images_*.png"))
-    assert len(images) == 2  # one grid an epoch
-    pixels = torch.from_numpy(np.array(Image.open(images[-1]).convert("L"))).float()  # a copy: writable
-    assert pixels.mean() > 30 and pixels.max() == 255
+    files = run["history"]["predictions/images/filenames"][-1]
+    pixels = torch.stack(  # np.array makes a copy: writable
+        [torch.from_numpy(np.array(Image.open(runs[0].parent / "files" / f).convert("L"))).float() for f in files]
+    )
+    assert len(files) == 4 and pixels.mean() > 30 and pixels.max() == 255
 
 
 def wandb_runs(log_dir: Path, run_id: str) -> list[Path]:

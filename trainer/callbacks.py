@@ -39,11 +39,12 @@ class Callback:
 
 
 class ImagePredictionLogger(Callback):
-    """Shows validation images with their predicted and true labels in TensorBoard.
+    """Shows validation images, each captioned with its predicted and true class names (`Pred: cat, Label: dog`).
 
-    Every `every` epochs, the first `max_images` images of the validation split go to the IMAGES tab as a
-    grid (`predictions/images`), and a table of predicted and true labels, in the grid's order, to the TEXT
-    tab (`predictions/labels`).
+    Every `every` epochs, the first `max_images` images of the validation split go to `predictions/images`: in
+    TensorBoard a grid (IMAGES tab) and its captions in the grid's order (TEXT tab), in W&B one captioned image
+    each. The names are the validation loader's `classes` (the class numbers where it has none); the predictions
+    are the EMA weights' where the trainer keeps them (`trainer.ema_model`), as validation's are.
     """
 
     def __init__(self, every: int = 1, max_images: int = 16) -> None:
@@ -61,7 +62,8 @@ class ImagePredictionLogger(Callback):
         trainer.model.eval()
         with torch.no_grad():
             output = trainer.model(data[:2].to(trainer.device))
-        if data.ndim != 4 or output.ndim != 2 or output.shape[1] < 2 or target.is_floating_point():
+        binary = trainer.valid_data_loader.task == "binary" and output.shape[-1] == 1  # one logit per image
+        if data.ndim != 4 or output.ndim != 2 or (output.shape[1] < 2 and not binary):
             raise ValueError(
                 f"it shows images with predicted classes, and this task's inputs are {tuple(data.shape)[1:]}, "
                 f"outputs {tuple(output.shape)[1:]}, targets {target.dtype}; remove it from callbacks"
@@ -70,20 +72,21 @@ class ImagePredictionLogger(Callback):
     def on_validation_end(self, trainer: Any, epoch: int, result: dict[str, float]) -> None:
         if epoch % self.every or trainer.valid_data_loader is None or not trainer.is_main:
             return
-        from torchvision.utils import make_grid  # imported here: only this callback needs torchvision
-
         trainer.valid_data_loader.set_epoch(epoch)
         data, target = next(iter(trainer.valid_data_loader))
         data, target = data[: self.max_images], target[: self.max_images]
-        trainer.model.eval()
+        model = trainer.ema_model if getattr(trainer, "ema_model", None) is not None else trainer.model
+        model.eval()
         with torch.no_grad():
-            predicted = trainer.model(data.to(trainer.device)).argmax(dim=1).cpu()
+            scores = model(data.to(trainer.device)).float().cpu()  # (N, classes), or (N, 1) logits (binary)
+        predicted = scores.argmax(dim=1) if scores.shape[1] > 1 else (scores[:, 0] > 0).long()
+        names = trainer.valid_data_loader.classes or [str(c) for c in range(max(scores.shape[1], 2))]
+        truth = target.reshape(len(target), -1)[:, 0].long()
+        captions = [
+            f"Pred: {names[p]}, Label: {names[t]}" for p, t in zip(predicted.tolist(), truth.tolist(), strict=True)
+        ]
         images = (data - data.amin()) / (data.amax() - data.amin() + 1e-12)  # to [0, 1] for display
-        trainer.writer.add_image("predictions/images", make_grid(images, nrow=8, pad_value=1.0), epoch)
-        rows = "\n".join(
-            f"| {i} | {int(p)} | {int(t)} |" for i, (p, t) in enumerate(zip(predicted, target, strict=True))
-        )
-        trainer.writer.add_text("predictions/labels", f"| image | predicted | true |\n|---|---|---|\n{rows}", epoch)
+        trainer.writer.add_images("predictions/images", images, captions, epoch)
 
 
 class ParameterHistograms(Callback):

@@ -44,6 +44,7 @@ KEY_BEST_RESULT = "best_result"
 KEY_RNG = "rng"
 KEY_CONFIG = "config"
 KEY_DATA = "data_preprocessing"  # the training loader's `preprocessing` (class names, statistics), for predictions
+KEY_EMA = "ema"  # trainer.ema_decay's AveragedModel state (module.* weights, n_averaged), or None
 KEY_WANDB_RUN = "wandb_run_id"  # the W&B run the training logged to, or None: a resume and test.py add to it
 REQUIRED_KEYS = (KEY_FORMAT, KEY_ARCH, KEY_EPOCH, KEY_STATE_DICT, KEY_CONFIG)  # to evaluate or fine-tune
 RESUME_KEYS = (
@@ -186,6 +187,7 @@ FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     KEY_RNG: (lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v), "the random states"),
     KEY_PARTIAL: (lambda v: isinstance(v, dict) and {"sums", "counts"} <= set(v), "partial epoch metrics"),
     KEY_DATA: (lambda v: isinstance(v, dict), "the data loader's preprocessing (a dict)"),
+    KEY_EMA: (lambda v: v is None or _is_tensor_dict(v), "the EMA of the weights (a dict of tensors) or null"),
     KEY_WANDB_RUN: (
         lambda v: v is None or (isinstance(v, str) and WANDB_RUN_ID.fullmatch(v) is not None),
         "a W&B run id or null",
@@ -227,6 +229,8 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
         if not state[KEY_BATCH]:  # the partial epoch's metrics only when it stopped in the middle of one
             break
     wandb_run_id(checkpoint)
+    if KEY_EMA in state:
+        _check_fields(path, state, (KEY_EMA,))
     saved, done, epochs = state[KEY_CONFIG], state[KEY_EPOCH], config["trainer"]["epochs"]
     for key, then, now in (
         ("arch.type", state[KEY_ARCH], config["arch"]["type"]),
@@ -285,11 +289,16 @@ def load_model_state(
 ) -> None:
     """Load the checkpoint's weights into `model` to `purpose` ("evaluate", "resume" or "fine-tune").
 
+    Evaluating and fine-tuning read the EMA of the weights where the run kept one (trainer.ema_decay).
     Strict (evaluating, resuming): every tensor must fit; another model's weights are one clear error, not a
     wall of keys. Not strict (fine-tuning into a model with another head): every tensor whose name and shape
     match is loaded and one line lists the others; nothing matching at all is still an error.
     """
     state_dict, path = checkpoint.state[KEY_STATE_DICT], checkpoint.path
+    ema = checkpoint.state.get(KEY_EMA)
+    if ema is not None and purpose != "resume":
+        _check_fields(path, checkpoint.state, (KEY_EMA,))
+        state_dict = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from base.base_data_loader import BaseDataLoader
+from base.base_data_loader import BaseDataLoader, derive_seed
 from base.base_model import summary
 from trainer.base_trainer import BaseTrainer
-from trainer.checkpoint import KEY_DATA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
+from trainer.checkpoint import KEY_DATA, KEY_EMA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from trainer.evaluation import autocast, evaluate, resolve_amp
 from trainer.finetuning import Finetuning, check_schedule_length, scheduler_steps
 from trainer.metric_tracker import MetricTracker
+from trainer.regularization import Mixup, averaged_model
 from utils.distributed import agree_max, describe_placement, unwrap_model
 from utils.errors import CheckpointError, ConfigError, UserError
 
@@ -26,7 +27,8 @@ class NonFiniteLossError(UserError):
 
 
 class Trainer(BaseTrainer):
-    """Trains with mixed precision, gradient accumulation and clipping; validates with `evaluate`.
+    """Trains with mixed precision, gradient accumulation and clipping, optionally mixup/CutMix and an EMA of
+    the weights (which validation then uses); validates with `evaluate`.
 
     Takes its own arguments and passes the loop's (`run`, `writer`, `epochs`, `monitor`, ...: see BaseTrainer)
     on unchanged.
@@ -48,6 +50,8 @@ class Trainer(BaseTrainer):
         accumulate_steps: int = 1,
         clip_grad_norm: float | None = None,
         compile: bool = False,
+        ema_decay: float | None = None,
+        mixup: dict | None = None,
         finetuning: Finetuning | None = None,
         **loop: Any,
     ) -> None:
@@ -77,7 +81,17 @@ class Trainer(BaseTrainer):
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_metrics = MetricTracker(metric_fns, device=self.device)
+        self.ema_decay = ema_decay
+        self.ema = averaged_model(unwrap_model(self.model), ema_decay)
+        self.mixup = Mixup(**mixup) if mixup is not None else None
+        if self.mixup is not None and (errors := self.mixup.errors(data_loader.task)):
+            raise ConfigError("; ".join(errors))
         self._log_decisions()
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The moving average of the weights (trainer.ema_decay), or None."""
+        return self.ema.module if self.ema is not None else None
 
     def _log_decisions(self) -> None:
         """Every automatic choice, in info.log: device and parallelism, precision, samples per step, model."""
@@ -103,6 +117,10 @@ class Trainer(BaseTrainer):
             sampler.world_size,
             self.accumulate_steps,
         )
+        if self.ema is not None:
+            self.logger.info("EMA of the weights, decay %g: validation and model_best.pth use it", self.ema_decay)
+        if self.mixup is not None:
+            self.logger.info("Training batches mixed: %s; metrics use the true labels", self.mixup)
         self.logger.info("%s", summary(unwrap_model(self.model)))
 
     def batches_in_epoch(self) -> int:
@@ -146,11 +164,15 @@ class Trainer(BaseTrainer):
         for batch_idx, (data, target) in enumerate(bar, start=start):
             data = data.to(self.device, non_blocking=True)
             target = target.to(self.device, non_blocking=True)
+            loss_of = None
+            if self.mixup is not None:
+                sampler = self.data_loader.epoch_sampler
+                data, loss_of = self.mixup.mix(data, target, derive_seed(sampler.seed, epoch, batch_idx, sampler.rank))
             with autocast(self.device, self.amp_dtype):
                 output = self.model(data)
                 if self.rehearsing:
                     self._check_output_fits_the_classes(output)
-                loss = self.criterion(output, target)
+                loss = self.criterion(output, target) if loss_of is None else loss_of(self.criterion, output)
 
             # Each optimizer step averages over its group of batches, as one batch that many times larger.
             group_start = batch_idx - batch_idx % self.accumulate_steps
@@ -216,6 +238,8 @@ class Trainer(BaseTrainer):
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap_model(self.model))
         if self.lr_scheduler is not None and self.scheduler_interval == "step":
             self.lr_scheduler.step()
 
@@ -234,13 +258,15 @@ class Trainer(BaseTrainer):
         batches = self.valid_data_loader
         if self.batch_limit is not None:
             batches = itertools.islice(batches, self.batch_limit)
-        return evaluate(self.model, batches, self.criterion, self.metric_fns, self.device, self.amp_dtype)
+        model = self.ema_model or self.model
+        return evaluate(model, batches, self.criterion, self.metric_fns, self.device, self.amp_dtype)
 
     def state_dict(self, epoch: int, batch: int = 0) -> dict[str, Any]:
         state = super().state_dict(epoch, batch)
         state[KEY_SCALER] = self.scaler.state_dict()
         state[KEY_STEP] = self.global_step
         state[KEY_DATA] = self.data_loader.preprocessing
+        state[KEY_EMA] = self.ema.state_dict() if self.ema is not None else None
         if batch:
             state[KEY_PARTIAL] = self.train_metrics.state_dict()
         return state
@@ -263,6 +289,10 @@ class Trainer(BaseTrainer):
         if state[KEY_SCALER]:  # empty when the run trained without loss scaling
             self.scaler.load_state_dict(state[KEY_SCALER])
         self.global_step = state[KEY_STEP]
+        if self.ema is not None and state.get(KEY_EMA) is not None:
+            self.ema.load_state_dict(state[KEY_EMA])
+        elif self.ema is not None:  # trained without an EMA until now: it starts from these weights
+            self.logger.info("trainer.ema_decay: the checkpoint has no EMA of the weights; it starts here")
         if self.start_batch:
             self.train_metrics.load_state_dict(state[KEY_PARTIAL])
 
