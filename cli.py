@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from logger.run_folder import is_cross_validation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, interrupts_held
+from utils.util import feature_module
 
 if TYPE_CHECKING:
     from trainer.checkpoint import Checkpoint
@@ -80,14 +82,31 @@ def csv_file(path: Path, flag: str) -> Path:
 
 def load_for_evaluation(
     resume: str, config_path: str | None, overrides: list[str], device: str | None
-) -> tuple[ConfigParser, "Checkpoint"]:
+) -> tuple[ConfigParser, list["Checkpoint"]]:
     """The prelude of the scripts that evaluate a checkpoint: torch loaded (once --help is out of the way), the
-    GPUs chosen, the checkpoint (a run folder: its model_best.pth, else last.pth) read as data, and its config
-    (or `config_path`) with the overrides, validated."""
+    GPUs chosen, the checkpoint (a run folder: its model_best.pth, else last.pth; a cross-validation's folder:
+    each fold's, for their ensemble) read as data, and its config (or `config_path`) with the overrides, validated."""
     with interrupts_held():
         import torch  # noqa: F401
     from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 
     select_devices(device)
-    checkpoint = load_checkpoint(resume, in_folder=(BEST_NAME, LAST_NAME))
-    return ConfigParser.load(config_path, checkpoint, overrides), checkpoint
+    if is_cross_validation(resume):
+        checkpoints = feature_module("trainer.ensemble", "cv", "--resume").fold_checkpoints(Path(resume))
+    else:
+        checkpoints = [load_checkpoint(resume, in_folder=(BEST_NAME, LAST_NAME))]
+    return ConfigParser.load(config_path, checkpoints[0], overrides), checkpoints
+
+
+def add_tta(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        metavar="VIEWS",
+        help="test-time augmentation: average each image's predictions over it and these views, e.g. hflip or "
+        "hflip,vflip (hflip, vflip, rot180; the cv feature)",
+    )
+
+
+def check_tta(tta: str | None) -> None:
+    if tta is not None:
+        feature_module("trainer.ensemble", "cv", "--tta").views(tta)

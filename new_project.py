@@ -70,10 +70,25 @@ FEATURES = {
         "Weights & Biases: a run's numbers, images and checkpoints to a W&B run too, test.py's results to its summary",
         ("logger/wandb_writer.py", "requirements-wandb.txt", "tests/test_wandb.py", "docs/wandb.md"),
     ),
+    "cv": Feature(
+        "k-fold cross-validation (train.py --folds K): out-of-fold predictions and scores, fold ensembles and "
+        "test-time augmentation in test.py and predict.py",
+        ("trainer/cross_validation.py", "trainer/ensemble.py", "tests/test_cross_validation.py", "docs/cv.md"),
+    ),
     "kaggle": Feature(
-        "Kaggle image competitions: train.csv/test.csv with image folders to a submission, config_kaggle.json",
-        ("data_loader/csv_images.py", "config_kaggle.json", "tests/test_kaggle.py", "docs/kaggle.md"),
-        requires=("csv", "images"),
+        "Kaggle image competitions: train.csv/test.csv with image folders to a submission, 5 folds to one "
+        "(config_kaggle.json, config_kaggle_cv.json), timm backbones (TimmModel)",
+        (
+            "data_loader/csv_images.py",
+            "model/timm_model.py",
+            "requirements-kaggle.txt",
+            "tests/test_timm.py",
+            "config_kaggle.json",
+            "config_kaggle_cv.json",
+            "tests/test_kaggle.py",
+            "docs/kaggle.md",
+        ),
+        requires=("csv", "images", "cv"),
     ),
 }
 

@@ -158,7 +158,7 @@ def apply_override(config: dict, override: str) -> None:
             index: Any = int(part)
         elif isinstance(node, dict):
             in_args = depth > 0 and parts[depth - 1] in ("args", "wandb")  # checked against a signature
-            if part not in node:
+            if part not in node or (node[part] is None and not last):  # a section left null: set its keys
                 if part == "args" and "type" in node:
                     node["args"] = {}
                 elif _schema_knows(parts[: depth + 1]):  # a key the file leaves to its default

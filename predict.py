@@ -2,6 +2,7 @@
 
 python predict.py --resume saved/models/<name>/<run_id>/model_best.pth --input new_images/ --out predictions.csv
 python predict.py --resume saved/models/<name>/<run_id> --input rows.csv --out predictions.csv
+python predict.py --resume saved/models/<name>/<cv_run_id> --input test.csv --out submission.csv --tta hflip  # folds
 """
 
 import logging
@@ -9,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import ArgumentParser, add_raw_csv, csv_file, load_for_evaluation
+from cli import ArgumentParser, add_raw_csv, add_tta, check_tta, csv_file, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -20,22 +21,24 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
 
 def main(
     config: ConfigParser,
-    checkpoint: "Checkpoint",
+    checkpoints: list["Checkpoint"],
     inputs: str,
     out: Path,
     raw_csv: bool = False,
     float_format: str = ".6g",
     strip_extension: bool = False,
+    tta: str | None = None,
 ) -> int:
-    """Predict every input with the checkpoint's model; write the rows to `out`; return how many. Ids and
-    class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`; probabilities
-    are written with `float_format`; `strip_extension` writes image ids without their extension (a/b.png -> a/b)."""
+    """Predict every input with the checkpoint's model (several checkpoints, a cross-validation's folds: their
+    ensemble; `tta`: and each image's flipped views); write the rows to `out`; return how many. Ids and class
+    names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`; probabilities are
+    written with `float_format`; `strip_extension` writes image ids without their extension (a/b.png -> a/b)."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
     from logger.logger import setup_logging
     from trainer.checkpoint import KEY_DATA
-    from trainer.evaluation import loader_arguments, predict, prediction_rows, resolve_amp, trained_model, write_csv
+    from trainer.evaluation import evaluated_model, loader_arguments, predict, prediction_rows, resolve_amp, write_csv
     from utils.distributed import place_model
 
     setup_logging(None, config["verbosity"])
@@ -45,22 +48,22 @@ def main(
 
     # what the loader needs to read new inputs: the preprocessing of the training data (class names, statistics)
     loader_class = config.class_of("data_loader")
-    preprocessing = checkpoint.state.get(KEY_DATA)
+    preprocessing = checkpoints[0].state.get(KEY_DATA)
     if preprocessing is None:
-        raise ConfigError(f"{checkpoint.path}: has no data preprocessing (saved by an older version); retrain it")
+        raise ConfigError(f"{checkpoints[0].path}: has no data preprocessing (saved by an older version); retrain it")
     arguments = loader_arguments(loader_class, preprocessing, split="predict", seed=config["seed"], inputs=inputs)
-
-    # model with the checkpoint's weights, on the available device(s), in the run's precision; then the data
-    model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
-    amp_dtype = resolve_amp(config["trainer"]["amp"], device)
     data_loader = config.init_obj("data_loader", **arguments)
+
+    # model with the checkpoint's weights (or the folds' ensemble), on the available device(s), in the run's precision
+    model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])
+    amp_dtype = resolve_amp(config["trainer"]["amp"], device)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
     if strip_extension:
         ids = without_image_extension(ids)
     header, rows = prediction_rows(ids, outputs, None, data_loader, float_format)
     write_csv(header, rows, out, raw=raw_csv)
-    logger.info("Wrote %d predictions of %s to %s", len(rows), checkpoint.path, out)
+    logger.info("Wrote %d predictions of %s to %s", len(rows), ", ".join(str(c.path) for c in checkpoints), out)
     return len(rows)
 
 
@@ -108,14 +111,17 @@ def build_parser() -> ArgumentParser:
         help="write each image's id without its file extension (cats/0001.png -> cats/0001), as a submission may "
         "want; other ids stay as they are",
     )
+    add_tta(parser)
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, bool, str, bool]:
-    """main's arguments: the validated config, the checkpoint, the inputs, the output file, --raw-csv,
-    --float-format and --strip-extension."""
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ConfigParser, list["Checkpoint"], str, Path, bool, str, bool, str | None]:
+    """main's arguments: the validated config, the checkpoint(s), the inputs, the output file, --raw-csv,
+    --float-format, --strip-extension and --tta."""
     args = build_parser().parse_args(argv)
     if not re.fullmatch(r"\.\d{1,2}[efg%]", args.float_format):  # a width or 1e9 digits would never end
         raise ConfigError(f"--float-format {args.float_format!r}: expected .<digits><e, f, g or %>, e.g. .6g or .4f")
@@ -124,8 +130,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
     csv_file(out, "--out")
     if not Path(args.input).exists():
         raise ConfigError(f"--input {args.input}: not found")
-    config, checkpoint = load_for_evaluation(args.resume, None, args.overrides, args.device)
-    return config, checkpoint, args.input, out, args.raw_csv, args.float_format, args.strip_extension
+    check_tta(args.tta)
+    config, checkpoints = load_for_evaluation(args.resume, None, args.overrides, args.device)
+    return config, checkpoints, args.input, out, args.raw_csv, args.float_format, args.strip_extension, args.tta
 
 
 if __name__ == "__main__":

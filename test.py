@@ -2,6 +2,7 @@
 
 python test.py --resume saved/models/<name>/<run_id>/model_best.pth
 python test.py --resume saved/models/<name>/<run_id>/model_best.pth --split valid data_loader.args.batch_size=256
+python test.py --resume saved/models/<name>/<cv_run_id> --tta hflip    # a cross-validation's fold ensemble (cv)
 """
 
 import hashlib
@@ -10,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import ArgumentParser, add_raw_csv, csv_file, load_for_evaluation
+from cli import ArgumentParser, add_raw_csv, add_tta, check_tta, csv_file, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -21,13 +22,15 @@ if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers 
 
 def main(
     config: ConfigParser,
-    checkpoint: "Checkpoint",
+    checkpoints: list["Checkpoint"],
     split: str,
     out: Path,
     predictions: Path | None = None,
     raw_csv: bool = False,
+    tta: str | None = None,
 ) -> dict:
-    """Evaluate the checkpoint's model on `split`; write the per-sample averages to `out` and return them.
+    """Evaluate the checkpoint's model on `split` (several checkpoints, a cross-validation's folds: their ensemble;
+    `tta`: with each image's flipped views); write the per-sample averages to `out` and return them.
     With `predictions`, also write one CSV row per sample there (id, target, prediction, probabilities); ids
     and class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
@@ -37,7 +40,7 @@ def main(
     from logger.logger import setup_logging
     from logger.visualization import tracker_summary
     from trainer.checkpoint import KEY_DATA, wandb_run_id
-    from trainer.evaluation import evaluate, loader_arguments, predict, prediction_rows, trained_model, write_csv
+    from trainer.evaluation import evaluate, evaluated_model, loader_arguments, predict, prediction_rows, write_csv
     from utils.distributed import place_model
     from utils.util import write_output
 
@@ -45,12 +48,10 @@ def main(
     # with --out -, stdout holds the JSON alone: warnings (an undefined metric) go to stderr
     setup_logging(None, 0 if to_stdout else config["verbosity"], "stderr" if to_stdout else "stdout")
     logger = logging.getLogger("test")
-    logger.info("Evaluating %s on the %s split", checkpoint.path, split)
+    checkpoint = checkpoints[0]  # its preprocessing is every fold's, and its W&B run the one test.py reports to
+    logger.info("Evaluating %s on the %s split", ", ".join(str(c.path) for c in checkpoints), split)
     if config["num_threads"] is not None:
         torch.set_num_threads(config["num_threads"])
-
-    # model with the checkpoint's weights, on the available device(s)
-    model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
 
     # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
     loader_class = config.class_of("data_loader")
@@ -59,9 +60,14 @@ def main(
     if data_loader.n_samples == 0:
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
 
+    # model with the checkpoint's weights (or the folds' ensemble), on the available device(s)
+    model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])
+    ensemble = len(checkpoints) > 1 or tta is not None
+
     # loss and metrics, averaged per sample; with a tracker (W&B), also into the summary of the run that trained it
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
-    with tracker_summary(tracker_dir(checkpoint), config.config, wandb_run_id(checkpoint)) as summary:
+    run_id = None if ensemble else wandb_run_id(checkpoint)  # an ensemble is no one run's model
+    with tracker_summary(tracker_dir(checkpoint), config.config, run_id) as summary:
         with worker_failures_as_data_errors():
             results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
         results = {"n_samples": data_loader.n_samples, **results}
@@ -71,7 +77,8 @@ def main(
             write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions, raw=raw_csv)
             logger.info("Per-sample predictions written to %s", predictions)
 
-        write_output({"checkpoint": str(checkpoint.path), "split": split, **results}, out)
+        evaluated = [str(c.path) for c in checkpoints] if len(checkpoints) > 1 else str(checkpoint.path)
+        write_output({"checkpoint": evaluated, **({"tta": tta} if tta else {}), "split": split, **results}, out)
         logger.info("%s", json.dumps(results, indent=4))
         logger.info("Results written to %s", "standard output" if to_stdout else out)
         # model_best/accuracy/test: which checkpoint, and never a key of the training's own history (accuracy/valid)
@@ -120,13 +127,16 @@ def build_parser() -> ArgumentParser:
         "--predictions", help="also write one CSV row per sample here: id, target, prediction, probabilities"
     )
     add_raw_csv(parser, "with --predictions: ")
+    add_tta(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint", str, Path, Path | None, bool]:
-    """main's arguments: the validated config, the checkpoint, the split, the results file, the
-    predictions file (or None) and --raw-csv."""
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ConfigParser, list["Checkpoint"], str, Path, Path | None, bool, str | None]:
+    """main's arguments: the validated config, the checkpoint(s), the split, the results file, the
+    predictions file (or None), --raw-csv and --tta."""
     args = build_parser().parse_args(argv)
     if args.raw_csv and args.predictions is None:
         raise ConfigError("--raw-csv: only with --predictions (it says how the predictions CSV is written)")
@@ -136,35 +146,46 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, "Checkpoint
         csv_file(predictions, "--predictions")
         if args.out is not None and Path(args.out).absolute() == predictions.absolute():
             raise ConfigError(f"--predictions {predictions}: the same file as --out; give each its own")
-    config, checkpoint = load_for_evaluation(args.resume, args.config, args.overrides, args.device)
+    check_tta(args.tta)
+    config, checkpoints = load_for_evaluation(args.resume, args.config, args.overrides, args.device)
     from trainer.checkpoint import wandb_run_id
 
-    wandb_run_id(checkpoint)  # checked now, before anything is evaluated or written
-    return (
-        config,
-        checkpoint,
-        args.split,
-        results_path(checkpoint, args.split, args.config, args.overrides, args.out),
-        predictions,
-        args.raw_csv,
-    )
+    wandb_run_id(checkpoints[0])  # checked now, before anything is evaluated or written
+    if len(checkpoints) > 1 and args.split != "test":
+        raise ConfigError(
+            f"--split {args.split}: a cross-validation's folds each trained on the others' rows; their scores on "
+            "rows they did not train on are its oof.csv and cv.json; evaluate the ensemble on the test split"
+        )
+    out = results_path(checkpoints, args.split, args.config, args.overrides, args.out, args.tta)
+    return config, checkpoints, args.split, out, predictions, args.raw_csv, args.tta
 
 
 def results_path(
-    checkpoint: "Checkpoint", split: str, config: str | None, overrides: list[str], out: str | None
+    checkpoints: list["Checkpoint"],
+    split: str,
+    config: str | None,
+    overrides: list[str],
+    out: str | None,
+    tta: str | None = None,
 ) -> Path:
     """`--out`, or beside the checkpoint a name that says what was evaluated: the checkpoint's name and epoch
-    (model_best.pth is rewritten as training goes on), the split, and a hash of -c and the overrides when
-    there are any: model_best.epoch17.test.json. An earlier result is never overwritten without --out."""
+    (model_best.pth is rewritten as training goes on), the views of --tta, the split, and a hash of -c and the
+    overrides when there are any: model_best.epoch17.test.json, model_best.epoch17.tta-hflip.test.json; a
+    cross-validation's ensemble in its folder: ensemble.test.json. An earlier result is never overwritten
+    without --out."""
     from trainer.checkpoint import KEY_EPOCH
 
     if out is not None:
         check_output_path(Path(out))
         return Path(out)
-    name = f"{checkpoint.path.stem}.epoch{checkpoint.state[KEY_EPOCH]}.{split}"
+    checkpoint, folder = checkpoints[0], checkpoints[0].path.parent
+    name = f"{checkpoint.path.stem}.epoch{checkpoint.state[KEY_EPOCH]}"
+    if len(checkpoints) > 1:
+        name, folder = "ensemble", folder.parent
+    name += (f".tta-{tta.replace(',', '-')}" if tta else "") + f".{split}"
     if config is not None or overrides:
         name += "." + hashlib.sha256(json.dumps([config, overrides]).encode()).hexdigest()[:8]
-    path = checkpoint.path.with_name(f"{name}.json")
+    path = folder / f"{name}.json"
     if path.exists():
         raise ConfigError(f"{path}: an earlier result of the same evaluation exists; pass --out FILE, or remove it")
     check_output_path(path)

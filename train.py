@@ -4,17 +4,20 @@ python train.py -c config.json
 python train.py -c config.json trainer.epochs=3 optimizer.args.lr=0.01
 python train.py --resume saved/models/<name>/<run_id>/last.pth            # continue a run
 python train.py --resume saved/models/<name>/<run_id>/model_best.pth -c config.json   # fine-tune
+python train.py -c config.json --folds 5                                        # cross-validate (the cv feature)
 """
 
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import ArgumentParser, select_devices, shortcut_overrides
-from logger.run_folder import check_run_id
+from logger.run_folder import check_not_a_fold, check_run_id, is_cross_validation
 from parse_config import ConfigParser, check_for_training
 from utils.errors import ConfigError, interrupts_held, one_line_errors
+from utils.util import feature_module
 
 if TYPE_CHECKING:  # torch is imported inside functions, so that --help answers without loading it
     from trainer.callbacks import Callback
@@ -29,12 +32,14 @@ def main(
     run_id: str | None = None,
     dry_run: bool = False,
     callbacks: Sequence["Callback"] = (),
+    loader_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train; return {"last": results of the last epoch, "best": results of the best epoch or None}.
 
     `resume` continues that checkpoint's run in its folder; `weights` starts a new run from a checkpoint's
     weights (fine-tuning). `dry_run` sends one training and one validation batch through the real step and
-    writes nothing. `callbacks` are called after the config's own (for scripts and tests).
+    writes nothing. `callbacks` are called after the config's own (for scripts and tests). `loader_args` go to
+    both data loaders besides the config's args (a cross-validation's fold and shared preprocessing).
     """
     # Heavy imports live here so that --help and config errors answer without loading torch.
     from base.base_data_loader import worker_failures_as_data_errors
@@ -48,7 +53,7 @@ def main(
     with distributed_session(), worker_failures_as_data_errors():
         setup_logging(None, config["verbosity"] if is_main_process() else 0)  # rank 0 speaks for everyone
         seed_everything(config["seed"], config["deterministic"], config["num_threads"])
-        trainer = build_trainer(config, resume, weights, callbacks)
+        trainer = build_trainer(config, resume, weights, callbacks, loader_args or {})
 
         # one training and one validation batch through the real step, on a copy of the state: what a config
         # breaks only when it runs fails here, before anything is written (a dry run is this and no more)
@@ -63,10 +68,15 @@ def main(
 
 
 def build_trainer(
-    config: ConfigParser, resume: "Checkpoint | None", weights: "Checkpoint | None", callbacks: Sequence["Callback"]
+    config: ConfigParser,
+    resume: "Checkpoint | None",
+    weights: "Checkpoint | None",
+    callbacks: Sequence["Callback"],
+    loader_args: dict[str, Any],
 ) -> "Trainer":
     """Everything the config describes, built in order: loss and metrics, model, data, optimizer and scheduler,
     the trainer; with `resume`, at the point where that run stopped."""
+    from model.loss import decide_pos_weight
     from trainer.checkpoint import check_resumed_classes, load_model_state
     from trainer.finetuning import Finetuning, build_optimizer
     from trainer.trainer import Trainer
@@ -87,11 +97,13 @@ def build_trainer(
     model, device = place_model(model, config["n_gpu"])
 
     # data: the training and validation splits (the test split is for test.py)
-    data_loader = config.init_obj("data_loader", split="train", seed=config["seed"])
-    valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"])
+    data_loader = config.init_obj("data_loader", split="train", seed=config["seed"], **loader_args)
+    valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"], **loader_args)
     data_loader.fit_batch_norm(model)  # no training batch of one sample for a model with BatchNorm
     if resume:
         check_resumed_classes(resume, data_loader.classes)
+    if decide_pos_weight(config["loss"], data_loader) is not None:  # "auto": the training split's, from now on
+        criterion = config.init_ftn("loss")
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
     optimizer, lr_scheduler = build_optimizer(
@@ -130,6 +142,10 @@ def build_parser() -> ArgumentParser:
         "--dry-run", action="store_true", help="build everything, train and validate on one batch, write nothing"
     )
     parser.add_shortcuts()
+    parser.add_argument(
+        "--folds", type=int, metavar="K", help="cross-validate in K folds (cross_validation.folds=K; the cv feature)"
+    )
+    parser.add_argument("--fold", type=int, metavar="I", help="of a cross-validation, train fold I only")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -142,8 +158,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     from trainer.checkpoint import check_resume, load_checkpoint
     from trainer.regularization import Mixup
 
-    overrides = shortcut_overrides(args)
+    overrides = shortcut_overrides(args) + ([f"cross_validation.folds={args.folds}"] if args.folds is not None else [])
     select_devices(args.device)
+    if args.resume is not None and is_cross_validation(args.resume):  # a cross-validation goes on in its folder
+        if args.config is not None or args.run_id is not None:
+            raise ConfigError(
+                "--resume CVDIR: a cross-validation goes on with its own config and folder; drop -c, --run-id"
+            )
+        cross_validation = feature_module("trainer.cross_validation", "cv", "--resume")
+        config = cross_validation.stored_config(Path(args.resume), overrides + args.overrides)
+        return config, {"resume": Path(args.resume), "run_id": None, "dry_run": args.dry_run}, args
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     resuming = checkpoint is not None and args.config is None
     if resuming and args.run_id is not None:
@@ -152,7 +176,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     check_for_training(config.config)
     Mixup.check_config(config.config)
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
+    if args.fold is not None and config["cross_validation"] is None:
+        raise ConfigError("--fold: only with a cross-validation (--folds K, or --resume CVDIR)")
     if resuming:
+        check_not_a_fold(checkpoint.path)
         check_resume(checkpoint, config.config)
     else:
         check_run_id(config.config, args.run_id)
@@ -173,5 +200,8 @@ if __name__ == "__main__":
         config, options, args = parse_args()
         if args.print_config:
             print(json.dumps(config.config, indent=4))
+        elif config["cross_validation"] is not None:
+            cross_validation = feature_module("trainer.cross_validation", "cv", "cross_validation")
+            cross_validation.main(config, main, fold=args.fold, **options)
         else:
             main(config, **options)

@@ -69,6 +69,7 @@ def split_indices(
     test_split: float | int,
     seed: int,
     strata: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Split samples into disjoint "train", "valid" and "test" index sets by each sample's key: its id (a file
     name, an id column's value, a row's content, its index in a data set that never changes).
@@ -82,6 +83,8 @@ def split_indices(
     a new sample then can move the one at the edge of its own label (with a count, of another label too).
     A number n in place of the keys (the earlier `split_indices(n, ...)` that loaders were written to) splits
     by index, as `index_keys(n)` does: right for a data set that never changes, not for files a user adds to.
+    A fold of a cross-validation (the cv feature) in place of `validation_split` picks the validation set itself,
+    among the samples the test set leaves, from their keys, `strata` and `groups` (a group's samples stay together).
     """
     if isinstance(keys, int) and not isinstance(keys, bool):
         keys = index_keys(keys)
@@ -93,7 +96,10 @@ def split_indices(
         numbers = {label: i for i, label in enumerate(sorted(set(strata)))}
         codes = torch.tensor([numbers[label] for label in strata], dtype=torch.long)
     test = _take(test_split, scores["test"], everything, "test_split", codes)
-    valid = _take(validation_split, scores["valid"], ~test, "validation_split", codes)
+    if hasattr(validation_split, "validation_mask"):
+        valid = validation_split.validation_mask(keys, ~test, strata, groups)
+    else:
+        valid = _take(validation_split, scores["valid"], ~test, "validation_split", codes)
     return {
         name: mask.nonzero().flatten() for name, mask in (("test", test), ("valid", valid), ("train", ~(test | valid)))
     }

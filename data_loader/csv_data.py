@@ -129,7 +129,9 @@ def rows_of(
         return {"predict": torch.arange(len(table))}
     keys = table.texts(id_column, "id") if id_column is not None else [",".join(row) for row in table.rows]
     strata = table.texts(stratify_by, "target") if stratify_by is not None else None
-    splits = split_indices(keys, validation_split, test_split, seed, strata)
+    group_column = getattr(validation_split, "group_column", None)  # a cross-validation's fold keeps groups whole
+    groups = table.texts(group_column, "group") if group_column is not None else None
+    splits = split_indices(keys, validation_split, test_split, seed, strata, groups)
     if len(splits["train"]) == 0:
         raise DataError(
             f"{table.path}: {len(table)} rows leave none for training; lower validation_split or test_split"

@@ -3,7 +3,8 @@
     <save_dir>/models/<name>/<run_id>/   config.json, last.pth, model_best.pth, checkpoint-epoch<N>.pth
     <save_dir>/log/<name>/<run_id>/      info.log, metrics.csv, TensorBoard events
 
-A new run never reuses a folder. A resumed run continues in the folder its checkpoint lies in: the
+A fold of a cross-validation (the cv feature) is a run inside the cross-validation's folder: its run id is
+<run_id>/fold_<i>. A new run never reuses a folder. A resumed run continues in the folder its checkpoint lies in: the
 location of the file decides, never a field inside it.
 """
 
@@ -24,6 +25,8 @@ from utils.errors import ConfigError
 from utils.util import write_json
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+FOLD_PATTERN = re.compile(r"^fold_[0-9]{1,3}$")  # a fold of a cross-validation, one level below its folder
+FOLDS_FILE = "folds.json"  # what makes a run folder a cross-validation's: the fold of each sample, by id
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,12 @@ class RunFolder:
     def of_checkpoint(cls, checkpoint_path: Path) -> "RunFolder":
         """The run folder a checkpoint lies in; its log folder is the matching one under <save_dir>/log."""
         checkpoint_dir = checkpoint_path.parent
-        if len(checkpoint_dir.parts) < 3:  # a relative path such as <run_id>/last.pth: look at the whole path
+        if len(checkpoint_dir.parts) < 4:  # a relative path such as <run_id>/last.pth: look at the whole path
             checkpoint_dir = checkpoint_dir.absolute()
+        if FOLD_PATTERN.fullmatch(checkpoint_dir.name) and checkpoint_dir.parents[2].name == "models":
+            root, name = checkpoint_dir.parents[3], checkpoint_dir.parents[1].name
+            run_id = f"{checkpoint_dir.parent.name}/{checkpoint_dir.name}"
+            return cls(run_id, checkpoint_dir, root / "log" / name / run_id)
         if len(checkpoint_dir.parents) < 3 or checkpoint_dir.parent.parent.name != "models":
             raise ConfigError(
                 f"{checkpoint_path}: a run resumes in its own folder, <save_dir>/models/<name>/<run_id>/, and this "
@@ -72,11 +79,27 @@ class RunFolder:
         return self.checkpoint_dir.exists() or self.log_dir.exists()
 
 
+def is_cross_validation(path: str | Path) -> bool:
+    """Whether `path` is a cross-validation's folder (the cv feature's: folds.json and a run folder per fold)."""
+    return (Path(path) / FOLDS_FILE).is_file()
+
+
+def check_not_a_fold(checkpoint_path: Path) -> None:
+    """A fold's checkpoint resumes with its cross-validation, which knows the fold's data: not on its own."""
+    folder = checkpoint_path.parent
+    if FOLD_PATTERN.fullmatch(folder.name) and is_cross_validation(folder.parent):
+        raise ConfigError(
+            f"{checkpoint_path}: a fold of the cross-validation in {folder.parent}; continue it with "
+            f"python train.py --resume {folder.parent}"
+        )
+
+
 def check_run_id(config: dict, run_id: str | None) -> None:
     """Refuse a --run-id that is not a plain folder name or whose folder exists (before any data is read)."""
     if run_id is None:
         return
-    if not RUN_ID_PATTERN.fullmatch(run_id):
+    name, _, fold = run_id.partition("/")  # <run_id>/fold_<i>: a fold of a cross-validation
+    if not RUN_ID_PATTERN.fullmatch(name) or (fold and not FOLD_PATTERN.fullmatch(fold)):
         raise ConfigError(f"--run-id {run_id!r}: expected a single folder name (letters, digits, '_', '-', '.')")
     run = RunFolder.for_new_run(config["save_dir"], config["name"], run_id)
     if run.exists():

@@ -73,7 +73,7 @@ def test_a_feature_is_there_whole_or_not_at_all_with_its_tests_and_its_page():
         assert f"docs/{name}.md" in feature.files and any(f.startswith("tests/test_") for f in feature.files)
 
 
-FEATURE_LIBRARIES = {"ray", "optuna", "transformers", "wandb"}  # each feature brings its own requirements file
+FEATURE_LIBRARIES = {"ray", "optuna", "transformers", "wandb", "timm"}  # each feature brings its own requirements file
 
 
 @pytest.mark.parametrize("path", [p for p in python_files() if owner(p.relative_to(ROOT)) is None], ids=str)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from trainer.metric_tracker import MetricTracker
 from utils.errors import ConfigError
-from utils.util import csv_cell, output_file
+from utils.util import csv_cell, feature_module, output_file
 
 
 def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
@@ -94,6 +94,15 @@ def loader_arguments(data_loader_class: type, preprocessing: dict | None, **scri
     if "preprocessing" in takes and preprocessing is not None:
         script_arguments["preprocessing"] = preprocessing
     return script_arguments
+
+
+def evaluated_model(config: Any, checkpoints: list, task: str, tta: str | None = None) -> nn.Module:
+    """The model to evaluate: the checkpoint's; several checkpoints (a cross-validation's folds) or test-time
+    augmentation (`tta`: view names) make their ensemble (the cv feature's Ensemble)."""
+    if len(checkpoints) == 1 and tta is None:
+        return trained_model(config, checkpoints[0])
+    ensemble = feature_module("trainer.ensemble", "cv", "--tta" if tta is not None else "--resume")
+    return ensemble.Ensemble([trained_model(config, c) for c in checkpoints], task, ensemble.views(tta))
 
 
 def trained_model(config: Any, checkpoint: Any) -> nn.Module:
@@ -190,11 +199,12 @@ def _zip(ids: list, truth: list | None, *columns: list) -> Any:
     return zip(ids, truth if truth is not None else [None] * len(ids), *columns, strict=True)
 
 
-def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool) -> None:
-    """The rows as CSV, written by output_file (atomically; straight through to a device or a FIFO). Unless
-    `raw`, a text cell that a spreadsheet would read as a formula gets a leading single quote."""
+def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool, replace: bool = False) -> None:
+    """The rows as CSV, written by output_file (atomically; straight through to a device or a FIFO); a file the
+    user named is never replaced unless `replace`. Unless `raw`, a text cell that a spreadsheet would read as a
+    formula gets a leading single quote."""
     try:
-        with output_file(path, newline="", replace=False) as handle:
+        with output_file(path, newline="", replace=replace) as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows([[csv_cell(v, raw) for v in row] for row in rows])

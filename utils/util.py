@@ -6,6 +6,7 @@ validating a config (which use read_json) answer without loading torch.
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -220,6 +221,17 @@ def imported(name: str, is_package: bool = False) -> ModuleType:
     except Exception as e:  # a user's file: a syntax error, an import of something not installed, ...
         path = name.replace(".", "/") + ("/__init__.py" if is_package else ".py")
         raise ConfigError(f"{path} could not be imported: {describe_exception(e)}") from None
+
+
+def feature_module(name: str, feature: str, needed_by: str) -> ModuleType:
+    """The module `name` of a feature, which the core never imports by itself: a command that needs it (a config
+    section, a flag) asks for it here, by name; a project made without the feature gets one line saying so."""
+    if importlib.util.find_spec(name) is None:
+        raise ConfigError(
+            f"{needed_by}: needs the {feature} feature, which this project was made without "
+            f"(python new_project.py DIR --with {feature} makes a project with it)"
+        )
+    return imported(name)
 
 
 def package_modules(package: str) -> list[ModuleType]:

@@ -1,0 +1,293 @@
+"""Cross-validation (the cv feature): K runs on K folds of the training rows, their out-of-fold predictions and
+their scores, in one folder.
+
+python train.py -c config.json --folds 5                          # or a cross_validation section in the config
+python train.py --resume saved/models/<name>/<run_id>             # goes on: finished folds are kept
+python train.py --resume saved/models/<name>/<run_id> --fold 3    # fold 3 only (folds on several machines)
+
+    <save_dir>/models/<name>/<run_id>/        config.json, folds.json, fold_1/ ... fold_K/ (runs), oof.csv, cv.json
+    <save_dir>/log/<name>/<run_id>/fold_<i>/  each fold's info.log, metrics.csv and TensorBoard events
+
+The rows the config's test_split holds out stay out of every fold. The others are dealt into K folds once, by
+id, and saved (folds.json): stratified by label where the loader has labels (its `stratify`), and a group's rows
+(`group_column`, e.g. a patient) all in one fold. Fold i trains on the other folds and validates on fold i. Every
+fold reads the data with the preprocessing of all the training rows (class names, standardization statistics),
+so that the folds' models read an input alike and their ensemble (predict.py --resume CVDIR) reads it once.
+When every fold is done, oof.csv holds each training row predicted by the best checkpoint of the fold that did
+not train on it, and cv.json each fold's best validation results and every metric over oof.csv.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from logger.logger import setup_logging
+from logger.run_folder import FOLDS_FILE, create_run_folder
+from model.loss import decide_pos_weight
+from trainer.checkpoint import (
+    BEST_NAME,
+    KEY_BATCH,
+    KEY_BEST_RESULT,
+    KEY_CONFIG,
+    KEY_EPOCH,
+    KEY_NOT_IMPROVED,
+    LAST_NAME,
+    Checkpoint,
+    check_resume,
+    load_checkpoint,
+)
+from trainer.evaluation import predict, prediction_rows, resolve_amp, trained_model, write_csv
+from trainer.metric_tracker import MetricTracker
+from utils.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
+from utils.util import read_json, write_json
+
+OOF_FILE, CV_FILE = "oof.csv", "cv.json"
+
+
+@dataclasses.dataclass
+class Folds:
+    """The cross_validation section, as a data loader's `validation_split`: the loader's split_indices asks it for
+    the validation rows (`validation_mask`); `fold` is the fold it serves (0: none, every training row trains).
+    `assignment` (id -> fold) is decided by the first data it sees, and every later loader is held to it."""
+
+    folds: int
+    stratify: bool | None = None
+    group_column: str | None = None
+    seed: int = 0
+    fold: int = 0
+    assignment: dict[str, int] | None = None
+
+    def validation_mask(
+        self, keys: Sequence[str], available: torch.Tensor, strata: Sequence[str] | None, groups: Sequence[str] | None
+    ) -> torch.Tensor:
+        if self.group_column is not None and groups is None:
+            raise DataError("cross_validation.group_column: this data loader has no columns to group by; set it null")
+        rows = available.nonzero().flatten().tolist()
+        development = [keys[i] for i in rows]
+        if self.assignment is None:
+            picked = [strata[i] for i in rows] if strata is not None else None
+            self.assignment = self._decide(development, picked, [groups[i] for i in rows] if groups else None)
+        elif set(development) != set(self.assignment):
+            added, gone = (
+                sorted(set(development) - set(self.assignment)),
+                sorted(set(self.assignment) - set(development)),
+            )
+            example = f"such as {(added or gone)[0]!r}"
+            raise DataError(
+                f"{FOLDS_FILE}: the saved folds no longer match the data ({len(added)} ids new, {len(gone)} gone, "
+                f"{example}); a cross-validation holds to its folds: start a new one on the new data"
+            )
+        chosen = [bool(a) and self.assignment[k] == self.fold for k, a in zip(keys, available.tolist(), strict=True)]
+        return torch.tensor(chosen, dtype=torch.bool)
+
+    def _decide(self, keys: list[str], strata: list[str] | None, groups: list[str] | None) -> dict[str, int]:
+        """Each id's fold (1..K) by scikit-learn's (Stratified)(Group)KFold over the ids in an order their hash
+        decides, never a listing: a key listed twice is one sample, in one fold."""
+        from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        units = sorted(first, key=lambda k: (hashlib.blake2b(f"{self.seed}\0{k}".encode()).digest(), k))
+        labels = [strata[first[k]] for k in units] if strata is not None else None
+        group_of = [groups[first[k]] for k in units] if groups is not None else None
+        what, count = ("groups", len(set(group_of))) if group_of else ("rows", len(units))
+        if self.folds > count:
+            raise DataError(f"cross_validation.folds: {self.folds} folds of {count} {what}; use at most {count}")
+        seeded = {"shuffle": True, "random_state": self.seed}
+        if group_of:
+            splitter = StratifiedGroupKFold(self.folds, **seeded) if labels else GroupKFold(self.folds)
+        else:
+            splitter = StratifiedKFold(self.folds, **seeded) if labels else KFold(self.folds, **seeded)
+        try:
+            with warnings.catch_warnings():  # "the least populated class has only n members": said below, in one line
+                warnings.simplefilter("ignore")
+                dealt = [valid for _, valid in splitter.split(np.zeros(len(units)), labels, group_of)]
+        except ValueError as e:
+            raise DataError(f"cross_validation.folds: {e}") from None
+        for fold, valid in enumerate(dealt, start=1):
+            missing = sorted(set(labels) - {labels[i] for i in valid}) if labels is not None else []
+            if missing:
+                raise DataError(
+                    f"cross_validation.folds: fold {fold} of {self.folds} has no row labelled {missing[0]!r}, so its "
+                    "validation scores (AUROC, F1) are undefined; use fewer folds"
+                )
+        return {units[i]: fold for fold, valid in enumerate(dealt, start=1) for i in valid}
+
+
+def stored_config(folder: Path, overrides: list[str]) -> Any:
+    """The config a cross-validation was started with (its config.json, read as a checkpoint's stored config
+    is: data, which chooses no host or folder), with the command line's overrides."""
+    from parse_config import ConfigParser
+
+    stored = Checkpoint(folder / "config.json", {KEY_CONFIG: read_json(folder / "config.json")})
+    return ConfigParser.load(None, stored, overrides)
+
+
+def main(
+    config: Any,
+    train: Callable[..., dict],
+    resume: Path | None = None,
+    weights: Checkpoint | None = None,
+    run_id: str | None = None,
+    dry_run: bool = False,
+    fold: int | None = None,
+) -> dict | None:
+    """Train the folds not done yet (or fold `fold` only) with `train` (train.py's main); when every fold is
+    done, write oof.csv and cv.json and return cv.json's content (None while folds remain)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("cross_validation: not under torchrun; train the folds on several machines with --fold I")
+    section = config["cross_validation"]
+    plan = Folds(section["folds"], section.get("stratify"), section.get("group_column"),
+                 config["seed"] if section.get("seed") is None else section["seed"])  # fmt: skip
+    if fold is not None and not 1 <= fold <= plan.folds:
+        raise ConfigError(f"--fold {fold}: the cross-validation has folds 1 to {plan.folds}")
+    if resume is not None:
+        plan.assignment = read_folds(resume / FOLDS_FILE, plan.folds)
+    loader_args = fold_loader_args(config, plan)  # the shared preprocessing; the folds decided, or checked
+    if dry_run:  # fold 1 (or the one asked for) through the real step; nothing written
+        first = dataclasses.replace(plan, fold=fold or 1)
+        return train(config, dry_run=True, loader_args={**loader_args, "validation_split": first})
+    folder = resume or start(config, run_id, plan)
+    setup_logging(None, config["verbosity"])  # until a fold's run logs to its info.log too, and after the last
+    logger = logging.getLogger("cross_validation")
+    for i in [fold] if fold is not None else range(1, plan.folds + 1):
+        fold_config, args = (
+            for_fold(config, folder, i),
+            {**loader_args, "validation_split": dataclasses.replace(plan, fold=i)},
+        )
+        last = folder / f"fold_{i}" / LAST_NAME
+        checkpoint = load_checkpoint(last) if last.is_file() else None
+        if checkpoint is not None and finished(checkpoint, fold_config.config):
+            logger.info("Fold %d of %d: done, kept", i, plan.folds)
+            continue
+        logger.info("Fold %d of %d", i, plan.folds)
+        if checkpoint is not None:
+            check_resume(checkpoint, fold_config.config)
+        try:
+            if checkpoint is not None:
+                train(fold_config, resume=checkpoint, loader_args=args)
+            else:
+                train(fold_config, weights=weights, run_id=f"{folder.name}/fold_{i}", loader_args=args)
+        except TrainingInterrupted as e:
+            e.args = (f"fold {i} of {plan.folds}: {str(e).split('; resume with')[0]}; continue the cross-validation "
+                      f"with: python train.py --resume {folder}",)  # fmt: skip
+            raise
+    return conclude(config, plan, folder, loader_args, logger)
+
+
+def fold_loader_args(config: Any, plan: Folds) -> dict[str, Any]:
+    """What every fold's loaders get besides the config's args: `stratify` as the section says (true by default
+    where the loader takes it and the task has labels), and the preprocessing of all the training rows, from a
+    loader of every training row (which decides the folds, or checks the saved ones); pos_weight "auto" too."""
+    takes = inspect.signature(config.class_of("data_loader")).parameters
+    task = (config["data_loader"].get("args") or {}).get("task", "classification")
+    args: dict[str, Any] = {}
+    if "stratify" in takes and task != "regression" and plan.stratify is not False:
+        args["stratify"] = True
+    elif plan.stratify:
+        raise ConfigError(
+            f"cross_validation.stratify: {config['data_loader']['type']} gives no labels to stratify by; set it null"
+        )
+    everything = config.init_obj("data_loader", split="train", seed=config["seed"], validation_split=plan, **args)
+    decide_pos_weight(config["loss"], everything)  # "auto": of all the training rows, one number for every fold
+    if "preprocessing" in takes:
+        args["preprocessing"] = everything.preprocessing
+    return args
+
+
+def read_folds(path: Path, folds: int) -> dict[str, int]:
+    """The saved folds (id -> fold), checked: a folder is data like any other."""
+    saved = read_json(path)
+    assignment = saved.get("assignment") if isinstance(saved, dict) else None
+    if not isinstance(assignment, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= folds
+        for k, v in assignment.items()
+    ):
+        raise CheckpointError(f'{path}: damaged: expected {{"assignment": {{id: fold 1..{folds}}}}}')
+    return assignment
+
+
+def start(config: Any, run_id: str | None, plan: Folds) -> Path:
+    """The new cross-validation's folder, with its config and its folds."""
+    run = create_run_folder(config.config, run_id)
+    run.release()  # each fold holds its own run's lock
+    write_json({"folds": plan.folds, "seed": plan.seed, "assignment": plan.assignment}, run.checkpoint_dir / FOLDS_FILE)
+    return run.checkpoint_dir
+
+
+def for_fold(config: Any, folder: Path, fold: int) -> Any:
+    """The config of fold `fold`'s run: in the cross-validation's folder, and one W&B group for all folds."""
+    from parse_config import ConfigParser
+
+    fold_config = copy.deepcopy(config.config)
+    fold_config["save_dir"], fold_config["name"] = str(folder.parents[2]), folder.parent.name
+    if isinstance(fold_config.get("wandb"), dict):
+        group = f"{folder.parent.name}-{folder.name}"
+        fold_config["wandb"] = {"group": group, **fold_config["wandb"], "name": f"{group}-fold_{fold}"}
+    return ConfigParser(fold_config)
+
+
+def finished(checkpoint: Checkpoint, config: dict) -> bool:
+    """Whether a fold's last.pth is the end of its run: every epoch trained, or stopped early."""
+    state, early_stop = checkpoint.state, config["trainer"]["early_stop"]
+    done = state[KEY_EPOCH] >= config["trainer"]["epochs"] or (early_stop and state[KEY_NOT_IMPROVED] >= early_stop)
+    return not state[KEY_BATCH] and bool(done)
+
+
+def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict, logger: logging.Logger) -> dict | None:
+    """oof.csv and cv.json once every fold is done; the command that finishes the rest otherwise."""
+    remaining = [i for i in range(1, plan.folds + 1) if not fold_done(folder / f"fold_{i}", config.config)]
+    if remaining:
+        logger.info("Folds %s of %d remain: python train.py --resume %s", remaining, plan.folds, folder)
+        return None
+    header, rows, oof, best = out_of_fold(config, plan, folder, loader_args)
+    write_csv(header, rows, folder / OOF_FILE, raw=False, replace=True)
+    summary = {"folds": best, "oof": {"n_samples": len(rows), **oof}}
+    write_json(summary, folder / CV_FILE)
+    scores = ", ".join(f"{k} {v:.6g}" for k, v in oof.items() if isinstance(v, float) and math.isfinite(v))
+    logger.info("Cross-validation of %d folds, out of fold over %d rows: %s", plan.folds, len(rows), scores)
+    logger.info("Written: %s, %s; predict with: python predict.py --resume %s --input FILE --out submission.csv",
+                folder / OOF_FILE, folder / CV_FILE, folder)  # fmt: skip
+    return summary
+
+
+def fold_done(fold_folder: Path, config: dict) -> bool:
+    last = fold_folder / LAST_NAME
+    return last.is_file() and finished(load_checkpoint(last), config)
+
+
+def out_of_fold(config: Any, plan: Folds, folder: Path, loader_args: dict) -> tuple[list[str], list[list], dict, list]:
+    """Every training row predicted by the fold that validated on it (its best checkpoint), in the data's order,
+    with test.py --predictions' columns and `fold`; every metric over them; each fold's best validation results."""
+    from utils.distributed import place_model
+
+    criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
+    indexed, outputs, targets, best, header = [], [], [], [], []
+    for i in range(1, plan.folds + 1):
+        checkpoint = load_checkpoint(folder / f"fold_{i}", in_folder=(BEST_NAME, LAST_NAME))
+        best.append({"fold": i, **(checkpoint.state[KEY_BEST_RESULT] or {})})
+        args = {**loader_args, "validation_split": dataclasses.replace(plan, fold=i)}
+        loader = config.init_obj("data_loader", split="valid", seed=config["seed"], **args)
+        model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
+        amp = resolve_amp(config["trainer"]["amp"], device)
+        ids, output, target = predict(model, loader, device, amp, desc=f"Out of fold {i}")
+        header, rows = prediction_rows(ids, output, target, loader)
+        indexed += [(index, [*row, i]) for index, row in zip(loader.epoch_sampler.indices.tolist(), rows, strict=True)]
+        outputs.append(output)
+        targets.append(target)
+    tracker = MetricTracker(metrics)
+    output, target = torch.cat(outputs), torch.cat(targets)
+    tracker.update(criterion(output, target), output, target)
+    return [*header, "fold"], [row for _, row in sorted(indexed, key=lambda pair: pair[0])], tracker.result(), best
