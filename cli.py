@@ -32,6 +32,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """Options and key=value overrides in any order (`-c config.json a=1 --folds 5 b=2`)."""
+        return self.parse_intermixed_args(args, namespace)
+
     def add_shortcuts(self) -> None:
         """--lr, --bs and --epochs, each the same as its dotted override (read back by `shortcut_overrides`)."""
         for flags, (key, what) in SHORTCUTS.items():

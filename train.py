@@ -94,6 +94,7 @@ def build_trainer(
     elif weights:
         load_model_state(model, weights, strict=finetuning.strict_load, purpose="fine-tune")
     finetuning.freeze(model)
+    model_normalization(config, model)
     model, device = place_model(model, config["n_gpu"])
 
     # data: the training and validation splits (the test split is for test.py)
@@ -119,6 +120,17 @@ def build_trainer(
     if resume:
         trainer.load_state_dict(resume.state)  # where the run stopped: the next batch, optimizer, RNG, ...
     return trainer
+
+
+def model_normalization(config: ConfigParser, model: Any) -> None:
+    """A model that says how its inputs are to be normalized (`mean`, `std`: TimmModel, from timm's pretrained
+    config) sets the image loader's where the config leaves both out, and the run's config says so."""
+    import inspect
+
+    args = config["data_loader"].setdefault("args", {})
+    takes = inspect.signature(config.class_of("data_loader")).parameters
+    if hasattr(model, "mean") and hasattr(model, "std") and {"mean", "std"} <= set(takes) - set(args):
+        args["mean"], args["std"] = list(model.mean), list(model.std)
 
 
 def build_parser() -> ArgumentParser:

@@ -33,10 +33,10 @@ class TimmModel(BaseModel):
 
     The body is `self.backbone` (what the freezing strategies freeze) and the new layer `self.head`: parameter
     names are backbone.* and head.*. Input: images (B, 3, H, W) normalized as the weights were trained, which
-    `mean`, `std` and `input_size` (C, H, W) say (timm's pretrained_cfg); the data loader normalizes, so its
-    `mean` and `std` must be these (ImageNet's, the loaders' default, for efficientnet_b0 and convnext_tiny;
-    0.5 for tf_efficientnet_b0.ap_in1k; name the tag the weights file comes from: without one, these are the
-    architecture's default tag's). Output: (B, num_classes) logits.
+    `mean`, `std` and `input_size` (C, H, W) say (timm's pretrained_cfg); the data loader normalizes, and train.py
+    gives it these `mean` and `std` unless data_loader.args sets them (ImageNet's for efficientnet_b0 and
+    convnext_tiny; 0.5 for tf_efficientnet_b0.ap_in1k; name the tag the weights file comes from: without one,
+    these are the architecture's default tag's). Output: (B, num_classes) logits.
     """
 
     def __init__(
@@ -51,8 +51,8 @@ class TimmModel(BaseModel):
         self.input_size = tuple(cfg["input_size"])
         size = "x".join(map(str, self.input_size[1:]))
         logger.info(
-            "timm's %s was trained on %s images normalized with mean %s and std %s: set data_loader.args.mean and "
-            "std to these (the loaders' default: ImageNet's)", name, size, list(self.mean), list(self.std),
+            "timm's %s was trained on %s images normalized with mean %s and std %s: train.py sets the image loader's "
+            "to these unless data_loader.args gives mean and std", name, size, list(self.mean), list(self.std),
         )  # fmt: skip
         self.backbone = net
         self.head = nn.Linear(getattr(net, "head_hidden_size", net.num_features), num_classes)

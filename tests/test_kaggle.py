@@ -2,7 +2,9 @@
 a pretrained backbone frozen then unfrozen under OneCycleLR per batch, to a submission file."""
 
 import csv
+import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,51 @@ def test_an_id_that_ends_in_the_extension_is_not_given_it_twice_and_a_nul_names_
     (tmp_path / "train.csv").write_text("image_name,target\na,0\nb\0x,1\n")
     with pytest.raises(DataError, match=r"train\.csv, line 3, column 'image_name': the id holds a NUL byte"):
         CsvImageDataLoader(str(tmp_path), extension=".png", image_size=8)
+
+
+@pytest.mark.e2e
+def test_five_grouped_folds_to_one_submission_with_test_time_augmentation(competition, tmp_path):
+    """Issue 24's recipe: config_kaggle_cv.json with a patient column, 5 folds, then the folds' ensemble with
+    hflip on test.csv: every training row out of fold once, no patient in two folds, the scores of oof.csv."""
+    data = tmp_path / "grouped"
+    data.mkdir()
+    for name in ("train", "test"):
+        shutil.copytree(competition / name, data / name)
+    (data / "test.csv").write_bytes((competition / "test.csv").read_bytes())
+    train_rows = rows(competition / "train.csv")
+    with (data / "train.csv").open("w", newline="") as handle:  # three images a patient, in the file's order
+        writer = csv.writer(handle)
+        writer.writerow(["image_name", "target", "patient_id"])
+        writer.writerows([r["image_name"], r["target"], f"p{i // 3}"] for i, r in enumerate(train_rows))
+    weights = tmp_path / "resnet18.pth"
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    done = run_script("train.py", "-c", "config_kaggle_cv.json", f"data_loader.args.data_dir={data}",
+                      "cross_validation.group_column=patient_id", "--folds", "5", f"arch.args.weights={weights}",
+                      "trainer.epochs=3", f"save_dir={tmp_path / 'saved'}", "tensorboard=false", "--run-id", "cv",
+                      timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "saved" / "models" / "Kaggle_Digits_ResNet18_CV" / "cv"
+    oof, folds = rows(folder / "oof.csv"), json.loads((folder / "folds.json").read_text())["assignment"]
+    assert sorted(r["id"] for r in oof) == sorted(r["image_name"] for r in train_rows)
+    patients = {}
+    for i, r in enumerate(train_rows):
+        patients.setdefault(f"p{i // 3}", set()).add(folds[r["image_name"]])
+    assert all(len(fold) == 1 for fold in patients.values())
+    summary = json.loads((folder / "cv.json").read_text())
+    auroc = roc_auc_score([int(r["target"]) for r in oof], [float(r["prob_1"]) for r in oof])
+    assert summary["oof"]["auroc"] == pytest.approx(auroc, abs=1e-5) and auroc >= 0.97
+    assert len(summary["folds"]) == 5 and all(f["val_auroc"] >= 0.9 for f in summary["folds"])
+    config = json.loads((folder / "config.json").read_text())
+    assert isinstance(config["loss"]["args"]["pos_weight"], float)  # "auto": the number, written into the run
+
+    submission = tmp_path / "submission.csv"
+    done = run_script("predict.py", "--resume", str(folder), "--input", str(data / "test.csv"), "--out",
+                      str(submission), "--tta", "hflip")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = rows(submission)
+    assert [r["image_name"] for r in written] == [r["image_name"] for r in rows(competition / "test.csv")]
+    truth = {r["image_name"]: int(r["target"]) for r in rows(competition / "solution.csv")}
+    assert roc_auc_score([truth[r["image_name"]] for r in written], [float(r["target"]) for r in written]) >= 0.97

@@ -157,6 +157,8 @@ def test_config_kaggle_trains_a_timm_model_frozen_then_unfrozen_and_test_py_agre
     result, run = train(config, tmp_path, "timm")
     # 0.9925 on 2 CPU cores (seeds 1 and 2 of the run: 0.982, 0.989); timm's smallest model from random weights
     assert result["best"]["val_auroc"] >= 0.98
+    args = json.loads((run.checkpoint_dir / "config.json").read_text())["data_loader"]["args"]
+    assert (args["mean"], args["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))  # timm's, for the loader
     start = {f"backbone.{k}": v for k, v in source.items() if not k.startswith("classifier.")}
     state = {e: load_checkpoint(run.checkpoint_dir / f"checkpoint-epoch{e}.pth").state[KEY_STATE_DICT] for e in (1, 2)}
     assert all(torch.equal(state[1][k], v) for k, v in start.items())  # frozen: BatchNorm statistics included
