@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cli import ArgumentParser, add_raw_csv, add_tta, check_tta, csv_file, load_for_evaluation
 from parse_config import ConfigParser
@@ -29,10 +29,9 @@ def main(
     raw_csv: bool = False,
     tta: str | None = None,
 ) -> dict:
-    """Evaluate the checkpoint's model on `split` (several checkpoints, a cross-validation's folds: their ensemble;
-    `tta`: with each image's flipped views); write the per-sample averages to `out` and return them.
-    With `predictions`, also write one CSV row per sample there (id, target, prediction, probabilities); ids
-    and class names a spreadsheet would run as formulas get a leading single quote unless `raw_csv`."""
+    """Evaluate the checkpoint's model (several, a cross-validation's folds: their ensemble; `tta`: with flipped
+    views) on `split`; write the per-sample averages to `out` and return them. With `predictions`, also write a
+    CSV row per sample there (id, target, prediction, probabilities), formulas defused unless `raw_csv`."""
     # Heavy imports live here so that --help and config errors answer without loading torch.
     import torch
 
@@ -40,7 +39,7 @@ def main(
     from logger.logger import setup_logging
     from logger.visualization import tracker_summary
     from trainer.checkpoint import KEY_DATA, wandb_run_id
-    from trainer.evaluation import evaluate, evaluated_model, loader_arguments, predict, prediction_rows, write_csv
+    from trainer.evaluation import evaluate, evaluated_model, loader_arguments
     from utils.distributed import place_model
     from utils.util import write_output
 
@@ -54,28 +53,24 @@ def main(
         torch.set_num_threads(config["num_threads"])
 
     # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
-    loader_class = config.class_of("data_loader")
-    arguments = loader_arguments(loader_class, checkpoint.state.get(KEY_DATA), split=split, seed=config["seed"])
+    preprocessing = checkpoint.state.get(KEY_DATA)
+    arguments = loader_arguments(config.class_of("data_loader"), preprocessing, split=split, seed=config["seed"])
     data_loader = config.init_obj("data_loader", **arguments)
     if data_loader.n_samples == 0:
         raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
 
     # model with the checkpoint's weights (or the folds' ensemble), on the available device(s)
     model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])
-    ensemble = len(checkpoints) > 1 or tta is not None
 
     # loss and metrics, averaged per sample; with a tracker (W&B), also into the summary of the run that trained it
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
-    run_id = None if ensemble else wandb_run_id(checkpoint)  # an ensemble is no one run's model
+    run_id = wandb_run_id(checkpoint) if len(checkpoints) == 1 and tta is None else None  # an ensemble: no run's
     with tracker_summary(tracker_dir(checkpoint), config.config, run_id) as summary:
         with worker_failures_as_data_errors():
             results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
         results = {"n_samples": data_loader.n_samples, **results}
-        if predictions is not None:  # a second pass, in the same order, keeping every output
-            with worker_failures_as_data_errors():
-                ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
-            write_csv(*prediction_rows(ids, outputs, targets, data_loader), predictions, raw=raw_csv)
-            logger.info("Per-sample predictions written to %s", predictions)
+        if predictions is not None:
+            write_predictions(model, data_loader, device, split, predictions, raw_csv)
 
         evaluated = [str(c.path) for c in checkpoints] if len(checkpoints) > 1 else str(checkpoint.path)
         write_output({"checkpoint": evaluated, **({"tta": tta} if tta else {}), "split": split, **results}, out)
@@ -85,6 +80,17 @@ def main(
         name = checkpoint.path.stem
         summary.update({f"{name}/{k}/{split}": v for k, v in results.items() if not isinstance(v, list)})
     return results
+
+
+def write_predictions(model: Any, data_loader: Any, device: Any, split: str, path: Path, raw_csv: bool) -> None:
+    """One CSV row per sample: a second pass over the split, in the same order, keeping every output."""
+    from base.base_data_loader import worker_failures_as_data_errors
+    from trainer.evaluation import predict, prediction_rows, write_csv
+
+    with worker_failures_as_data_errors():
+        ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
+    write_csv(*prediction_rows(ids, outputs, targets, data_loader), path, raw=raw_csv)
+    logging.getLogger("test").info("Per-sample predictions written to %s", path)
 
 
 def tracker_dir(checkpoint: "Checkpoint") -> Path:

@@ -178,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
                 "--resume CVDIR: a cross-validation goes on with its own config and folder; drop -c, --run-id"
             )
         cross_validation = feature_module("trainer.cross_validation", "cv", "--resume")
-        config = cross_validation.stored_config(Path(args.resume), overrides + args.overrides)
+        config = ConfigParser.load(None, cross_validation.stored_config(Path(args.resume)), overrides + args.overrides)
         return config, {"resume": Path(args.resume), "run_id": None, "dry_run": args.dry_run}, args
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     resuming = checkpoint is not None and args.config is None

@@ -126,13 +126,10 @@ class Folds:
         return {units[i]: fold for fold, valid in enumerate(dealt, start=1) for i in valid}
 
 
-def stored_config(folder: Path, overrides: list[str]) -> Any:
-    """The config a cross-validation was started with (its config.json, read as a checkpoint's stored config
-    is: data, which chooses no host or folder), with the command line's overrides."""
-    from parse_config import ConfigParser
-
-    stored = Checkpoint(folder / "config.json", {KEY_CONFIG: read_json(folder / "config.json")})
-    return ConfigParser.load(None, stored, overrides)
+def stored_config(folder: Path) -> Checkpoint:
+    """The config a cross-validation was started with (its config.json), as a checkpoint's stored config, for
+    ConfigParser.load to read as it reads one: data, which chooses no host or folder."""
+    return Checkpoint(folder / "config.json", {KEY_CONFIG: read_json(folder / "config.json")})
 
 
 def main(
@@ -229,14 +226,12 @@ def start(config: Any, run_id: str | None, plan: Folds) -> Path:
 
 def for_fold(config: Any, folder: Path, fold: int) -> Any:
     """The config of fold `fold`'s run: in the cross-validation's folder, and one W&B group for all folds."""
-    from parse_config import ConfigParser
-
     fold_config = copy.deepcopy(config.config)
     fold_config["save_dir"], fold_config["name"] = str(folder.parents[2]), folder.parent.name
     if isinstance(fold_config.get("wandb"), dict):
         group = f"{folder.parent.name}-{folder.name}"
         fold_config["wandb"] = {"group": group, **fold_config["wandb"], "name": f"{group}-fold_{fold}"}
-    return ConfigParser(fold_config)
+    return type(config)(fold_config)  # a ConfigParser, validated
 
 
 def finished(checkpoint: Checkpoint, config: dict) -> bool:
