@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, train
-from trainer.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
+from trainer.checkpoint import KEY_BATCH, KEY_EMA, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
@@ -55,7 +55,9 @@ def ddp_config(tiny_config: dict) -> dict:
     return config
 
 
-def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(ddp_config, tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])  # the EMA of the weights too, validated on every rank alike
+def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(ema_decay, ddp_config, tmp_path):
+    ddp_config["trainer"]["ema_decay"] = ema_decay
     single, single_run = train(ddp_config, tmp_path, "single")
     half = copy.deepcopy(ddp_config)
     half["data_loader"]["args"]["batch_size"] = 32
@@ -65,6 +67,10 @@ def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(ddp_config
     ddp_dir = save_dir / "models" / "Digits_CNN" / "ddp"
     a, b = weights(single_run.checkpoint_dir / LAST_NAME), weights(ddp_dir / LAST_NAME)
     for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    a, b = (load_checkpoint(d / LAST_NAME).state[KEY_EMA] for d in (single_run.checkpoint_dir, ddp_dir))
+    assert (a is None) == (ema_decay is None)
+    for key in a or {}:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
     # Metrics reduced over ranks as sums and counts: the same numbers as one process.
     best = load_checkpoint(ddp_dir / LAST_NAME).state["best_result"]

@@ -22,14 +22,22 @@ from utils.errors import ConfigError
 
 
 def averaged_model(model: nn.Module, decay: float | None) -> "torch.optim.swa_utils.AveragedModel | None":
-    """The EMA of `model`'s weights and buffers (BatchNorm statistics too), or None when `decay` is None."""
+    """The EMA of `model`'s weights and buffers (BatchNorm statistics too), or None when `decay` is None. Its
+    decay warms up as TensorFlow's ExponentialMovingAverage's does: min(decay, (1 + n) / (10 + n)) at update n,
+    so that a short run's average is not mostly its first, untrained weights (0.999 ** 1000 is still 37%)."""
     if decay is None:
         return None
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"trainer.ema_decay: expected a number in (0, 1) such as 0.999, found {decay!r}")
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        weight = 1.0 - torch.clamp((1.0 + updates) / (10.0 + updates), max=decay)  # on the device: no sync
+        for average, value in zip(averaged, current, strict=True):
+            average.lerp_(value, weight.to(average.dtype)) if average.is_floating_point() else average.copy_(value)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 @dataclass(frozen=True)
