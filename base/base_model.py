@@ -1,3 +1,4 @@
+import torch
 import torch.nn as nn
 
 
@@ -9,6 +10,18 @@ class BaseModel(nn.Module):
 
     def __str__(self) -> str:
         return f"{super().__str__()}\nTrainable parameters: {self.num_parameters():,}"
+
+
+def weights_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """What keeps a state dict `given` from loading strictly into a model whose state dict is `own`, in a few
+    words (a shape, then the counts of missing and unexpected keys with one of each), or None when it fits."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    mismatched = [k for k in own if k in given and given[k].shape != own[k].shape]
+    parts = [f"{k} has shape {tuple(given[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched[:1]]
+    parts += [f"{len(missing)} missing key(s) such as {missing[0]}"] if missing else []
+    parts += [f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}"] if unexpected else []
+    return "; ".join(parts) or None
 
 
 def summary(model: nn.Module) -> str:

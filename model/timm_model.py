@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from base.base_model import BaseModel
+from base.base_model import BaseModel, weights_mismatch
 from utils.errors import ConfigError, did_you_mean
 
 logger = logging.getLogger("model")
@@ -110,17 +110,8 @@ def _load_pretrained(net: nn.Module, name: str, weights: str) -> None:
     classifier = net.pretrained_cfg.get("classifier") or ()
     old_head = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
     state = {k: v for k, v in state.items() if not k.startswith(old_head)}  # replaced by the new head
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        detail = "; ".join(
-            [*(f"{k} has shape {tuple(state[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched[:1]),
-             *([f"{len(missing)} missing key(s) such as {missing[0]}"] if missing else []),
-             *([f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}"] if unexpected else [])]
-        )  # fmt: skip
-        raise ConfigError(f"arch.args.weights: {path} does not fit timm's {name} ({detail})")
+    if problem := weights_mismatch(net.state_dict(), state):
+        raise ConfigError(f"arch.args.weights: {path} does not fit timm's {name} ({problem})")
     net.load_state_dict(state)
     logger.info("Pretrained weights of %s from %s", name, path)
 

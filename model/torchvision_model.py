@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from base.base_model import BaseModel
+from base.base_model import BaseModel, weights_mismatch
 from utils.errors import ConfigError, did_you_mean
 
 
@@ -64,17 +64,8 @@ def _load_pretrained(net: nn.Module, name: str, weights: str) -> None:
         raise ConfigError(f"arch.args.weights: {path} is not a readable state dict ({type(e).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"arch.args.weights: {path} is not a state dict (a dict of tensors) of {name}")
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        detail = "; ".join(
-            [*(f"{k} has shape {tuple(state[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched[:1]),
-             *([f"{len(missing)} missing key(s) such as {missing[0]}"] if missing else []),
-             *([f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}"] if unexpected else [])]
-        )  # fmt: skip
-        raise ConfigError(f"arch.args.weights: {path} does not fit {name} ({detail})")
+    if problem := weights_mismatch(net.state_dict(), state):
+        raise ConfigError(f"arch.args.weights: {path} does not fit {name} ({problem})")
     net.load_state_dict(state)
     logging.getLogger("model").info("Pretrained weights of %s from %s", name, path)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from base.base_model import weights_mismatch
 from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
 from trainer.finetuning import laid_out_by_trainer
@@ -306,16 +307,10 @@ def load_model_state(
     fits = [k for k in own if k in state_dict and k not in mismatched]
     logger = logging.getLogger("train")
     if (strict and (missing or unexpected or mismatched)) or not fits:
-        parts = []
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{k} has shape {tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) such as {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}")
         hint = "" if not fits else f"; {WEIGHTS_ADVICE[purpose]}"
-        raise CheckpointError(f"{path}: weights do not fit the configured model ({'; '.join(parts)}){hint}")
+        raise CheckpointError(
+            f"{path}: weights do not fit the configured model ({weights_mismatch(own, state_dict)}){hint}"
+        )
     try:
         model.load_state_dict({k: state_dict[k] for k in fits}, strict=strict)
     except RuntimeError as e:
