@@ -212,3 +212,33 @@ def test_an_interrupted_cross_validation_resumes_to_the_same_oof_csv_and_folds_c
         done = run_script("train.py", "--resume", str(apart), "--fold", fold)
         assert done.returncode == 0, done.stderr
     assert (apart / "oof.csv").read_bytes() == (straight / "oof.csv").read_bytes()
+
+
+@pytest.mark.e2e
+def test_regression_folds_of_a_csv_table_grouped_by_a_column_score_in_the_targets_units(tmp_path, base_config):
+    pytest.importorskip("data_loader.csv_data", reason="the csv feature reads CSV tables")
+    from sklearn.metrics import r2_score
+
+    from test_csv import houses
+
+    config = {**base_config, "name": "Houses_CV", "save_dir": str(tmp_path / "saved"), "tensorboard": False}
+    config.update(
+        arch={"type": "MLP", "args": {"in_features": 2, "out_features": 1, "hidden": 16, "layers": 1}},
+        data_loader={"type": "CsvDataLoader", "args": {
+            "csv_path": str(houses(tmp_path / "houses.csv", n=300)), "target_column": "price", "id_column": "id",
+            "feature_columns": ["area", "rooms"], "task": "regression", "batch_size": 32, "test_split": 30}},
+        optimizer={"type": "Adam", "args": {"lr": 0.01}}, loss="MSELoss", metrics=["r2"], lr_scheduler=None,
+        cross_validation={"folds": 3, "group_column": "kind"},  # flat, house, villa: one kind a fold
+    )  # fmt: skip
+    config["trainer"] = {**config["trainer"], "epochs": 30, "monitor": "max val_r2", "save_period": 100}
+    (tmp_path / "houses.json").write_text(json.dumps(config))
+    done = run_script("train.py", "-c", str(tmp_path / "houses.json"), "--run-id", "cv")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "saved" / "models" / "Houses_CV" / "cv"
+    oof = rows(folder / "oof.csv")
+    kinds = {r["id"]: r["kind"] for r in rows(tmp_path / "houses.csv")}
+    assert len(oof) == 270 and len({(kinds[r["id"]], r["fold"]) for r in oof}) == 3  # each kind in one fold only
+    truth, predicted = [float(r["target"]) for r in oof], [float(r["prediction"]) for r in oof]
+    assert min(truth) > 50000  # in the target's units: the folds share one standardization
+    r2 = json.loads((folder / "cv.json").read_text())["oof"]["r2"]
+    assert r2 == pytest.approx(r2_score(truth, predicted), abs=1e-4)
