@@ -157,7 +157,9 @@ def parse_args(
     from trainer.checkpoint import wandb_run_id
 
     wandb_run_id(checkpoints[0])  # checked now, before anything is evaluated or written
-    if len(checkpoints) > 1 and args.split != "test":
+    from logger.run_folder import cross_validation_of
+
+    if args.split != "test" and (len(checkpoints) > 1 or cross_validation_of(checkpoints[0].path) is not None):
         raise ConfigError(
             f"--split {args.split}: a cross-validation's folds each trained on the others' rows; their scores on "
             "rows they did not train on are its oof.csv and cv.json; evaluate the ensemble on the test split"

@@ -82,8 +82,10 @@ def build_trainer(
     from trainer.trainer import Trainer
     from utils.distributed import place_model
 
-    # loss, metrics and model first: what needs no data (a missing weights file) fails before the data is read
-    criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
+    # loss, metrics and model first: what needs no data (a missing weights file) fails before the data is read;
+    # a loss with pos_weight "auto" is built once the training split has given the number
+    auto = isinstance(config["loss"], dict) and config["loss"].get("args", {}).get("pos_weight") == "auto"
+    criterion, metrics = None if auto else config.init_ftn("loss"), config.init_ftn("metrics")
 
     # model, with the checkpoint's weights when resuming or fine-tuning (only those that fit, unless
     # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
@@ -179,6 +181,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
             )
         cross_validation = feature_module("trainer.cross_validation", "cv", "--resume")
         config = ConfigParser.load(None, cross_validation.stored_config(Path(args.resume)), overrides + args.overrides)
+        if config["cross_validation"] is None:
+            raise ConfigError(f"{args.resume}/config.json: has no cross_validation section; the folder is damaged")
         return config, {"resume": Path(args.resume), "run_id": None, "dry_run": args.dry_run}, args
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     resuming = checkpoint is not None and args.config is None

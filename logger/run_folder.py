@@ -84,13 +84,18 @@ def is_cross_validation(path: str | Path) -> bool:
     return (Path(path) / FOLDS_FILE).is_file()
 
 
+def cross_validation_of(checkpoint_path: Path) -> Path | None:
+    """The cross-validation's folder a checkpoint is a fold of, or None."""
+    folder = checkpoint_path.parent
+    return folder.parent if FOLD_PATTERN.fullmatch(folder.name) and is_cross_validation(folder.parent) else None
+
+
 def check_not_a_fold(checkpoint_path: Path) -> None:
     """A fold's checkpoint resumes with its cross-validation, which knows the fold's data: not on its own."""
-    folder = checkpoint_path.parent
-    if FOLD_PATTERN.fullmatch(folder.name) and is_cross_validation(folder.parent):
+    if (folder := cross_validation_of(checkpoint_path)) is not None:
         raise ConfigError(
-            f"{checkpoint_path}: a fold of the cross-validation in {folder.parent}; continue it with "
-            f"python train.py --resume {folder.parent}"
+            f"{checkpoint_path}: a fold of the cross-validation in {folder}; continue it with "
+            f"python train.py --resume {folder}"
         )
 
 

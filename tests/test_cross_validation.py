@@ -6,6 +6,7 @@ import csv
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,8 @@ def test_digit_folds_give_every_training_row_once_their_scores_and_an_ensemble_o
     for i, fold in enumerate(summary["folds"], start=1):
         best = load_checkpoint(folder / f"fold_{i}" / "model_best.pth").state[KEY_BEST_RESULT]
         assert fold == {"fold": i, **best}
+    done = run_script("test.py", "--resume", str(folder / "fold_1"), "--split", "valid")  # rows it trained on
+    assert done.returncode == 1 and "a cross-validation's folds each trained on the others' rows" in done.stderr
 
     ensemble, members = tmp_path / "ensemble.csv", []
     assert run_script("test.py", "--resume", str(folder), "--predictions", str(ensemble)).returncode == 0
@@ -140,6 +143,9 @@ def test_digit_folds_give_every_training_row_once_their_scores_and_an_ensemble_o
         for c in range(10):
             mean = sum(float(m[k][f"prob_{c}"]) for m in members) / 3
             assert float(row[f"prob_{c}"]) == pytest.approx(mean, abs=2e-6)
+    (folder / "fold_2").rename(tmp_path / "fold_2")  # an ensemble of the folds there are would be another model
+    done = run_script("test.py", "--resume", str(folder), "--out", str(tmp_path / "two.json"))
+    assert done.returncode == 1 and "fold_2 is missing, of the 3 folds its ensemble averages" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -149,6 +155,8 @@ def test_digit_folds_give_every_training_row_once_their_scores_and_an_ensemble_o
         (["--fold", "4"], "--fold 4: the cross-validation has folds 1 to 3"),
         (["cross_validation.group_column=site"], "cross_validation.group_column: this data loader has no columns"),
         (["cross_validation.stratify=true"], "cross_validation.stratify: DigitsDataLoader gives no labels"),
+        (["loss=bce_with_logits"], "the first training batch failed, before anything was written"),  # in fold 1
+        (['loss={"type": "BCEWithLogitsLoss", "args": {"pos_weight": "auto"}}'], '"auto" needs a binary task'),
     ],
 )
 def test_bad_cross_validation_settings_are_one_line_and_write_nothing(args, expected, tmp_path):
@@ -171,11 +179,32 @@ def test_a_fold_resumes_only_with_its_cross_validation_and_tta_names_are_checked
         (["test.py", "--resume", str(folder / "fold_1"), "--tta", "spin"], "--tta spin: unknown view 'spin'"),
         (["train.py", "--resume", str(folder), "-c", "config.json"], "--resume CVDIR: a cross-validation goes on"),
         (["train.py", "-c", "config.json", "--fold", "2"], "--fold: only with a cross-validation"),
+        (["train.py", "--resume", str(folder), "--folds", "5"], "the cross-validation has 3 folds (folds.json)"),
+        (["train.py", "--resume", str(folder), "trainer.epochs=2"], "trainer: fold 1 was trained with another"),
+        (["test.py", "--resume", str(folder / "fold_1"), "--tta", "hflip,hflip"], "a view named twice"),
     ]:  # fmt: skip
         done = run_script(*command)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1 and expected in lines[0], (command, done.stderr)
     assert tree_snapshot(folder) == before
+    damaged = tmp_path / "damaged"
+    for edit, expected in [
+        (lambda f: (f / "fold_1").rename(f / "fold_2"), "fold_2/last.pth: not fold 2's checkpoint"),
+        (lambda f: edit_json(f / "config.json", arch={"type": "DigitsModel"}), "arch: fold 1"),
+        (lambda f: edit_json(f / "config.json", cross_validation=None), "has no cross_validation section"),
+    ]:  # fmt: skip
+        shutil.rmtree(damaged, ignore_errors=True)
+        shutil.copytree(folder, damaged)
+        edit(damaged)
+        snapshot = tree_snapshot(damaged)
+        done = run_script("train.py", "--resume", str(damaged))
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1 and expected in lines[0], done.stderr
+        assert tree_snapshot(damaged) == snapshot  # nothing trained, nothing written
+
+
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 @pytest.mark.e2e

@@ -24,6 +24,7 @@ import inspect
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -121,7 +122,7 @@ class Folds:
             if missing:
                 raise DataError(
                     f"cross_validation.folds: fold {fold} of {self.folds} has no row labelled {missing[0]!r}, so its "
-                    "validation scores (AUROC, F1) are undefined; use fewer folds"
+                    f"validation scores (AUROC, F1) are undefined; use fewer folds{' or other groups' * bool(groups)}"
                 )
         return {units[i]: fold for fold, valid in enumerate(dealt, start=1) for i in valid}
 
@@ -156,32 +157,64 @@ def main(
     if dry_run:  # fold 1 (or the one asked for) through the real step; nothing written
         first = dataclasses.replace(plan, fold=fold or 1)
         return train(config, dry_run=True, loader_args={**loader_args, "validation_split": first})
+    trained = trained_folds(config, resume, plan) if resume is not None else {}  # checked before any training
     folder = resume or start(config, run_id, plan)
     setup_logging(None, config["verbosity"])  # until a fold's run logs to its info.log too, and after the last
-    logger = logging.getLogger("cross_validation")
-    for i in [fold] if fold is not None else range(1, plan.folds + 1):
-        fold_config, args = (
-            for_fold(config, folder, i),
-            {**loader_args, "validation_split": dataclasses.replace(plan, fold=i)},
-        )
-        last = folder / f"fold_{i}" / LAST_NAME
-        checkpoint = load_checkpoint(last) if last.is_file() else None
-        if checkpoint is not None and finished(checkpoint, fold_config.config):
-            logger.info("Fold %d of %d: done, kept", i, plan.folds)
+    try:
+        for i in [fold] if fold is not None else range(1, plan.folds + 1):
+            train_fold(config, train, folder, dataclasses.replace(plan, fold=i), loader_args, trained.get(i), weights)
+    except BaseException:
+        if resume is None and not any(folder.rglob("*.pth")):  # stopped before a fold's first checkpoint
+            shutil.rmtree(folder.parents[2] / "log" / folder.parent.name / folder.name, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return conclude(config, plan, folder, loader_args, logging.getLogger("cross_validation"))
+
+
+def train_fold(
+    config: Any, train: Callable, folder: Path, plan: Folds, loader_args: dict, last: Checkpoint | None, weights: Any
+) -> None:
+    """Fold `plan.fold`: kept when done, resumed from `last`, or trained from the start."""
+    logger, i, fold_config = logging.getLogger("cross_validation"), plan.fold, for_fold(config, folder, plan.fold)
+    if last is not None and finished(last, fold_config.config):
+        logger.info("Fold %d of %d: done, kept", i, plan.folds)
+        return
+    logger.info("Fold %d of %d", i, plan.folds)
+    args = {**loader_args, "validation_split": plan}
+    try:
+        if last is not None:
+            check_resume(last, fold_config.config)
+            train(fold_config, resume=last, loader_args=args)
+        else:
+            train(fold_config, weights=weights, run_id=f"{folder.name}/fold_{i}", loader_args=args)
+    except TrainingInterrupted as e:
+        e.args = (f"fold {i} of {plan.folds}: {str(e).split('; resume with')[0]}; continue the cross-validation "
+                  f"with: python train.py --resume {folder}",)  # fmt: skip
+        raise
+
+
+# What the folds of one cross-validation share: a resume, an override or a hand-edited file may change none of it.
+ALIKE = ("arch", "loss", "metrics", "optimizer", "lr_scheduler", "finetune", "trainer", "seed", "cross_validation")
+
+
+def trained_folds(config: Any, folder: Path, plan: Folds) -> dict[int, Checkpoint]:
+    """Each fold's last.pth, checked: its own fold's, trained as the config says now."""
+    found = {}
+    for i in range(1, plan.folds + 1):
+        path = folder / f"fold_{i}" / LAST_NAME
+        if not path.is_file():
             continue
-        logger.info("Fold %d of %d", i, plan.folds)
-        if checkpoint is not None:
-            check_resume(checkpoint, fold_config.config)
-        try:
-            if checkpoint is not None:
-                train(fold_config, resume=checkpoint, loader_args=args)
-            else:
-                train(fold_config, weights=weights, run_id=f"{folder.name}/fold_{i}", loader_args=args)
-        except TrainingInterrupted as e:
-            e.args = (f"fold {i} of {plan.folds}: {str(e).split('; resume with')[0]}; continue the cross-validation "
-                      f"with: python train.py --resume {folder}",)  # fmt: skip
-            raise
-    return conclude(config, plan, folder, loader_args, logger)
+        found[i], now = load_checkpoint(path), for_fold(config, folder, i).config
+        saved = found[i].state[KEY_CONFIG]
+        if (owner := (saved.get("cross_validation") or {}).get("fold")) != i:
+            raise CheckpointError(f"{path}: not fold {i}'s checkpoint (its config says fold {owner}); damaged folder")
+        for key in ALIKE:
+            if saved.get(key) != now.get(key):
+                raise ConfigError(
+                    f"{key}: fold {i} was trained with another {key} than the config gives now (an override, or an "
+                    "edited config.json); the folds of a cross-validation are trained alike: start a new one"
+                )
+    return found
 
 
 def fold_loader_args(config: Any, plan: Folds) -> dict[str, Any]:
@@ -193,6 +226,8 @@ def fold_loader_args(config: Any, plan: Folds) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if "stratify" in takes and task != "regression" and plan.stratify is not False:
         args["stratify"] = True
+    elif plan.stratify and task == "regression":
+        raise ConfigError("cross_validation.stratify: a regression target has no labels to stratify by; set it null")
     elif plan.stratify:
         raise ConfigError(
             f"cross_validation.stratify: {config['data_loader']['type']} gives no labels to stratify by; set it null"
@@ -205,14 +240,21 @@ def fold_loader_args(config: Any, plan: Folds) -> dict[str, Any]:
 
 
 def read_folds(path: Path, folds: int) -> dict[str, int]:
-    """The saved folds (id -> fold), checked: a folder is data like any other."""
+    """The saved folds (id -> fold), checked: a folder is data like any other, and its folds stay as decided."""
     saved = read_json(path)
     assignment = saved.get("assignment") if isinstance(saved, dict) else None
     if not isinstance(assignment, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= folds
-        for k, v in assignment.items()
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in assignment.items()
     ):
-        raise CheckpointError(f'{path}: damaged: expected {{"assignment": {{id: fold 1..{folds}}}}}')
+        raise CheckpointError(f'{path}: damaged: expected {{"folds": K, "assignment": {{id: fold}}}}')
+    if saved.get("folds") != folds:
+        raise ConfigError(
+            f"cross_validation.folds: the cross-validation has {saved.get('folds')} folds ({path.name}); a resumed "
+            f"one keeps them (drop --folds {folds} or the override)"
+        )
+    empty = sorted(set(range(1, folds + 1)) - set(assignment.values()))
+    if empty or not set(assignment.values()) <= set(range(1, folds + 1)):
+        raise CheckpointError(f"{path}: damaged: folds 1 to {folds} expected, fold {(empty or ['?'])[0]} has no id")
     return assignment
 
 
@@ -228,6 +270,7 @@ def for_fold(config: Any, folder: Path, fold: int) -> Any:
     """The config of fold `fold`'s run: in the cross-validation's folder, and one W&B group for all folds."""
     fold_config = copy.deepcopy(config.config)
     fold_config["save_dir"], fold_config["name"] = str(folder.parents[2]), folder.parent.name
+    fold_config["cross_validation"] = {**fold_config["cross_validation"], "fold": fold}  # whose checkpoint it is
     if isinstance(fold_config.get("wandb"), dict):
         group = f"{folder.parent.name}-{folder.name}"
         fold_config["wandb"] = {"group": group, **fold_config["wandb"], "name": f"{group}-fold_{fold}"}

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from logger.run_folder import FOLD_PATTERN
 from trainer.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, load_checkpoint
 from utils.errors import CheckpointError, ConfigError
+from utils.util import read_json
 
 # The test-time views by name: flips of the image's last two dimensions (height, width).
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -34,18 +34,27 @@ def views(tta: str | None) -> list[str]:
     unknown = [name for name in names if name not in VIEWS]
     if unknown or (tta is not None and not names):
         raise ConfigError(f"--tta {tta}: unknown view {unknown[0] if unknown else ''!r} (views: {', '.join(VIEWS)})")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--tta {tta}: a view named twice would count twice; name each once")
     return names
 
 
 def fold_checkpoints(folder: Path) -> list[Checkpoint]:
-    """Each fold's best checkpoint (else its last), in fold order, of a finished cross-validation."""
+    """Each fold's best checkpoint (else its last), in fold order, of a finished cross-validation: all of them."""
     if not (folder / CV_SUMMARY).is_file():
         raise CheckpointError(
             f"{folder}: the cross-validation is not finished (no {CV_SUMMARY}); continue it with "
             f"python train.py --resume {folder}"
         )
-    folds = sorted((p for p in folder.iterdir() if FOLD_PATTERN.fullmatch(p.name)), key=lambda p: int(p.name[5:]))
-    return [load_checkpoint(fold, in_folder=(BEST_NAME, LAST_NAME)) for fold in folds]
+    summary = read_json(folder / CV_SUMMARY)
+    folds = summary.get("folds") if isinstance(summary, dict) else None
+    if not isinstance(folds, list) or not folds:
+        raise CheckpointError(f"{folder / CV_SUMMARY}: damaged (no list of folds); python train.py --resume {folder} "
+                              "writes it again")  # fmt: skip
+    missing = [f"fold_{i}" for i in range(1, len(folds) + 1) if not (folder / f"fold_{i}").is_dir()]
+    if missing:
+        raise CheckpointError(f"{folder}: {missing[0]} is missing, of the {len(folds)} folds its ensemble averages")
+    return [load_checkpoint(folder / f"fold_{i}", in_folder=(BEST_NAME, LAST_NAME)) for i in range(1, len(folds) + 1)]
 
 
 class Ensemble(nn.Module):
