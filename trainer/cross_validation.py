@@ -226,12 +226,9 @@ def fold_loader_args(config: Any, plan: Folds) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if "stratify" in takes and task != "regression" and plan.stratify is not False:
         args["stratify"] = True
-    elif plan.stratify and task == "regression":
-        raise ConfigError("cross_validation.stratify: a regression target has no labels to stratify by; set it null")
     elif plan.stratify:
-        raise ConfigError(
-            f"cross_validation.stratify: {config['data_loader']['type']} gives no labels to stratify by; set it null"
-        )
+        why = "a regression target has" if task == "regression" else f"{config['data_loader']['type']} gives"
+        raise ConfigError(f"cross_validation.stratify: {why} no labels to stratify by; set it null")
     everything = config.init_obj("data_loader", split="train", seed=config["seed"], validation_split=plan, **args)
     decide_pos_weight(config["loss"], everything)  # "auto": of all the training rows, one number for every fold
     if "preprocessing" in takes:
@@ -286,7 +283,10 @@ def finished(checkpoint: Checkpoint, config: dict) -> bool:
 
 def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict, logger: logging.Logger) -> dict | None:
     """oof.csv and cv.json once every fold is done; the command that finishes the rest otherwise."""
-    remaining = [i for i in range(1, plan.folds + 1) if not fold_done(folder / f"fold_{i}", config.config)]
+    lasts = [folder / f"fold_{i}" / LAST_NAME for i in range(1, plan.folds + 1)]
+    remaining = [
+        i for i, last in enumerate(lasts, 1) if not last.is_file() or not finished(load_checkpoint(last), config.config)
+    ]
     if remaining:
         logger.info("Folds %s of %d remain: python train.py --resume %s", remaining, plan.folds, folder)
         return None
@@ -299,11 +299,6 @@ def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict, logger: 
     logger.info("Written: %s, %s; predict with: python predict.py --resume %s --input FILE --out submission.csv",
                 folder / OOF_FILE, folder / CV_FILE, folder)  # fmt: skip
     return summary
-
-
-def fold_done(fold_folder: Path, config: dict) -> bool:
-    last = fold_folder / LAST_NAME
-    return last.is_file() and finished(load_checkpoint(last), config)
 
 
 def out_of_fold(config: Any, plan: Folds, folder: Path, loader_args: dict) -> tuple[list[str], list[list], dict, list]:

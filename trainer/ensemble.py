@@ -32,10 +32,9 @@ def views(tta: str | None) -> list[str]:
     """`--tta hflip,vflip` as view names; an unknown one is one line."""
     names = [name.strip() for name in (tta or "").split(",") if name.strip()]
     unknown = [name for name in names if name not in VIEWS]
-    if unknown or (tta is not None and not names):
-        raise ConfigError(f"--tta {tta}: unknown view {unknown[0] if unknown else ''!r} (views: {', '.join(VIEWS)})")
-    if len(set(names)) < len(names):
-        raise ConfigError(f"--tta {tta}: a view named twice would count twice; name each once")
+    if unknown or (tta is not None and not names) or len(set(names)) < len(names):
+        problem = f"unknown view {unknown[0] if unknown else ''!r}" if unknown or not names else "a view named twice"
+        raise ConfigError(f"--tta {tta}: {problem} (views: {', '.join(VIEWS)}, each once)")
     return names
 
 
@@ -51,8 +50,7 @@ def fold_checkpoints(folder: Path) -> list[Checkpoint]:
     if not isinstance(folds, list) or not folds:
         raise CheckpointError(f"{folder / CV_SUMMARY}: damaged (no list of folds); python train.py --resume {folder} "
                               "writes it again")  # fmt: skip
-    missing = [f"fold_{i}" for i in range(1, len(folds) + 1) if not (folder / f"fold_{i}").is_dir()]
-    if missing:
+    if missing := [f"fold_{i}" for i in range(1, len(folds) + 1) if not (folder / f"fold_{i}").is_dir()]:
         raise CheckpointError(f"{folder}: {missing[0]} is missing, of the {len(folds)} folds its ensemble averages")
     return [load_checkpoint(folder / f"fold_{i}", in_folder=(BEST_NAME, LAST_NAME)) for i in range(1, len(folds) + 1)]
 
