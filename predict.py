@@ -63,7 +63,8 @@ def main(
         ids = without_image_extension(ids)
     header, rows = prediction_rows(ids, outputs, None, data_loader, float_format)
     write_csv(header, rows, out, raw=raw_csv)
-    logger.info("Wrote %d predictions of %s to %s", len(rows), ", ".join(str(c.path) for c in checkpoints), out)
+    what = f"the ensemble of {len(checkpoints)} folds" if len(checkpoints) > 1 else str(checkpoints[0].path)
+    logger.info("Wrote %d predictions of %s%s to %s", len(rows), what, f" with TTA {tta}" if tta else "", out)
     return len(rows)
 
 
@@ -93,7 +94,11 @@ def build_parser() -> ArgumentParser:
         ),
     )
     parser.add_argument(
-        "-r", "--resume", required=True, help="checkpoint (or a run folder: its model_best.pth, else last.pth)"
+        "-r",
+        "--resume",
+        required=True,
+        help="checkpoint (or a run folder: its model_best.pth, else last.pth; a cross-validation's folder: the "
+        "ensemble of its folds)",
     )
     parser.add_argument(
         "-i", "--input", required=True, help="what to predict: an image, a folder of images, a CSV file"

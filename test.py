@@ -56,8 +56,7 @@ def main(
     preprocessing = checkpoint.state.get(KEY_DATA)
     arguments = loader_arguments(config.class_of("data_loader"), preprocessing, split=split, seed=config["seed"])
     data_loader = config.init_obj("data_loader", **arguments)
-    if data_loader.n_samples == 0:
-        raise ConfigError(f"the {split} split of {config['data_loader']['type']} is empty; choose another --split")
+    check_not_empty(data_loader, split, config["data_loader"]["type"], len(checkpoints) > 1)
 
     # model with the checkpoint's weights (or the folds' ensemble), on the available device(s)
     model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])
@@ -80,6 +79,13 @@ def main(
         name = checkpoint.path.stem
         summary.update({f"{name}/{k}/{split}": v for k, v in results.items() if not isinstance(v, list)})
     return results
+
+
+def check_not_empty(data_loader: Any, split: str, loader: str, folds: bool) -> None:
+    """An empty split is one line: a cross-validation's folds (no test split held out) are scored by oof.csv."""
+    if data_loader.n_samples == 0:
+        advice = "the cross-validation's scores are its oof.csv and cv.json" if folds else "choose another --split"
+        raise ConfigError(f"the {split} split of {loader} is empty; {advice}")
 
 
 def write_predictions(model: Any, data_loader: Any, device: Any, split: str, path: Path, raw_csv: bool) -> None:

@@ -6,6 +6,7 @@ import logging.config
 import logging.handlers
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def log_run_header(config: dict) -> None:
     import torch
 
     logger = logging.getLogger("train")
-    logger.info("Command: %s", " ".join([sys.executable, *sys.argv]))
+    logger.info("Command: %s", shlex.join([sys.executable, *sys.argv]))  # quoted: safe to paste into a shell
     cuda = torch.version.cuda if torch.cuda.is_available() else "not available"
     logger.info(
         "Versions: Python %s, torch %s, numpy %s; CUDA %s",
@@ -125,6 +126,8 @@ def log_summary(result: dict[str, Any], config: dict, checkpoint_dir: Path | Non
         checkpoint = checkpoint_dir / "last.pth"
     logger.info("Run folder: %s", checkpoint_dir)
     logger.info("Checkpoint: %s", checkpoint)
+    if (config.get("cross_validation") or {}).get("fold"):  # a fold: its cross-validation says what comes next
+        return
     if config["data_loader"].get("args", {}).get("test_split") == 0:  # nothing held out: the validation split
         logger.info("Evaluate it on the validation split: python test.py --resume %s --split valid", checkpoint)
     else:

@@ -116,7 +116,8 @@ def cross_validate(tmp_path: Path, *args: str, run_id: str = "cv") -> tuple[subp
 def test_digit_folds_give_every_training_row_once_their_scores_and_an_ensemble_of_the_folds(tmp_path):
     done, folder = cross_validate(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"predict with: python predict.py --resume {folder}" in done.stdout
+    assert f"the folds' ensemble: python test.py --resume {folder}" in done.stdout  # digits: no new inputs to read
+    assert "Evaluate it on" not in done.stdout  # a fold's own test.py hint would not be the next step
     oof, folds = rows(folder / "oof.csv"), json.loads((folder / "folds.json").read_text())["assignment"]
     assert list(oof[0]) == ["id", "target", "prediction", *(f"prob_{c}" for c in range(10)), "fold"]
     assert sorted(r["id"] for r in oof) == sorted(folds) and len(folds) == 1449  # 1797 less the test split's 348

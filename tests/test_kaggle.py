@@ -166,6 +166,7 @@ def test_five_grouped_folds_to_one_submission_with_test_time_augmentation(compet
                       timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stderr
     folder = tmp_path / "saved" / "models" / "Kaggle_Digits_ResNet18_CV" / "cv"
+    assert f"the folds' ensemble: python predict.py --resume {folder} --input FILE" in done.stdout
     oof, folds = rows(folder / "oof.csv"), json.loads((folder / "folds.json").read_text())["assignment"]
     assert sorted(r["id"] for r in oof) == sorted(r["image_name"] for r in train_rows)
     patients = {}

@@ -296,8 +296,13 @@ def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict, logger: 
     write_json(summary, folder / CV_FILE)
     scores = ", ".join(f"{k} {v:.6g}" for k, v in oof.items() if isinstance(v, float) and math.isfinite(v))
     logger.info("Cross-validation of %d folds, out of fold over %d rows: %s", plan.folds, len(rows), scores)
-    logger.info("Written: %s, %s; predict with: python predict.py --resume %s --input FILE --out submission.csv",
-                folder / OOF_FILE, folder / CV_FILE, folder)  # fmt: skip
+    reads_inputs = "inputs" in inspect.signature(config.class_of("data_loader")).parameters
+    then = (
+        f"predict.py --resume {folder} --input FILE --out submission.csv"
+        if reads_inputs
+        else f"test.py --resume {folder}"
+    )
+    logger.info("Written: %s, %s; the folds' ensemble: python %s", folder / OOF_FILE, folder / CV_FILE, then)
     return summary
 
 

@@ -228,8 +228,8 @@ def feature_module(name: str, feature: str, needed_by: str) -> ModuleType:
     section, a flag) asks for it here, by name; a project made without the feature gets one line saying so."""
     if importlib.util.find_spec(name) is None:
         raise ConfigError(
-            f"{needed_by}: needs the {feature} feature, which this project was made without "
-            f"(python new_project.py DIR --with {feature} makes a project with it)"
+            f"{needed_by}: needs the {feature} feature, which this project was made without; the template's "
+            f"new_project.py DIR --with {feature} makes a project with it (docs/{feature}.md there lists its files)"
         )
     return imported(name)
 
