@@ -196,6 +196,7 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(TEMPLATE / path, staging / path)
         _drop_missing_requirements(staging)
+        _drop_absent_features_rows(staging / "README.md", features)
         (staging / "saved").mkdir(exist_ok=True)
         (staging / "saved" / ".gitkeep").touch()
         staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the project is an ordinary folder
@@ -212,6 +213,23 @@ def _drop_missing_requirements(project: Path) -> None:
         kept = [line for line in lines if not _includes_missing(line, project)]
         if kept != lines:
             path.write_text("".join(kept))
+
+
+def _drop_absent_features_rows(readme: Path, features: Sequence[str]) -> None:
+    """The README's tables list what the project has: the row of a feature left out (its name, then its page) and
+    the rows of its parts (`CsvDataLoader` (`csv`)) go with it; the config reference keeps every key."""
+    if not readme.is_file():
+        return
+
+    def absent(line: str) -> bool:
+        cell = line.split("|")[1].strip() if line.startswith("| ") else ""
+        return any(
+            (cell == f"`{n}`" and line.rstrip().endswith(f"(docs/{n}.md) |")) or cell.endswith(f"(`{n}`)")
+            for n in FEATURES
+            if n not in features
+        )
+
+    readme.write_text("".join(line for line in readme.read_text().splitlines(keepends=True) if not absent(line)))
 
 
 def _includes_missing(line: str, project: Path) -> bool:

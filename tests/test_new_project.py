@@ -168,3 +168,13 @@ def test_the_longest_folder_name_and_an_unknown_home_are_handled(tmp_path):
     assert new_project.main(tmp_path / name).name == name
     result = run_script(str(ROOT / "new_project.py"), "~nosuchuser_xyz/proj", cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "~nosuchuser_xyz/proj" in result.stderr
+
+
+def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
+    project = new_project.main(tmp_path / "proj", ["cv"])
+    rows = [line for line in (project / "README.md").read_text().splitlines() if line.startswith("| `")]
+    template = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    assert any(row.startswith("| `cv` |") for row in rows) and any(row.startswith("| `sweeps` |") for row in template)
+    assert not any(row.startswith(("| `sweeps` |", "| `kaggle` |", "| `CsvDataLoader` (`csv`) |")) for row in rows)
+    assert len(template) - len(rows) == 9  # images, csv, sweeps, text, wandb, kaggle; three loaders of csv and images
+    assert any(row.startswith("| `wandb` | object or null |") for row in rows)  # the config reference keeps its keys
