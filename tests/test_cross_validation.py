@@ -272,3 +272,22 @@ def test_regression_folds_of_a_csv_table_grouped_by_a_column_score_in_the_target
     assert min(truth) > 50000  # in the target's units: the folds share one standardization
     r2 = json.loads((folder / "cv.json").read_text())["oof"]["r2"]
     assert r2 == pytest.approx(r2_score(truth, predicted), abs=1e-4)
+
+
+def test_each_fold_is_a_run_of_its_own_in_one_wandb_group_and_torchrun_is_refused(tmp_path, monkeypatch, base_config):
+    pytest.importorskip("logger.wandb_writer", reason="the wandb feature")
+    from parse_config import ConfigParser
+    from trainer import cross_validation
+
+    config = ConfigParser(
+        {**base_config, "cross_validation": {"folds": 3}, "wandb": {"project": "p", "mode": "offline"}}
+    )
+    folder = tmp_path / "saved" / "models" / "Digits_CNN" / "0101_120000"
+    fold = cross_validation.for_fold(config, folder, 2).config
+    assert fold["save_dir"] == str(tmp_path / "saved") and fold["name"] == "Digits_CNN"
+    assert fold["cross_validation"] == {**config["cross_validation"], "fold": 2}
+    assert fold["wandb"] == {"project": "p", "mode": "offline", "group": "Digits_CNN-0101_120000",
+                             "name": "Digits_CNN-0101_120000-fold_2"}  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="cross_validation: not under torchrun; train the folds on several machines"):
+        cross_validation.main(config, train=None)
