@@ -188,3 +188,22 @@ def test_five_grouped_folds_to_one_submission_with_test_time_augmentation(compet
     assert [r["image_name"] for r in written] == [r["image_name"] for r in rows(competition / "test.csv")]
     truth = {r["image_name"]: int(r["target"]) for r in rows(competition / "solution.csv")}
     assert roc_auc_score([truth[r["image_name"]] for r in written], [float(r["target"]) for r in written]) >= 0.97
+
+
+@pytest.mark.e2e
+def test_mixup_and_cutmix_train_the_kaggle_recipe_with_its_binary_loss(competition, tmp_path):
+    """trainer.mixup in the shipped recipe's setting: one logit, pos_weight and label smoothing, freeze-unfreeze,
+    OneCycleLR per batch, bf16 where the CPU runs it; the metrics on the true labels."""
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    config = read_config(ROOT / "config_kaggle.json")
+    config["data_loader"]["args"]["data_dir"] = str(competition)
+    config["arch"]["args"]["weights"] = str(weights)
+    config["trainer"]["mixup"] = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.8}
+    config.update(save_dir=str(tmp_path / "saved"), tensorboard=False, verbosity=1)
+    result, _ = train(config, tmp_path, "mixed")
+    assert result["best"]["val_auroc"] >= 0.97
+    assert result["last"]["loss"] > result["last"]["val_loss"]  # the training loss is the mixed targets'

@@ -43,20 +43,21 @@ def saved_weights(timm, name: str, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_the_weights_file_fills_the_backbone_and_a_new_head_gives_num_classes(timm, tmp_path, suffix):
-    source = saved_weights(timm, SMALL, tmp_path / f"weights{suffix}")
-    model = TimmModel(SMALL, num_classes=4, weights=str(tmp_path / f"weights{suffix}"))
+@pytest.mark.parametrize(("name", "suffix"), [(SMALL, ".safetensors"), (SMALL, ".pth"), ("efficientnet_b0", ".pth")])
+def test_the_weights_file_fills_the_backbone_and_a_new_head_gives_num_classes(timm, tmp_path, name, suffix):
+    source = saved_weights(timm, name, tmp_path / f"weights{suffix}")
+    model = TimmModel(name, num_classes=4, weights=str(tmp_path / f"weights{suffix}"))
     body = {k: v for k, v in source.items() if not k.startswith("classifier.")}
     loaded = model.backbone.state_dict()
     assert sorted(loaded) == sorted(body)  # every tensor but the old 1000-class classifier's ...
     assert all(torch.equal(loaded[k], v) for k, v in body.items())  # ... and each as the file has it
     assert torch.equal(model.backbone.conv_stem.weight, source["conv_stem.weight"])  # not timm's initialization
-    assert not torch.equal(TimmModel(SMALL, num_classes=4).backbone.conv_stem.weight, source["conv_stem.weight"])
-    assert {name.split(".")[0] for name, _ in model.named_parameters()} == {"backbone", "head"}
-    assert (model.head.in_features, model.head.out_features) == (256, 4)
+    assert not torch.equal(TimmModel(name, num_classes=4).backbone.conv_stem.weight, source["conv_stem.weight"])
+    assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"backbone", "head"}
+    assert (model.head.in_features, model.head.out_features) == ((256 if name == SMALL else 1280), 4)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
-    assert (model.mean, model.std, model.input_size) == (IMAGENET_MEAN, IMAGENET_STD, (3, 160, 160))
+    size = 160 if name == SMALL else 224
+    assert (model.mean, model.std, model.input_size) == (IMAGENET_MEAN, IMAGENET_STD, (3, size, size))
 
 
 def test_a_classifier_inside_the_head_keeps_the_rest_of_the_head_and_its_own_statistics(timm, tmp_path):
