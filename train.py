@@ -131,8 +131,10 @@ def model_normalization(config: ConfigParser, model: Any) -> None:
 
     args = config["data_loader"].setdefault("args", {})
     takes = inspect.signature(config.class_of("data_loader")).parameters
-    if hasattr(model, "mean") and hasattr(model, "std") and {"mean", "std"} <= set(takes) - set(args):
-        args["mean"], args["std"] = list(model.mean), list(model.std)
+    stated = [getattr(model, "mean", None), getattr(model, "std", None)]  # tuples of numbers, not a layer's tensors
+    numbers = all(isinstance(v, tuple) and all(isinstance(x, float) for x in v) for v in stated)
+    if numbers and {"mean", "std"} <= set(takes) - set(args):
+        args["mean"], args["std"] = list(stated[0]), list(stated[1])
 
 
 def build_parser() -> ArgumentParser:
