@@ -171,10 +171,21 @@ def test_the_longest_folder_name_and_an_unknown_home_are_handled(tmp_path):
 
 
 def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
-    project = new_project.main(tmp_path / "proj", ["cv"])
-    rows = [line for line in (project / "README.md").read_text().splitlines() if line.startswith("| `")]
-    template = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
-    assert any(row.startswith("| `cv` |") for row in rows) and any(row.startswith("| `sweeps` |") for row in template)
-    assert not any(row.startswith(("| `sweeps` |", "| `kaggle` |", "| `CsvDataLoader` (`csv`) |")) for row in rows)
-    assert len(template) - len(rows) == 9  # images, csv, sweeps, text, wandb, kaggle; three loaders of csv and images
-    assert any(row.startswith("| `wandb` | object or null |") for row in rows)  # the config reference keeps its keys
+    def rows(readme: Path) -> list[str]:
+        return [line for line in readme.read_text().splitlines() if line.startswith("| `")]
+
+    def of_a_feature(row: str) -> bool:  # a feature's row in the table of features, or a loader of a feature
+        return any(
+            (row.startswith(f"| `{n}` | ") and row.endswith(f"(docs/{n}.md) |")) or f"(`{n}`) |" in row
+            for n in FEATURES
+        )
+
+    core = rows(new_project.main(tmp_path / "core", []) / "README.md")
+    assert not any(of_a_feature(row) for row in core)
+    assert any(row.startswith("| `wandb` | object or null |") for row in core)  # the config reference keeps its keys
+    template = rows(ROOT / "README.md")  # this copy's: its features' rows, and only theirs
+    held = [n for n in FEATURES if new_project.held(n)]
+    assert {n for n in FEATURES if any(row.startswith(f"| `{n}` | ") and of_a_feature(row) for row in template)} == set(
+        held
+    )
+    assert [row for row in template if not of_a_feature(row)] == core
