@@ -54,12 +54,6 @@ VALIDATOR = jsonschema.validators.extend(
 )
 
 
-def check_for_training(config: dict) -> None:
-    """What only training asks of a config: test.py and predict.py evaluate the same config without W&B."""
-    if config["trainer"]["log_model"] and config["wandb"] is None:
-        raise ConfigError('trainer.log_model: checkpoints go to W&B; add a "wandb" section, or set log_model false')
-
-
 # --- Reading a config: files, "extends", overrides, the schema.
 
 
@@ -229,19 +223,16 @@ def _schema_messages(error: jsonschema.ValidationError) -> list[str]:
 def fill_defaults(config: dict, schema: dict) -> None:
     """Write every default into the config, so the saved config.json says what ran.
 
-    Each default has one home: top-level keys in the schema, trainer keys in the signatures of Trainer
-    and BaseTrainer, finetune keys in the signature of Finetuning.
+    Each default has one home: top-level keys in the schema, trainer keys in TrainerOptions, finetune keys in
+    the signature of Finetuning.
     """
     from trainer.finetuning import Finetuning
-    from trainer.trainer import trainer_defaults
+    from trainer.options import TrainerOptions
 
     for key, spec in schema["properties"].items():
         if "default" in spec and key not in config:
             config[key] = copy.deepcopy(spec["default"])
-    defaults = trainer_defaults()
-    for key in schema["properties"]["trainer"]["properties"]:
-        if key not in config["trainer"] and key in defaults:
-            config["trainer"][key] = defaults[key]
+    TrainerOptions.fill_defaults(config["trainer"])
     if config["finetune"] is not None:
         for key, parameter in inspect.signature(Finetuning).parameters.items():
             config["finetune"].setdefault(key, parameter.default)
@@ -266,7 +257,7 @@ def _label_errors(labels: list[str]) -> list[str]:
 
 def validate(config: dict) -> None:
     """Check a whole config and fill in its defaults; raise one ConfigError listing every problem found."""
-    from utils.monitor import Monitor
+    from trainer.options import TrainerOptions
 
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a JSON object, found {shown(config)}")
@@ -288,15 +279,7 @@ def validate(config: dict) -> None:
 
     labels = [metric_name(m) for m in config["metrics"]]
     errors.extend(_label_errors(labels))
-    monitor = Monitor.parse(config["trainer"]["monitor"])
-    if monitor.mode != "off":
-        known = ["loss", *labels]
-        known += [f"val_{n}" for n in known]
-        if monitor.metric not in known:
-            errors.append(
-                f"trainer.monitor: no metric '{monitor.metric}'{did_you_mean(monitor.metric, known)} "
-                f"(logged metrics: {', '.join(known)})"
-            )
+    errors.extend(TrainerOptions.of(config).errors(labels, config["lr_scheduler"]))
     if config["finetune"] is not None:
         from trainer.finetuning import Finetuning
 
@@ -304,19 +287,6 @@ def validate(config: dict) -> None:
     from logger.visualization import tracker_errors
 
     errors.extend(tracker_errors(config))
-    scheduler = config["lr_scheduler"]
-    if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau":
-        from torch.optim.lr_scheduler import ReduceLROnPlateau
-
-        default_mode = inspect.signature(ReduceLROnPlateau).parameters["mode"].default
-        scheduler_mode = scheduler.get("args", {}).get("mode", default_mode)
-        if monitor.mode == "off":
-            errors.append(
-                "lr_scheduler: ReduceLROnPlateau steps on the monitored metric; "
-                'set trainer.monitor, e.g. "min val_loss"'
-            )
-        elif monitor.mode != scheduler_mode:
-            errors.append(f"lr_scheduler.args.mode: '{scheduler_mode}' disagrees with trainer.monitor '{monitor.text}'")
     if errors:
         raise ConfigError("; ".join(errors))
 
@@ -365,6 +335,10 @@ class ConfigParser:
     def class_of(self, name: str) -> Any:
         """The class (or function) the entry `name` selects, unbuilt: e.g. class_of("data_loader")."""
         return valid_names(ROLES[name])[type_name(self.config[name])]
+
+    def takes(self, name: str) -> set[str]:
+        """The argument names of the class the entry `name` selects: e.g. "stratify" in takes("data_loader")."""
+        return set(inspect.signature(self.class_of(name)).parameters)
 
     def init_obj(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Build a class entry: `cls(*args, **config_args, **kwargs)`, e.g. init_obj("optimizer", params).

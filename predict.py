@@ -39,6 +39,7 @@ def main(
     from logger.logger import setup_logging
     from trainer.checkpoint import KEY_DATA
     from trainer.evaluation import evaluated_model, loader_arguments, predict, prediction_rows, resolve_amp, write_csv
+    from trainer.options import TrainerOptions
     from utils.distributed import place_model
 
     setup_logging(None, config["verbosity"])
@@ -47,16 +48,15 @@ def main(
         torch.set_num_threads(config["num_threads"])
 
     # what the loader needs to read new inputs: the preprocessing of the training data (class names, statistics)
-    loader_class = config.class_of("data_loader")
     preprocessing = checkpoints[0].state.get(KEY_DATA)
     if preprocessing is None:
         raise ConfigError(f"{checkpoints[0].path}: has no data preprocessing (saved by an older version); retrain it")
-    arguments = loader_arguments(loader_class, preprocessing, split="predict", seed=config["seed"], inputs=inputs)
+    arguments = loader_arguments(config, preprocessing, split="predict", seed=config["seed"], inputs=inputs)
     data_loader = config.init_obj("data_loader", **arguments)
 
     # model with the checkpoint's weights (or the folds' ensemble), on the available device(s), in the run's precision
     model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])
-    amp_dtype = resolve_amp(config["trainer"]["amp"], device)
+    amp_dtype = resolve_amp(TrainerOptions.of(config.config).amp, device)
 
     ids, outputs, _ = predict(model, data_loader, device, amp_dtype)
     if strip_extension:

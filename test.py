@@ -54,7 +54,7 @@ def main(
 
     # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
     preprocessing = checkpoint.state.get(KEY_DATA)
-    arguments = loader_arguments(config.class_of("data_loader"), preprocessing, split=split, seed=config["seed"])
+    arguments = loader_arguments(config, preprocessing, split=split, seed=config["seed"])
     data_loader = config.init_obj("data_loader", **arguments)
     check_not_empty(data_loader, split, config["data_loader"]["type"], len(checkpoints) > 1)
 

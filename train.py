@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli import ArgumentParser, select_devices, shortcut_overrides
 from logger.run_folder import check_not_a_fold, check_run_id, is_cross_validation
-from parse_config import ConfigParser, check_for_training
+from parse_config import ConfigParser
 from utils.errors import ConfigError, interrupts_held, one_line_errors
 from utils.util import feature_module
 
@@ -63,7 +63,7 @@ def main(
             with run_folder(config.config, run_id, resume.path if resume else None) as folder:
                 writer = start_run_logging(folder, config.config, wandb_run_id(resume) if resume else None)
                 result = trainer.train(folder, writer)
-    log_summary(result, config.config, folder.checkpoint_dir if folder else None)
+    log_summary(result, trainer.monitor, config.config, folder.checkpoint_dir if folder else None)
     return result
 
 
@@ -79,6 +79,7 @@ def build_trainer(
     from model.loss import decide_pos_weight
     from trainer.checkpoint import check_resumed_classes, load_model_state
     from trainer.finetuning import Finetuning, build_optimizer
+    from trainer.options import TrainerOptions
     from trainer.trainer import Trainer
     from utils.distributed import place_model
 
@@ -90,7 +91,7 @@ def build_trainer(
     # model, with the checkpoint's weights when resuming or fine-tuning (only those that fit, unless
     # finetune.strict_load), frozen as the freezing strategy starts, placed on its device(s)
     model = config.init_obj("arch")
-    finetuning = Finetuning(**(config["finetune"] or {}))
+    options, finetuning = TrainerOptions.of(config.config), Finetuning(**(config["finetune"] or {}))
     if resume:
         load_model_state(model, resume, purpose="resume")
     elif weights:
@@ -110,14 +111,14 @@ def build_trainer(
 
     # optimizer and scheduler, with every parameter that will ever train in its final group from the start
     optimizer, lr_scheduler = build_optimizer(
-        config.init_obj, config["lr_scheduler"], config["trainer"], finetuning.param_groups(model),
+        config.init_obj, config["lr_scheduler"], options, finetuning.param_groups(model),
         data_loader.batches_per_epoch,
     )  # fmt: skip
 
     trainer = Trainer(
         model, criterion, metrics, optimizer, lr_scheduler,
         data_loader=data_loader, valid_data_loader=valid_data_loader, config=config.config, device=device,
-        finetuning=finetuning, callbacks=[*config.init_obj("callbacks"), *callbacks], **config["trainer"],
+        finetuning=finetuning, callbacks=[*config.init_obj("callbacks"), *callbacks], options=options,
     )  # fmt: skip
     if resume:
         trainer.load_state_dict(resume.state)  # where the run stopped: the next batch, optimizer, RNG, ...
@@ -127,13 +128,11 @@ def build_trainer(
 def model_normalization(config: ConfigParser, model: Any) -> None:
     """A model that says how its inputs are to be normalized (`mean`, `std`: TimmModel, from timm's pretrained
     config) sets the image loader's where the config leaves both out, and the run's config says so."""
-    import inspect
-
     args = config["data_loader"].setdefault("args", {})
-    takes = inspect.signature(config.class_of("data_loader")).parameters
+    takes = config.takes("data_loader")
     stated = [getattr(model, "mean", None), getattr(model, "std", None)]  # tuples of numbers, not a layer's tensors
     numbers = all(isinstance(v, tuple) and all(isinstance(x, float) for x in v) for v in stated)
-    if numbers and {"mean", "std"} <= set(takes) - set(args):
+    if numbers and {"mean", "std"} <= takes - set(args):
         args["mean"], args["std"] = list(stated[0]), list(stated[1])
 
 
@@ -172,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     with interrupts_held():  # torch loads: only once --help is out of the way
         import torch  # noqa: F401
     from trainer.checkpoint import check_resume, load_checkpoint
-    from trainer.regularization import Mixup
+    from trainer.options import TrainerOptions
 
     overrides = shortcut_overrides(args) + ([f"cross_validation.folds={args.folds}"] if args.folds is not None else [])
     select_devices(args.device)
@@ -191,8 +190,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     if resuming and args.run_id is not None:
         raise ConfigError("--run-id: a resumed run keeps its folder; add -c config.json to fine-tune into a new run")
     config = ConfigParser.load(args.config, checkpoint, overrides + args.overrides)
-    check_for_training(config.config)
-    Mixup.check_config(config.config)
+    TrainerOptions.of(config.config).check_for_training(config.config)
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
     if args.fold is not None and config["cross_validation"] is None:
         raise ConfigError("--fold: only with a cross-validation (--folds K, or --resume CVDIR)")

@@ -16,7 +16,6 @@ from typing import Any
 
 from cli import ArgumentParser, shortcut_overrides
 from logger.run_folder import RUN_ID_PATTERN
-from parse_config import check_for_training
 from sweep.space import LIMITS, SCHEDULERS, SEARCHES, Sweep, TrialRecord, check_space, read_space, write_outputs
 from utils.errors import ConfigError, TrainingInterrupted, one_line_errors
 
@@ -111,8 +110,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
         if d.kind == "choice" and any(isinstance(v, (list, dict)) for v in d.values):
             raise ConfigError(f"{where}: Optuna chooses among numbers, strings, booleans and null only")
     config = check_space(space, args.space, args.config, [*shortcut_overrides(args), *args.overrides])
-    check_for_training(config)
-    if config["trainer"]["monitor"] == "off":
+    from trainer.options import TrainerOptions
+
+    options = TrainerOptions.of(config)
+    options.check_for_training(config)
+    if options.monitor == "off":
         raise ConfigError(
             "trainer.monitor: a sweep compares trials on the monitored metric, and it is off; "
             "set it, e.g. trainer.monitor='min val_loss'"

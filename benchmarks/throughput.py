@@ -22,6 +22,7 @@ alike, and each is reported as the median, min and max seconds per epoch.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -104,6 +105,7 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     from model.metric import accuracy, top_k_acc
     from model.model import MnistModel
     from trainer.checkpoint import save_checkpoint
+    from trainer.options import TrainerOptions
     from trainer.trainer import Trainer
 
     n_train, n_valid = (512, 128) if tiny else (11_520, 1_280)
@@ -183,12 +185,13 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
     trainer_dir.mkdir()
     trainer = Trainer(
         model, criterion, metric_fns, optimizer, config={}, device=torch.device("cpu"),
-        data_loader=train_loader, valid_data_loader=valid_loader, epochs=0, monitor="min val_loss",
+        data_loader=train_loader, valid_data_loader=valid_loader,
+        options=TrainerOptions(epochs=0, monitor="min val_loss"),
     )  # fmt: skip
     trainer_run, trainer_writer = RunFolder("bench", trainer_dir, trainer_dir), Writer(work / "tb_trainer")
 
     def trainer_epoch() -> None:
-        trainer.epochs += 1
+        trainer.options = dataclasses.replace(trainer.options, epochs=trainer.options.epochs + 1)
         trainer.train(trainer_run, trainer_writer)
 
     # -- the data paths, with the bare train step ------------------------------------------------------------------
@@ -232,13 +235,14 @@ def main(tiny: bool, compiled: bool = False) -> dict[str, float]:
         compiled_trainer = Trainer(
             compiled_model, criterion, metric_fns, torch.optim.Adam(compiled_model.parameters(), lr=1e-3),
             config={}, device=torch.device("cpu"), data_loader=train_loader, valid_data_loader=valid_loader,
-            epochs=0, monitor="min val_loss", compile=True,
+            options=TrainerOptions(epochs=0, monitor="min val_loss", compile=True),
         )  # fmt: skip
         compiled_run = RunFolder("compiled", compiled_dir, compiled_dir)
         compiled_writer = Writer(work / "tb_compiled")
 
         def compiled_epoch() -> None:
-            compiled_trainer.epochs += 1
+            opts = compiled_trainer.options
+            compiled_trainer.options = dataclasses.replace(opts, epochs=opts.epochs + 1)
             compiled_trainer.train(compiled_run, compiled_writer)
 
         variants["compiled"] = compiled_epoch

@@ -16,6 +16,7 @@ from logger.run_folder import RunFolder
 from logger.visualization import Writer, make_writer
 from utils.distributed import is_main_process
 from utils.errors import ConfigError
+from utils.monitor import Monitor
 from utils.util import read_json
 
 CONFIG_PATH = Path(__file__).resolve().parent / "logger_config.json"
@@ -107,22 +108,20 @@ def log_run_header(config: dict) -> None:
     logger.info("Config:\n%s", json.dumps(config, indent=4))
 
 
-def log_summary(result: dict[str, Any], config: dict, checkpoint_dir: Path | None) -> None:
+def log_summary(result: dict[str, Any], monitor: Monitor, config: dict, checkpoint_dir: Path | None) -> None:
     """The end of a run in a few lines a user can act on: the best epoch, where the run is, how to test it."""
-    from utils.monitor import Monitor
-
     logger = logging.getLogger("train")
-    last, best, monitor = result["last"], result["best"], config["trainer"]["monitor"]
+    last, best = result["last"], result["best"]
     if checkpoint_dir is None:
         logger.info("Dry run: one training and one validation batch went through the real step; nothing was written.")
         logger.info("%s", json.dumps(last, indent=4))
         return
     if best is not None:
-        metric = Monitor.parse(monitor).metric
-        logger.info("Best: epoch %d, %s %.6g (monitor: %s)", best["epoch"], metric, best[metric], monitor)
+        metric = monitor.metric
+        logger.info("Best: epoch %d, %s %.6g (monitor: %s)", best["epoch"], metric, best[metric], monitor.text)
         checkpoint = checkpoint_dir / "model_best.pth"
     else:
-        logger.info("Last: epoch %d (monitor: %s, so no best checkpoint)", last["epoch"], monitor)
+        logger.info("Last: epoch %d (monitor: %s, so no best checkpoint)", last["epoch"], monitor.text)
         checkpoint = checkpoint_dir / "last.pth"
     logger.info("Run folder: %s", checkpoint_dir)
     logger.info("Checkpoint: %s", checkpoint)

@@ -23,11 +23,12 @@ from sweep.space import (
     as_text,
     check_ray_state,
     read_trial,
-    run_is_finished,
     sign_ray_state,
     state_key,
 )
 from trainer.callbacks import Callback
+from trainer.checkpoint import run_is_finished
+from trainer.options import TrainerOptions
 from utils.errors import ConfigError, TrainingInterrupted, UserError, first_line
 from utils.util import read_json
 
@@ -150,7 +151,7 @@ def make_tuner(sweep: Sweep, resume: bool) -> tune.Tuner:
         # A trial that reaches max_t is stopped by ASHA inside its last report, before its run has ended:
         # one epoch more than any trial runs lets every trial that is not behind end as a normal run.
         epochs = [v for d in sweep.space if d.key == "trainer.epochs" for v in d.corners()]
-        max_t = max([*epochs, sweep.config["trainer"]["epochs"]]) + 1
+        max_t = max([*epochs, TrainerOptions.of(sweep.config).epochs]) + 1
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="epoch", max_t=max_t, grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor
         )

@@ -163,7 +163,9 @@ class Sweep:
     @property
     def monitor(self) -> tuple[str, str]:
         """(mode, metric) of trainer.monitor: how trials are compared."""
-        mode, metric = self.config["trainer"]["monitor"].split()
+        from trainer.options import TrainerOptions
+
+        mode, metric = TrainerOptions.of(self.config).monitor.split()
         return mode, metric
 
     def save(self) -> None:
@@ -314,18 +316,9 @@ class TrialRecord:
     error: str = ""
 
 
-def run_is_finished(state: dict[str, Any]) -> bool:
-    """Whether a run's checkpoint ends its training: its last epoch, or early stopping."""
-    from trainer.checkpoint import KEY_BATCH, KEY_CONFIG, KEY_EPOCH, KEY_NOT_IMPROVED
-
-    trainer = state[KEY_CONFIG]["trainer"]
-    early_stop = trainer["early_stop"] and state[KEY_NOT_IMPROVED] >= trainer["early_stop"]
-    return state[KEY_BATCH] == 0 and (state[KEY_EPOCH] >= trainer["epochs"] or bool(early_stop))
-
-
 def read_trial(sweep: Sweep, trial: str, values: dict[str, Any], ended: bool, error: str = "") -> TrialRecord:
     """A trial's record from its run folder; `ended`: Tune ended it (its run returned, or the scheduler stopped it)."""
-    from trainer.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, LAST_NAME, load_checkpoint
+    from trainer.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, LAST_NAME, load_checkpoint, run_is_finished
 
     run = sweep.run_folder(trial, values)
     last = run.checkpoint_dir / LAST_NAME

@@ -13,6 +13,7 @@ from conftest import ROOT, run_script, train, tree_snapshot
 from logger.visualization import Writer
 from parse_config import ConfigParser
 from trainer.callbacks import Callback, ImagePredictionLogger
+from trainer.options import TrainerOptions
 from trainer.trainer import Trainer
 from utils.errors import CallbackError, ConfigError, OutOfMemory
 
@@ -60,7 +61,7 @@ def trainer_with(config: dict, callbacks: list, trainer_class: type = Trainer, m
         data_loader=parser.init_obj("data_loader", split="train", seed=0),
         valid_data_loader=parser.init_obj("data_loader", split="valid", seed=0),
         config=parser.config, device=torch.device("cpu"), callbacks=callbacks,
-        **parser["trainer"],
+        options=TrainerOptions.of(parser.config),
     )  # fmt: skip
 
 

@@ -315,6 +315,7 @@ def test_a_failing_worker_in_test_py_is_one_line_too(tiny_config, tmp_path, monk
 @pytest.fixture(scope="module")
 def checkpoint_state() -> dict:
     """A real checkpoint's state, from a trainer that has not trained (cheap)."""
+    from trainer.options import TrainerOptions
     from trainer.trainer import Trainer
 
     config = ConfigParser(json.loads((ROOT / "config.json").read_text())).config
@@ -323,7 +324,7 @@ def checkpoint_state() -> dict:
     trainer = Trainer(
         model, parser.init_ftn("loss"), parser.init_ftn("metrics"), parser.init_obj("optimizer", model.parameters()),
         data_loader=parser.init_obj("data_loader", split="train", seed=0), config=config,
-        device=torch.device("cpu"), **{**config["trainer"], "monitor": "off"},
+        device=torch.device("cpu"), options=TrainerOptions(**{**config["trainer"], "monitor": "off"}),
     )  # fmt: skip
     return trainer.state_dict(epoch=1)
 

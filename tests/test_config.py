@@ -303,17 +303,22 @@ def test_reduce_lr_on_plateau_needs_a_matching_monitor(base_config):
     assert "ReduceLROnPlateau steps on the monitored metric" in errors_of(base_config)
 
 
-def test_schema_trainer_keys_are_exactly_the_trainer_arguments_and_defaults_come_from_them(base_config):
+def test_schema_trainer_keys_are_exactly_the_trainer_options_and_defaults_come_from_them(base_config):
+    import dataclasses
+
+    from trainer.options import TrainerOptions
+
     schema = read_json(ROOT / "utils" / "config_schema.json")
     keys = schema["properties"]["trainer"]["properties"]
-    structural = {"config", "device", "data_loader", "valid_data_loader", "run", "writer", "callbacks", "finetuning"}
+    fields = {f.name: f for f in dataclasses.fields(TrainerOptions)}
+    assert set(keys) == set(fields)
+    assert not [name for name, spec in keys.items() if "default" in spec]  # one home per default: TrainerOptions
+    structural = {"config", "device", "data_loader", "valid_data_loader", "callbacks", "finetuning", "options"}
     parameters = {**inspect.signature(BaseTrainer).parameters, **inspect.signature(Trainer).parameters}
-    from_code = {name: p for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and name not in structural}
-    assert set(keys) == set(from_code)
-    assert not [name for name, spec in keys.items() if "default" in spec]  # one home per default: the signature
+    assert {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY} == structural  # the options: one
     base_config["trainer"] = {"epochs": 3}
     filled = ConfigParser(base_config)["trainer"]
-    assert filled == {"epochs": 3, **{name: p.default for name, p in from_code.items() if name != "epochs"}}
+    assert filled == {"epochs": 3, **{name: f.default for name, f in fields.items() if name != "epochs"}}
     assert filled["monitor"] == "off" and filled["save_period"] == 1
 
 

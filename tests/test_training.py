@@ -266,6 +266,7 @@ def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config):
     from torch import nn
 
     from model.model import DigitsModel
+    from trainer.options import TrainerOptions
     from trainer.trainer import Trainer
     from utils.distributed import unwrap_model
 
@@ -275,7 +276,7 @@ def test_a_checkpoint_of_a_wrapped_model_has_no_module_prefix(tiny_config):
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1)
     trainer = Trainer(
         wrapped, None, {}, optimizer, data_loader=data_loader, config=tiny_config, device=torch.device("cpu"),
-        epochs=1,
+        options=TrainerOptions(epochs=1),
     )  # fmt: skip
     state = trainer.state_dict(epoch=1)
     assert set(state[KEY_STATE_DICT]) == set(DigitsModel().state_dict())

@@ -49,6 +49,7 @@ from trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from trainer.options import TrainerOptions
 from utils.distributed import agree_max, is_distributed, is_main_process, unwrap_model
 from utils.errors import (
     CallbackError,
@@ -71,36 +72,23 @@ class BaseTrainer(abc.ABC):
         optimizer: torch.optim.Optimizer,
         lr_scheduler: Any = None,
         *,
+        options: TrainerOptions,
         config: dict,
         device: torch.device,
         callbacks: list | None = None,
-        epochs: int,
-        save_period: int = 1,
-        keep_last: int | None = None,
-        monitor: str = "off",
-        min_delta: float = 0.0,
-        early_stop: int = 0,
-        scheduler_interval: str = "epoch",
-        log_model: bool | str = False,
     ) -> None:
         """Builds the loop and writes nothing: where the run writes is given to `train`."""
         self.logger = logging.getLogger("trainer")
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.options = options
         self.config = config
         self.device = device
         self.run: RunFolder | None = None  # set by train()
         self.writer = Writer()  # no backend: writes nothing
         self.callbacks = callbacks or []
-        self.epochs = epochs
-        self.save_period = save_period
-        self.keep_last = keep_last
-        self.monitor = Monitor.parse(monitor)
-        self.min_delta = min_delta
-        self.early_stop = early_stop
-        self.scheduler_interval = scheduler_interval
-        self.log_model = log_model  # checkpoints to W&B: False, True (model_best and last at the end), "all"
+        self.monitor = Monitor.parse(options.monitor)
         self.metrics_csv: MetricsCsv | None = None
 
         self.monitor_best = self.monitor.worst
@@ -136,7 +124,7 @@ class BaseTrainer(abc.ABC):
         if run is not None and self.is_main:
             self.metrics_csv = MetricsCsv(run.log_dir / "metrics.csv")
         self.batch_limit = 1 if dry_run else None
-        last_epoch = self.start_epoch if dry_run else self.epochs
+        last_epoch = self.start_epoch if dry_run else self.options.epochs
         try:
             with (
                 stop_requests(lambda signum: setattr(self, "stop_signal", signum)),
@@ -160,21 +148,21 @@ class BaseTrainer(abc.ABC):
             if improved:
                 self.best_result = last
             self.start_epoch = epoch + 1
-            self._save_epoch(epoch, periodic=epoch % self.save_period == 0, best=improved)
-            if self.log_model == "all":
+            self._save_epoch(epoch, periodic=epoch % self.options.save_period == 0, best=improved)
+            if self.options.log_model == "all":
                 self._log_checkpoint(LAST_NAME, last, ["latest", *(["best"] if improved else [])])
             # After the checkpoints: a callback that reports the epoch elsewhere (Ray Tune, which may stop the
             # trial inside its report) leaves the epoch saved.
             self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, last)
-            if self.early_stop and self.not_improved_count >= self.early_stop:
+            if self.options.early_stop and self.not_improved_count >= self.options.early_stop:
                 self.logger.info(
-                    "Validation performance didn't improve for %d epochs. Training stops.", self.early_stop
+                    "Validation performance didn't improve for %d epochs. Training stops.", self.options.early_stop
                 )
                 break
             if epoch < last_epoch and self._stop_agreed(share=True):
                 self._interrupt(epoch, 0)
         outcome = {"last": last, "best": self.best_result}
-        if self.log_model is True and last:  # last.pth last: W&B gives "latest" to the version logged last
+        if self.options.log_model is True and last:  # last.pth last: W&B gives "latest" to the version logged last
             if self.best_result is not None:
                 self._log_checkpoint(BEST_NAME, self.best_result, ["best"])
             self._log_checkpoint(LAST_NAME, last, ["latest"])
@@ -192,7 +180,7 @@ class BaseTrainer(abc.ABC):
         if valid:
             self._call_hooks([c.on_validation_end for c in self.callbacks], epoch, valid)
             result.update(valid)
-        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
+        if self.lr_scheduler is not None and self.options.scheduler_interval == "epoch":
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.lr_scheduler.step(self._monitored(result))
             else:
@@ -260,7 +248,7 @@ class BaseTrainer(abc.ABC):
         if self.monitor.mode == "off":
             return False
         value = self._monitored(result)
-        if self.monitor.improves(value, self.monitor_best, self.min_delta):
+        if self.monitor.improves(value, self.monitor_best, self.options.min_delta):
             self.monitor_best = value
             self.not_improved_count = 0
             return True
@@ -396,5 +384,5 @@ class BaseTrainer(abc.ABC):
             paths.append(folder / BEST_NAME)
             self.logger.info("Saving current best: %s ...", BEST_NAME)
         save_checkpoint(self.state_dict(epoch), *paths)
-        if periodic and self.keep_last is not None:
-            remove_oldest_periodic(folder, self.keep_last)
+        if periodic and self.options.keep_last is not None:
+            remove_oldest_periodic(folder, self.options.keep_last)

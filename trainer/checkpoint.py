@@ -22,6 +22,7 @@ from base.base_model import weights_mismatch
 from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
 from trainer.finetuning import laid_out_by_trainer
+from trainer.options import TrainerOptions
 from utils.errors import CheckpointError, ConfigError, first_line, shown
 from utils.util import written_atomically
 
@@ -210,6 +211,13 @@ def wandb_run_id(checkpoint: Checkpoint) -> str | None:
     return checkpoint.state.get(KEY_WANDB_RUN)
 
 
+def run_is_finished(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint ends its run: its last epoch trained, or stopped early (not in the middle of an epoch)."""
+    options = TrainerOptions.of(state[KEY_CONFIG])
+    stopped_early = options.early_stop > 0 and state[KEY_NOT_IMPROVED] >= options.early_stop
+    return state[KEY_BATCH] == 0 and (state[KEY_EPOCH] >= options.epochs or stopped_early)
+
+
 def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     """Every reason a checkpoint cannot continue training under `config` (the checkpoint's own config with
     the command line's overrides), checked before anything is built.
@@ -232,7 +240,7 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     wandb_run_id(checkpoint)
     if KEY_EMA in state:
         _check_fields(path, state, (KEY_EMA,))
-    saved, done, epochs = state[KEY_CONFIG], state[KEY_EPOCH], config["trainer"]["epochs"]
+    saved, done, epochs = state[KEY_CONFIG], state[KEY_EPOCH], TrainerOptions.of(config).epochs
     for key, then, now in (
         ("arch.type", state[KEY_ARCH], config["arch"]["type"]),
         ("optimizer.type", state[KEY_OPTIMIZER_TYPE], config["optimizer"]["type"]),

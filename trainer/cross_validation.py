@@ -20,7 +20,6 @@ not train on it, and cv.json each fold's best validation results and every metri
 import copy
 import dataclasses
 import hashlib
-import inspect
 import logging
 import math
 import os
@@ -38,18 +37,17 @@ from logger.run_folder import FOLDS_FILE, create_run_folder
 from model.loss import decide_pos_weight
 from trainer.checkpoint import (
     BEST_NAME,
-    KEY_BATCH,
     KEY_BEST_RESULT,
     KEY_CONFIG,
-    KEY_EPOCH,
-    KEY_NOT_IMPROVED,
     LAST_NAME,
     Checkpoint,
     check_resume,
     load_checkpoint,
+    run_is_finished,
 )
 from trainer.evaluation import predict, prediction_rows, resolve_amp, trained_model, write_csv
 from trainer.metric_tracker import MetricTracker
+from trainer.options import TrainerOptions, loader_task
 from utils.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
 from utils.util import read_json, write_json
 
@@ -168,7 +166,7 @@ def main(
             shutil.rmtree(folder.parents[2] / "log" / folder.parent.name / folder.name, ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return conclude(config, plan, folder, loader_args, logging.getLogger("cross_validation"))
+    return conclude(config, plan, folder, loader_args)
 
 
 def train_fold(
@@ -176,7 +174,7 @@ def train_fold(
 ) -> None:
     """Fold `plan.fold`: kept when done, resumed from `last`, or trained from the start."""
     logger, i, fold_config = logging.getLogger("cross_validation"), plan.fold, for_fold(config, folder, plan.fold)
-    if last is not None and finished(last, fold_config.config):
+    if last is not None and run_is_finished(last.state):
         logger.info("Fold %d of %d: done, kept", i, plan.folds)
         return
     logger.info("Fold %d of %d", i, plan.folds)
@@ -221,8 +219,8 @@ def fold_loader_args(config: Any, plan: Folds) -> dict[str, Any]:
     """What every fold's loaders get besides the config's args: `stratify` as the section says (true by default
     where the loader takes it and the task has labels), and the preprocessing of all the training rows, from a
     loader of every training row (which decides the folds, or checks the saved ones); pos_weight "auto" too."""
-    takes = inspect.signature(config.class_of("data_loader")).parameters
-    task = (config["data_loader"].get("args") or {}).get("task", "classification")
+    takes = config.takes("data_loader")
+    task = loader_task(config.config)
     args: dict[str, Any] = {}
     if "stratify" in takes and task != "regression" and plan.stratify is not False:
         args["stratify"] = True
@@ -274,18 +272,13 @@ def for_fold(config: Any, folder: Path, fold: int) -> Any:
     return type(config)(fold_config)  # a ConfigParser, validated
 
 
-def finished(checkpoint: Checkpoint, config: dict) -> bool:
-    """Whether a fold's last.pth is the end of its run: every epoch trained, or stopped early."""
-    state, early_stop = checkpoint.state, config["trainer"]["early_stop"]
-    done = state[KEY_EPOCH] >= config["trainer"]["epochs"] or (early_stop and state[KEY_NOT_IMPROVED] >= early_stop)
-    return not state[KEY_BATCH] and bool(done)
-
-
-def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict, logger: logging.Logger) -> dict | None:
-    """oof.csv and cv.json once every fold is done; the command that finishes the rest otherwise."""
+def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict) -> dict | None:
+    """oof.csv and cv.json once every fold is done; the command that finishes the rest otherwise. The folder is
+    read again: folds trained on other machines meanwhile (--fold I each) count."""
+    logger = logging.getLogger("cross_validation")
     lasts = [folder / f"fold_{i}" / LAST_NAME for i in range(1, plan.folds + 1)]
     remaining = [
-        i for i, last in enumerate(lasts, 1) if not last.is_file() or not finished(load_checkpoint(last), config.config)
+        i for i, last in enumerate(lasts, 1) if not last.is_file() or not run_is_finished(load_checkpoint(last).state)
     ]
     if remaining:
         logger.info("Folds %s of %d remain: python train.py --resume %s", remaining, plan.folds, folder)
@@ -296,7 +289,7 @@ def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict, logger: 
     write_json(summary, folder / CV_FILE)
     scores = ", ".join(f"{k} {v:.6g}" for k, v in oof.items() if isinstance(v, float) and math.isfinite(v))
     logger.info("Cross-validation of %d folds, out of fold over %d rows: %s", plan.folds, len(rows), scores)
-    reads_inputs = "inputs" in inspect.signature(config.class_of("data_loader")).parameters
+    reads_inputs = "inputs" in config.takes("data_loader")
     then = (
         f"predict.py --resume {folder} --input FILE --out submission.csv"
         if reads_inputs
@@ -319,7 +312,7 @@ def out_of_fold(config: Any, plan: Folds, folder: Path, loader_args: dict) -> tu
         args = {**loader_args, "validation_split": dataclasses.replace(plan, fold=i)}
         loader = config.init_obj("data_loader", split="valid", seed=config["seed"], **args)
         model, device = place_model(trained_model(config, checkpoint), config["n_gpu"])
-        amp = resolve_amp(config["trainer"]["amp"], device)
+        amp = resolve_amp(TrainerOptions.of(config.config).amp, device)
         ids, output, target = predict(model, loader, device, amp, desc=f"Out of fold {i}")
         header, rows = prediction_rows(ids, output, target, loader)
         indexed += [(index, [*row, i]) for index, row in zip(loader.epoch_sampler.indices.tolist(), rows, strict=True)]

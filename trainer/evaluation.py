@@ -82,13 +82,14 @@ def evaluate(
     return tracker.result()
 
 
-def loader_arguments(data_loader_class: type, preprocessing: dict | None, **script_arguments: Any) -> dict:
-    """The arguments a script passes to a data loader besides the config's: `preprocessing` (from the
-    checkpoint) where the loader takes it, and the script's own (`split`, `seed`, `inputs`)."""
-    takes = inspect.signature(data_loader_class).parameters
+def loader_arguments(config: Any, preprocessing: dict | None, **script_arguments: Any) -> dict:
+    """The arguments a script passes to the config's data loader (`config`: a ConfigParser) besides the config's:
+    `preprocessing` (from the checkpoint) where the loader takes it, and the script's own (`split`, `seed`,
+    `inputs`)."""
+    takes = config.takes("data_loader")
     if "inputs" in script_arguments and "inputs" not in takes:
         raise ConfigError(
-            f"data_loader.type: {data_loader_class.__name__} cannot read new inputs for predictions (it has no "
+            f"data_loader.type: {config['data_loader']['type']} cannot read new inputs for predictions (it has no "
             "`inputs` argument); a loader that takes one can (the images, csv, text and kaggle features' loaders do)"
         )
     if "preprocessing" in takes and preprocessing is not None:

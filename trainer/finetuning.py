@@ -16,7 +16,6 @@ The state is a pure function of the epoch: `set_epoch(e)` makes the model what i
 (stages with epoch <= e unfrozen), so a resumed run (and the rehearsal's restore) equals one that never stopped.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.options import TrainerOptions
 from utils.distributed import is_distributed
 from utils.errors import ConfigError
 
@@ -163,7 +163,11 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, lr_scheduler:
 
 
 def build_optimizer(
-    build: Callable[..., Any], scheduler: dict | None, trainer: dict, param_groups: list[dict], batches_per_epoch: int
+    build: Callable[..., Any],
+    scheduler: dict | None,
+    options: TrainerOptions,
+    param_groups: list[dict],
+    batches_per_epoch: int,
 ) -> tuple[torch.optim.Optimizer, Any]:
     """The optimizer over `param_groups` and its lr_scheduler (or None), each built by `build(role, *args,
     **kwargs)` (ConfigParser.init_obj). Each group's learning rate is the configured one times the group's
@@ -173,19 +177,11 @@ def build_optimizer(
     set_learning_rate(optimizer, optimizer.defaults["lr"])
     if scheduler is None:
         return optimizer, None
-    steps = scheduler_steps(
-        trainer["len_epoch"], trainer["accumulate_steps"], trainer["scheduler_interval"], batches_per_epoch
-    )
-    filled = run_length_args(scheduler, trainer["epochs"], steps)
+    steps = options.scheduler_steps(batches_per_epoch)
+    filled = run_length_args(scheduler, options.epochs, steps)
     lr_scheduler = build("lr_scheduler", optimizer, **filled, **per_group_lrs(scheduler, optimizer))
-    check_schedule_length(lr_scheduler, scheduler, trainer["epochs"], steps)
+    check_schedule_length(lr_scheduler, scheduler, options.epochs, steps)
     return optimizer, lr_scheduler
-
-
-def scheduler_steps(len_epoch: int | None, accumulate_steps: int, interval: str, batches_per_epoch: int) -> int:
-    """The scheduler's steps in an epoch: 1 when it steps once an epoch, else the optimizer's steps."""
-    batches = len_epoch or batches_per_epoch
-    return math.ceil(batches / accumulate_steps) if interval == "step" else 1
 
 
 def check_schedule_length(lr_scheduler: Any, entry: dict, epochs: int, steps: int, resumed: bool = False) -> None:

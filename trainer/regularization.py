@@ -60,14 +60,6 @@ class Mixup:
             errors.append(f"trainer.mixup: mixes class labels, and the task is {task!r}; set trainer.mixup null")
         return errors
 
-    @classmethod
-    def check_config(cls, config: dict) -> None:
-        """`trainer.mixup` against the loader's task where the config gives it: before any data is read."""
-        if config["trainer"]["mixup"] is not None:
-            task = (config["data_loader"].get("args") or {}).get("task", "classification")
-            if errors := cls(**config["trainer"]["mixup"]).errors(task):
-                raise ConfigError("; ".join(errors))
-
     def mix(
         self, data: torch.Tensor, target: torch.Tensor, seed: int
     ) -> tuple[torch.Tensor, Callable[[Callable, torch.Tensor], torch.Tensor]]:

@@ -1,6 +1,5 @@
 """The training and validation epochs: batches, mixed precision, accumulation, clipping, metrics."""
 
-import inspect
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +14,9 @@ from base.base_model import summary
 from trainer.base_trainer import BaseTrainer
 from trainer.checkpoint import KEY_DATA, KEY_EMA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from trainer.evaluation import autocast, evaluate, resolve_amp
-from trainer.finetuning import Finetuning, check_schedule_length, scheduler_steps
+from trainer.finetuning import Finetuning, check_schedule_length
 from trainer.metric_tracker import MetricTracker
+from trainer.options import TrainerOptions
 from trainer.regularization import Mixup, averaged_model
 from utils.distributed import agree_max, describe_placement, unwrap_model
 from utils.errors import CheckpointError, ConfigError, UserError
@@ -30,8 +30,8 @@ class Trainer(BaseTrainer):
     """Trains with mixed precision, gradient accumulation and clipping, optionally mixup/CutMix and an EMA of
     the weights (which validation then uses); validates with `evaluate`.
 
-    Takes its own arguments and passes the loop's (`run`, `writer`, `epochs`, `monitor`, ...: see BaseTrainer)
-    on unchanged.
+    Takes its own arguments and passes the loop's (`options`, `config`, `device`, `callbacks`: see BaseTrainer)
+    on unchanged; `options` holds the config's trainer section, this class's keys and the loop's.
     """
 
     def __init__(
@@ -44,14 +44,6 @@ class Trainer(BaseTrainer):
         *,
         data_loader: BaseDataLoader,
         valid_data_loader: BaseDataLoader | None = None,
-        len_epoch: int | None = None,
-        log_step: int = 10,
-        amp: bool | str = False,
-        accumulate_steps: int = 1,
-        clip_grad_norm: float | None = None,
-        compile: bool = False,
-        ema_decay: float | None = None,
-        mixup: dict | None = None,
         finetuning: Finetuning | None = None,
         **loop: Any,
     ) -> None:
@@ -67,23 +59,19 @@ class Trainer(BaseTrainer):
                 f"trainer.monitor: {self.monitor.metric} needs validation data and the validation split is empty; "
                 'set data_loader.args.validation_split, or monitor a training metric ("min loss")'
             )
-        self.len_epoch = len_epoch
-        self.log_step = log_step
-        self.accumulate_steps = accumulate_steps
-        self.clip_grad_norm = clip_grad_norm
         self.global_step = 0  # batches trained on since the start of the run
         self.optimizer_steps = 0  # optimizer steps taken by this process (paces the DDP stop check)
 
-        if compile:
+        options: TrainerOptions = self.options
+        if options.compile:
             # In place (nn.Module.compile): state_dict keys stay free of an `_orig_mod.` prefix.
             self.model.compile()
-        self.amp, self.amp_dtype = amp, resolve_amp(amp, self.device)
+        self.amp, self.amp_dtype = options.amp, resolve_amp(options.amp, self.device)
         # Loss scaling is needed for fp16 only: bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_metrics = MetricTracker(metric_fns, device=self.device)
-        self.ema_decay = ema_decay
-        self.ema = averaged_model(unwrap_model(self.model), ema_decay)
-        self.mixup = Mixup(**mixup) if mixup is not None else None
+        self.ema = averaged_model(unwrap_model(self.model), options.ema_decay)
+        self.mixup = Mixup(**options.mixup) if options.mixup is not None else None
         if self.mixup is not None and (errors := self.mixup.errors(data_loader.task)):
             raise ConfigError("; ".join(errors))
         self._log_decisions()
@@ -108,17 +96,18 @@ class Trainer(BaseTrainer):
             amp = f"{str(self.amp_dtype).removeprefix('torch.')} autocast"
             amp += " (auto: what this device runs natively)" if self.amp == "auto" else ""
             amp += " with loss scaling" if self.scaler.is_enabled() else ""
-        per_step = sampler.batch_size * sampler.world_size * self.accumulate_steps
+        per_step = sampler.batch_size * sampler.world_size * self.options.accumulate_steps
         self.logger.info(
             "Mixed precision: %s; %d samples per optimizer step (batch %d x %d process(es) x %d accumulation step(s))",
             amp,
             per_step,
             sampler.batch_size,
             sampler.world_size,
-            self.accumulate_steps,
+            self.options.accumulate_steps,
         )
         if self.ema is not None:
-            self.logger.info("EMA of the weights, decay %g: validation and model_best.pth use it", self.ema_decay)
+            decay = self.options.ema_decay
+            self.logger.info("EMA of the weights, decay %g: validation and model_best.pth use it", decay)
         if self.mixup is not None:
             self.logger.info("Training batches mixed: %s; metrics use the true labels", self.mixup)
         self.logger.info("%s", summary(unwrap_model(self.model)))
@@ -126,7 +115,7 @@ class Trainer(BaseTrainer):
     def batches_in_epoch(self) -> int:
         """The epoch's batches (len_epoch, or one pass); under a batch limit (a dry run, the rehearsal) the limit's
         worth after the batch the epoch starts at: a run resumed mid-epoch rehearses its next batch."""
-        n = self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
+        n = self.options.batches(self.data_loader.batches_per_epoch)
         return n if self.batch_limit is None else min(n, self.start_batch + self.batch_limit)
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -135,7 +124,7 @@ class Trainer(BaseTrainer):
         per_pass = self.data_loader.batches_per_epoch
         if per_pass == 0:
             return
-        per_epoch = self.len_epoch if self.len_epoch is not None else per_pass
+        per_epoch = self.options.batches(per_pass)
         position = (epoch - 1) * per_epoch + start
         end = (epoch - 1) * per_epoch + self.batches_in_epoch()
         while position < end:
@@ -175,8 +164,8 @@ class Trainer(BaseTrainer):
                 loss = self.criterion(output, target) if loss_of is None else loss_of(self.criterion, output)
 
             # Each optimizer step averages over its group of batches, as one batch that many times larger.
-            group_start = batch_idx - batch_idx % self.accumulate_steps
-            group_size = min(self.accumulate_steps, n_batches - group_start)
+            group_start = batch_idx - batch_idx % self.options.accumulate_steps
+            group_size = min(self.options.accumulate_steps, n_batches - group_start)
             self.scaler.scale(loss / group_size).backward()
             stepped = batch_idx - group_start + 1 == group_size
             if stepped:
@@ -191,13 +180,14 @@ class Trainer(BaseTrainer):
             self.train_metrics.update(detached, output, target)
             self.global_step += 1
 
-            if batch_idx % self.log_step == 0 or batch_idx == n_batches - 1:
+            if batch_idx % self.options.log_step == 0 or batch_idx == n_batches - 1:
                 self._check_finite(first_bad, epoch)  # a host sync, once per log interval
                 value = detached.item()
                 self.writer.add_step_scalar("loss/train_step", value, self.global_step)
                 rate = samples / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}", refresh=False)
-            if stepped and batch_idx < n_batches - 1 and self._stop_agreed(self.optimizer_steps % self.log_step == 0):
+            pace = self.optimizer_steps % self.options.log_step == 0
+            if stepped and batch_idx < n_batches - 1 and self._stop_agreed(pace):
                 bar.close()
                 self._interrupt(epoch, batch_idx + 1)
         bar.close()
@@ -209,13 +199,13 @@ class Trainer(BaseTrainer):
     def _smallest_batch(self) -> tuple[int, int] | None:
         sampler = self.data_loader.epoch_sampler
         last = sampler.num_batches() - 1
-        if self.len_epoch is not None or last < 1 or sampler.batch_samples(last) == sampler.batch_samples(0):
+        if self.options.len_epoch is not None or last < 1 or sampler.batch_samples(last) == sampler.batch_samples(0):
             return None  # no pass of its own, one batch, or a last batch as large as the first
         return last, sampler.batch_samples(last)
 
     def _rehearsal_epochs(self) -> list[int]:
         """The epochs where a freezing strategy unfreezes a stage: the step then trains other parameters."""
-        return sorted({s.epoch for s, _ in self.finetuning.stages if self.start_epoch < s.epoch <= self.epochs})
+        return sorted({s.epoch for s, _ in self.finetuning.stages if self.start_epoch < s.epoch <= self.options.epochs})
 
     def _check_output_fits_the_classes(self, output: torch.Tensor) -> None:
         """A classifier's scores per sample must match the data's classes (their names are known for folders
@@ -231,16 +221,16 @@ class Trainer(BaseTrainer):
             )
 
     def _optimizer_step(self) -> None:
-        if self.clip_grad_norm is not None:
+        if self.options.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         if self.ema is not None:
             self.ema.update_parameters(unwrap_model(self.model))
-        if self.lr_scheduler is not None and self.scheduler_interval == "step":
+        if self.lr_scheduler is not None and self.options.scheduler_interval == "step":
             self.lr_scheduler.step()
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
@@ -274,17 +264,16 @@ class Trainer(BaseTrainer):
     def _restore(self, state: dict[str, Any]) -> None:
         self.finetuning.set_epoch(state[KEY_EPOCH])  # the stages unfrozen by then
         super()._restore(state)
-        per_epoch = self.len_epoch if self.len_epoch is not None else self.data_loader.batches_per_epoch
+        per_epoch = self.options.batches(self.data_loader.batches_per_epoch)
         if self.start_batch >= per_epoch:
             raise CheckpointError(
                 f"the checkpoint stopped after batch {self.start_batch} of epoch {state[KEY_EPOCH]}, which has "
                 f"{per_epoch} batches with this config; resume with the batch_size and len_epoch it was trained with"
             )
         if self.lr_scheduler is not None:
-            steps = scheduler_steps(
-                self.len_epoch, self.accumulate_steps, self.scheduler_interval, self.data_loader.batches_per_epoch
-            )
-            check_schedule_length(self.lr_scheduler, self.config["lr_scheduler"], self.epochs, steps, resumed=True)
+            steps = self.options.scheduler_steps(self.data_loader.batches_per_epoch)
+            entry = self.config["lr_scheduler"]
+            check_schedule_length(self.lr_scheduler, entry, self.options.epochs, steps, resumed=True)
         self.optimizer_steps = 0
         if state[KEY_SCALER]:  # empty when the run trained without loss scaling
             self.scaler.load_state_dict(state[KEY_SCALER])
@@ -295,9 +284,3 @@ class Trainer(BaseTrainer):
             self.logger.info("trainer.ema_decay: the checkpoint has no EMA of the weights; it starts here")
         if self.start_batch:
             self.train_metrics.load_state_dict(state[KEY_PARTIAL])
-
-
-def trainer_defaults() -> dict[str, Any]:
-    """The default of each keyword argument of Trainer and BaseTrainer: the defaults of the trainer.* keys."""
-    parameters = {**inspect.signature(BaseTrainer).parameters, **inspect.signature(Trainer).parameters}
-    return {name: p.default for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
