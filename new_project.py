@@ -3,6 +3,7 @@
 python new_project.py ../myproj                       # the core: train, test and predict on your own data
 python new_project.py ../myproj --with sweeps,text    # the core and these features (--with all: everything)
 python new_project.py --list                          # each feature and what it adds
+python new_project.py ../myproj --with cv             # later: add a feature to a project made without it
 cd ../myproj && python train.py -c config.json
 """
 
@@ -174,7 +175,8 @@ def check_target(target: Path) -> None:
     if target.is_file():
         raise ConfigError(f"{target}: is an existing file; choose a new folder name")
     if target.is_dir() and any(target.iterdir()):
-        raise ConfigError(f"{target}: folder exists and is not empty; choose a new folder name")
+        also = "; to add a feature to this project: --with F" if is_project(target) else ""
+        raise ConfigError(f"{target}: folder exists and is not empty; choose a new folder name{also}")
     if not target.parent.is_dir():
         raise ConfigError(f"{target.parent}: folder not found; create it first, or choose another place")
 
@@ -188,6 +190,8 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
         target = Path(target).expanduser().resolve()
     except RuntimeError as e:  # ~someone who has no home here
         raise ConfigError(f"{target}: {e}; give the folder's path") from None
+    if is_project(target) and features:
+        return add_features(target, features)
     check_target(target)
     files = [p for p in template_files() if owner(p) is None or owner(p) in features]
     staging = Path(tempfile.mkdtemp(prefix=".new_project.", dir=target.parent))  # any length of name fits
@@ -204,6 +208,41 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def is_project(folder: Path) -> bool:
+    """Whether a folder holds a project made by a template like this one (its entry script and config parser)."""
+    return (folder / "train.py").is_file() and (folder / "parse_config.py").is_file()
+
+
+def add_features(project: Path, features: Sequence[str]) -> Path:
+    """Copy into an existing project the files of each feature it lacks; its own files are never replaced. The
+    dev requirements get the features' requirements files. The README stays the user's: docs/<feature>.md is
+    each feature's page."""
+    missing = [name for name in features if not all((project / f).exists() for f in FEATURES[name].files)]
+    if not missing:
+        raise ConfigError(f"{project}: has {', '.join(features)} already; nothing to add")
+    files = [p for p in template_files() if owner(p) in missing]
+    if taken := [p for p in files if (project / p).exists() or (project / p).is_symlink()]:
+        raise ConfigError(
+            f"{project / taken[0]}: exists, and the {owner(taken[0])} feature would replace it; move it away first"
+        )
+    staging = Path(tempfile.mkdtemp(prefix=".new_project.", dir=project.parent))
+    try:
+        for path in files:  # copied aside first: a full disk leaves the project as it was
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TEMPLATE / path, staging / path)
+        for path in files:
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / path, project / path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    dev = project / "requirements-dev.txt"
+    needed = [f"-r {p.name}\n" for p in files if p.name.startswith("requirements-") and p.suffix == ".txt"]
+    if dev.is_file() and (lines := [line for line in needed if line not in dev.read_text()]):
+        with dev.open("a") as handle:
+            handle.write("".join(lines))
+    return project
 
 
 def _drop_missing_requirements(project: Path) -> None:
@@ -275,9 +314,16 @@ if __name__ == "__main__":
         if args.target is None:
             raise ConfigError("the following arguments are required: target (see new_project.py --help)")
         chosen = parse_features(args.features)
+        existing = is_project(Path(args.target).expanduser())
         try:
             created = main(args.target, chosen)
         except OSError as e:
             raise ConfigError(f"could not create the project: {e}; nothing was created") from None
-    print(f"New project in {created} (the core{''.join(f', {n}' for n in chosen)})")
-    print(f"Next: cd {created} && pip install -r requirements.txt && python train.py -c config.json")
+    if existing:
+        pages = ", ".join(f"docs/{n}.md" for n in chosen)
+        print(f"{created} now has {', '.join(chosen)} (your own files are as they were); what each adds: {pages}")
+        needs = [f for n in chosen for f in FEATURES[n].files if f.startswith("requirements-")]
+        print(f"Next: {''.join(f'pip install -r {f} && ' for f in needs)}python -m pytest")
+    else:
+        print(f"New project in {created} (the core{''.join(f', {n}' for n in chosen)})")
+        print(f"Next: cd {created} && pip install -r requirements.txt && python train.py -c config.json")

@@ -12,12 +12,21 @@ class BaseModel(nn.Module):
         return f"{super().__str__()}\nTrainable parameters: {self.num_parameters():,}"
 
 
-def weights_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
-    """What keeps a state dict `given` from loading strictly into a model whose state dict is `own`, in a few
-    words (a shape, then the counts of missing and unexpected keys with one of each), or None when it fits."""
+def state_differences(
+    own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """The keys of a state dict `given` that do not fit a model whose state dict is `own`: (missing,
+    unexpected, of another shape)."""
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
     mismatched = [k for k in own if k in given and given[k].shape != own[k].shape]
+    return missing, unexpected, mismatched
+
+
+def weights_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """What keeps a state dict `given` from loading strictly into a model whose state dict is `own`, in a few
+    words (a shape, then the counts of missing and unexpected keys with one of each), or None when it fits."""
+    missing, unexpected, mismatched = state_differences(own, given)
     parts = [f"{k} has shape {tuple(given[k].shape)} there, {tuple(own[k].shape)} here" for k in mismatched[:1]]
     parts += [f"{len(missing)} missing key(s) such as {missing[0]}"] if missing else []
     parts += [f"{len(unexpected)} unexpected key(s) such as {unexpected[0]}"] if unexpected else []

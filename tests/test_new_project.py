@@ -189,3 +189,53 @@ def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
         held
     )
     assert [row for row in template if not of_a_feature(row)] == core
+
+
+def test_a_feature_is_added_to_an_existing_project_without_replacing_its_files(tmp_path):
+    held = [n for n in FEATURES if new_project.held(n) and not FEATURES[n].requires]
+    if not held:
+        pytest.skip("this copy holds no feature to add")
+    with_requirements = [n for n in held if any(f.startswith("requirements-") for f in FEATURES[n].files)]
+    name = (with_requirements or held)[0]  # sweeps in the template: its requirements file joins the dev ones
+    spec = FEATURES[name]
+    project = new_project.main(tmp_path / "proj", [])
+    (project / "model" / "model.py").write_text("# the user's own model\n")
+    before = tree_snapshot(project)
+    result = run_script(str(ROOT / "new_project.py"), str(project), "--with", name)
+    assert result.returncode == 0 and f"now has {name}" in result.stdout, result.stderr
+    after = tree_snapshot(project)
+    dev = "requirements-dev.txt"
+    assert {k: v for k, v in after.items() if k in before and k != dev} == {k: v for k, v in before.items() if k != dev}
+    assert after[dev].startswith(before[dev])  # lines added, none changed
+    added = {Path(p) for p in set(after) - set(before)}
+    assert added == {Path(p) for p in after if new_project.owner(Path(p)) == name}
+    assert all((project / f).exists() for f in spec.files)
+    requirements = [f for f in spec.files if f.startswith("requirements-")]
+    assert all(f"-r {f}\n" in after[dev].decode() for f in requirements)
+    assert_one_error_line(run_script(str(ROOT / "new_project.py"), str(project), "--with", name), "nothing to add")
+
+    other = new_project.main(tmp_path / "other", [])  # a file of the user's where the feature has one: refused
+    taken = other / spec.files[0]
+    taken.parent.mkdir(parents=True, exist_ok=True)
+    taken.write_text("# mine\n")
+    before = tree_snapshot(tmp_path)
+    result = run_script(str(ROOT / "new_project.py"), str(other), "--with", name)
+    assert_one_error_line(result, f"exists, and the {name} feature would replace it; move it away first")
+    assert tree_snapshot(tmp_path) == before
+    result = run_script(str(ROOT / "new_project.py"), str(other))
+    assert_one_error_line(result, "folder exists and is not empty; choose a new folder name; to add a feature")
+
+
+def test_a_project_without_a_feature_says_how_to_add_it_and_then_has_it(tmp_path):
+    if not new_project.held("cv"):
+        pytest.skip("this copy was made without the cv feature")
+    project = new_project.main(tmp_path / "proj", [])
+    command = ("train.py", "-c", "config.json", "--folds", "2", "--dry-run")
+    assert_one_error_line(
+        run_script(*command, cwd=project),
+        "cross_validation: needs the cv feature, which this project was made without; the template's new_project.py "
+        "adds it: python TEMPLATE/new_project.py THIS_PROJECT --with cv",
+    )
+    new_project.main(project, ["cv"])
+    result = run_script(*command, cwd=project)
+    assert result.returncode == 0 and "Dry run" in result.stdout + result.stderr, result.stderr[-2000:]

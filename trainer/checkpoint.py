@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from base.base_model import weights_mismatch
+from base.base_model import state_differences, weights_mismatch
 from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
 from trainer.finetuning import laid_out_by_trainer
@@ -309,9 +309,7 @@ def load_model_state(
         _check_fields(path, checkpoint.state, (KEY_EMA,))
         state_dict = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    missing, unexpected, mismatched = state_differences(own, state_dict)
     fits = [k for k in own if k in state_dict and k not in mismatched]
     logger = logging.getLogger("train")
     if (strict and (missing or unexpected or mismatched)) or not fits:

@@ -229,7 +229,7 @@ def feature_module(name: str, feature: str, needed_by: str) -> ModuleType:
     if importlib.util.find_spec(name) is None:
         raise ConfigError(
             f"{needed_by}: needs the {feature} feature, which this project was made without; the template's "
-            f"new_project.py DIR --with {feature} makes a project with it (docs/{feature}.md there lists its files)"
+            f"new_project.py adds it: python TEMPLATE/new_project.py THIS_PROJECT --with {feature}"
         )
     return imported(name)
 
