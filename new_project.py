@@ -8,6 +8,7 @@ cd ../myproj && python train.py -c config.json
 """
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -256,7 +257,8 @@ def _drop_missing_requirements(project: Path) -> None:
 
 def _drop_absent_features_rows(readme: Path, features: Sequence[str]) -> None:
     """The README's tables list what the project has: the row of a feature left out (its name, then its page) and
-    the rows of its parts (`CsvDataLoader` (`csv`)) go with it; the config reference keeps every key."""
+    the rows of its parts (`CsvDataLoader` (`csv`)) go with it; the config reference keeps every key. A link to
+    the page of a feature left out becomes the page's name in the template: no link leads nowhere."""
     if not readme.is_file():
         return
 
@@ -268,7 +270,9 @@ def _drop_absent_features_rows(readme: Path, features: Sequence[str]) -> None:
             if n not in features
         )
 
-    readme.write_text("".join(line for line in readme.read_text().splitlines(keepends=True) if not absent(line)))
+    kept = "".join(line for line in readme.read_text().splitlines(keepends=True) if not absent(line))
+    left_out = "|".join(n for n in FEATURES if n not in features) or "(?!)"
+    readme.write_text(re.sub(rf"\[docs/({left_out})\.md\]\(docs/\1\.md\)", r"the template's docs/\1.md", kept))
 
 
 def _includes_missing(line: str, project: Path) -> bool:

@@ -2,6 +2,7 @@
 tests; bad targets and feature names are one line, and nothing is left half made."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -180,15 +181,22 @@ def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
             for n in FEATURES
         )
 
-    core = rows(new_project.main(tmp_path / "core", []) / "README.md")
+    core_project = new_project.main(tmp_path / "core", [])
+    core = rows(core_project / "README.md")
     assert not any(of_a_feature(row) for row in core)
+    links = re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", (core_project / "README.md").read_text())
+    assert links and all((core_project / link).is_file() for link in links)  # no link leads nowhere
     assert any(row.startswith("| `wandb` | object or null |") for row in core)  # the config reference keeps its keys
     template = rows(ROOT / "README.md")  # this copy's: its features' rows, and only theirs
     held = [n for n in FEATURES if new_project.held(n)]
     assert {n for n in FEATURES if any(row.startswith(f"| `{n}` | ") and of_a_feature(row) for row in template)} == set(
         held
     )
-    assert [row for row in template if not of_a_feature(row)] == core
+
+    def page_named(row: str) -> str:  # a link to a page, or the page's name where the project lacks it
+        return re.sub(r"\[(docs/\w+\.md)\]\(\1\)|the template's (docs/\w+\.md)", r"\1\2", row)
+
+    assert [page_named(row) for row in template if not of_a_feature(row)] == [page_named(row) for row in core]
 
 
 def test_a_feature_is_added_to_an_existing_project_without_replacing_its_files(tmp_path):
