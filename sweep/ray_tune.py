@@ -55,7 +55,7 @@ def run_sweep(sweep: Sweep, resume: bool, address: str | None) -> list[TrialReco
             signal.signal(signal.SIGTERM, previous)
         records = []  # while Ray runs: a trial's error is read through it
         for t in tune.ExperimentAnalysis(str(sweep.folder / RAY_FOLDER)).trials:  # as Tune saved them last: one
-            error = error_line(t) if t.status == Trial.ERROR else ""  # interrupted is still RUNNING there, not ended
+            error = error_line(t) if t.status == Trial.ERROR else ""  # an interrupted trial is saved PENDING: not ended
             records.append(read_trial(sweep, Path(t.path).name, t.config, t.status == Trial.TERMINATED, error))
     except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, with the state it saved last
         raise TrainingInterrupted(
