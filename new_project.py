@@ -187,10 +187,7 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
 
     The copy is made in a hidden folder beside the target and moved into place when complete: a full disk or an
     interrupt leaves no half-made project behind."""
-    try:
-        target = Path(target).expanduser().resolve()
-    except RuntimeError as e:  # ~someone who has no home here
-        raise ConfigError(f"{target}: {e}; give the folder's path") from None
+    target = absolute(target)
     if is_project(target) and features:
         return add_features(target, features)
     check_target(target)
@@ -209,6 +206,14 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def absolute(target: str | Path) -> Path:
+    """The target folder's absolute path, `~` expanded."""
+    try:
+        return Path(target).expanduser().resolve()
+    except RuntimeError as e:  # ~someone who has no home here
+        raise ConfigError(f"{target}: {e}; give the folder's path") from None
 
 
 def is_project(folder: Path) -> bool:
@@ -318,7 +323,7 @@ if __name__ == "__main__":
         if args.target is None:
             raise ConfigError("the following arguments are required: target (see new_project.py --help)")
         chosen = parse_features(args.features)
-        existing = is_project(Path(args.target).expanduser())
+        existing = is_project(absolute(args.target))
         try:
             created = main(args.target, chosen)
         except OSError as e:
