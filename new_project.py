@@ -198,7 +198,8 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(TEMPLATE / path, staging / path)
         _drop_missing_requirements(staging)
-        _drop_absent_features_rows(staging / "README.md", features)
+        if (staging / "README.md").is_file():
+            (staging / "README.md").write_text(readme_for((staging / "README.md").read_text(), features))
         (staging / "saved").mkdir(exist_ok=True)
         (staging / "saved" / ".gitkeep").touch()
         staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the project is an ordinary folder
@@ -223,32 +224,64 @@ def is_project(folder: Path) -> bool:
 
 def add_features(project: Path, features: Sequence[str]) -> Path:
     """Copy into an existing project the files of each feature it lacks; its own files are never replaced. The
-    dev requirements get the features' requirements files. The README stays the user's: docs/<feature>.md is
-    each feature's page."""
-    missing = [name for name in features if not all((project / f).exists() for f in FEATURES[name].files)]
+    dev requirements get the features' requirements files; the README their rows, unless the user has edited it.
+    All or nothing: a failure or an interrupt puts back what was added."""
+    if TEMPLATE in project.parents:
+        raise ConfigError(f"{project}: is inside the template itself; choose a project outside {TEMPLATE}")
+    had = [name for name in FEATURES if all((project / f).exists() for f in FEATURES[name].files)]
+    missing = [name for name in features if name not in had]
     if not missing:
         raise ConfigError(f"{project}: has {', '.join(features)} already; nothing to add")
     files = [p for p in template_files() if owner(p) in missing]
-    if taken := [p for p in files if (project / p).exists() or (project / p).is_symlink()]:
-        raise ConfigError(
-            f"{project / taken[0]}: exists, and the {owner(taken[0])} feature would replace it; move it away first"
-        )
+    for path in files:
+        for here in [project / path, *(project / p for p in path.parents if p != Path())]:
+            if here.is_symlink() or (here.exists() and (here == project / path or not here.is_dir())):
+                raise ConfigError(
+                    f"{here}: is in the way of the {owner(path)} feature's {path} (a file, or a link); move it first"
+                )
+    edits = _project_edits(project, had, [*had, *missing], files)
     staging = Path(tempfile.mkdtemp(prefix=".new_project.", dir=project.parent))
+    added: list[Path] = []  # files and folders made, in order
+    originals = {path: path.read_bytes() for path in edits}
     try:
         for path in files:  # copied aside first: a full disk leaves the project as it was
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(TEMPLATE / path, staging / path)
         for path in files:
-            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            for folder in reversed([project / p for p in path.parents if p != Path()]):
+                if not folder.exists():
+                    folder.mkdir()
+                    added.append(folder)
             os.replace(staging / path, project / path)
+            added.append(project / path)
+        for path, text in edits.items():
+            path.write_text(text)
+    except BaseException:
+        for path, original in originals.items():
+            path.write_bytes(original)
+        for path in reversed(added):
+            path.rmdir() if path.is_dir() else path.unlink()
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    dev = project / "requirements-dev.txt"
-    needed = [f"-r {p.name}\n" for p in files if p.name.startswith("requirements-") and p.suffix == ".txt"]
-    if dev.is_file() and (lines := [line for line in needed if line not in dev.read_text()]):
-        with dev.open("a") as handle:
-            handle.write("".join(lines))
     return project
+
+
+def _project_edits(project: Path, had: list[str], has: list[str], files: list[Path]) -> dict[Path, str]:
+    """The new text of the project's files that name its features: requirements-dev.txt gets a `-r` line for each
+    new requirements file; README.md gets the new features' rows, where it is still as new_project.py wrote it."""
+    edits = {}
+    dev, readme, template_readme = project / "requirements-dev.txt", project / "README.md", TEMPLATE / "README.md"
+    if dev.is_file():
+        text, present = dev.read_text(), {line.strip() for line in dev.read_text().splitlines()}
+        new = [f"-r {p.name}\n" for p in files if p.name.startswith("requirements-") and f"-r {p.name}" not in present]
+        if new:
+            edits[dev] = text + ("\n" if text and not text.endswith("\n") else "") + "".join(new)
+    if readme.is_file() and template_readme.is_file():
+        template_text = template_readme.read_text()
+        if readme.read_text() == readme_for(template_text, had):
+            edits[readme] = readme_for(template_text, has)
+    return edits
 
 
 def _drop_missing_requirements(project: Path) -> None:
@@ -260,12 +293,11 @@ def _drop_missing_requirements(project: Path) -> None:
             path.write_text("".join(kept))
 
 
-def _drop_absent_features_rows(readme: Path, features: Sequence[str]) -> None:
-    """The README's tables list what the project has: the row of a feature left out (its name, then its page) and
-    the rows of its parts (`CsvDataLoader` (`csv`)) go with it; the config reference keeps every key. A link to
-    the page of a feature left out becomes the page's name in the template: no link leads nowhere."""
-    if not readme.is_file():
-        return
+def readme_for(text: str, features: Sequence[str]) -> str:
+    """The README of a project with `features`: its tables list what the project has (the row of a feature left
+    out, its name then its page, goes, and so do the rows of its parts, `CsvDataLoader` (`csv`)); the config
+    reference keeps every key. A link to the page of a feature left out becomes the page's name in the template:
+    no link leads nowhere."""
 
     def absent(line: str) -> bool:
         cell = line.split("|")[1].strip() if line.startswith("| ") else ""
@@ -275,9 +307,9 @@ def _drop_absent_features_rows(readme: Path, features: Sequence[str]) -> None:
             if n not in features
         )
 
-    kept = "".join(line for line in readme.read_text().splitlines(keepends=True) if not absent(line))
+    kept = "".join(line for line in text.splitlines(keepends=True) if not absent(line))
     left_out = "|".join(n for n in FEATURES if n not in features) or "(?!)"
-    readme.write_text(re.sub(rf"\[docs/({left_out})\.md\]\(docs/\1\.md\)", r"the template's docs/\1.md", kept))
+    return re.sub(rf"\[docs/({left_out})\.md\]\(docs/\1\.md\)", r"the template's docs/\1.md", kept)
 
 
 def _includes_missing(line: str, project: Path) -> bool:
@@ -315,7 +347,7 @@ def feature_list() -> str:
 
 
 if __name__ == "__main__":
-    with one_line_errors(interrupted="stopped while copying; nothing was created"):
+    with one_line_errors(interrupted="stopped while copying; nothing was created or changed"):
         args = build_parser().parse_args()
         if args.list:
             print(feature_list())
@@ -327,10 +359,11 @@ if __name__ == "__main__":
         try:
             created = main(args.target, chosen)
         except OSError as e:
-            raise ConfigError(f"could not create the project: {e}; nothing was created") from None
+            what = "add to the project" if existing else "create the project"
+            raise ConfigError(f"could not {what}: {e}; nothing was created or changed") from None
     if existing:
         pages = ", ".join(f"docs/{n}.md" for n in chosen)
-        print(f"{created} now has {', '.join(chosen)} (your own files are as they were); what each adds: {pages}")
+        print(f"{created} now has {', '.join(chosen)} (none of your files replaced); what each adds: {pages}")
         needs = [f for n in chosen for f in FEATURES[n].files if f.startswith("requirements-")]
         print(f"Next: {''.join(f'pip install -r {f} && ' for f in needs)}python -m pytest")
     else:
