@@ -116,7 +116,7 @@ def log_summary(result: dict[str, Any], monitor: Monitor, config: dict, checkpoi
         logger.info("Dry run: one training and one validation batch went through the real step; nothing was written.")
         logger.info("%s", json.dumps(last, indent=4))
         return
-    if best is not None:
+    if best is not None and monitor.mode != "off":  # (a damaged checkpoint's config may have lost its monitor)
         metric = monitor.metric
         logger.info("Best: epoch %d, %s %.6g (monitor: %s)", best["epoch"], metric, best[metric], monitor.text)
         checkpoint = checkpoint_dir / "model_best.pth"

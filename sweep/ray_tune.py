@@ -98,7 +98,7 @@ def run_trial(values: dict[str, Any], sweep_dir: str, workdir: str) -> None:
         train.main(config, run_id=trial, callbacks=[ReportToTune()])
         return
     checkpoint = load_checkpoint(last)
-    if run_is_finished(checkpoint.state):  # the sweep was killed after the run ended, before Tune saved that:
+    if run_is_finished(checkpoint):  # the sweep was killed after the run ended, before Tune saved that:
         with (run.log_dir / "metrics.csv").open(newline="") as handle:  # report its last epoch again
             row = list(csv.DictReader(handle))[-1]
         keys = [k for k in checkpoint.state[KEY_BEST_RESULT] if row.get(k, "") != ""]

@@ -322,8 +322,9 @@ def read_trial(sweep: Sweep, trial: str, values: dict[str, Any], ended: bool, er
 
     run = sweep.run_folder(trial, values)
     last = run.checkpoint_dir / LAST_NAME
-    state = load_checkpoint(last).state if last.is_file() else None
-    finished = state is not None and run_is_finished(state)
+    checkpoint = load_checkpoint(last) if last.is_file() else None
+    state = checkpoint.state if checkpoint is not None else None
+    finished = checkpoint is not None and run_is_finished(checkpoint)
     status = "error" if error else "unfinished" if not ended else "finished" if finished else "stopped"
     epochs, best = (state[KEY_EPOCH], state[KEY_BEST_RESULT]) if state is not None else (0, None)
     return TrialRecord(trial, values, status, epochs, best, run.checkpoint_dir, error)

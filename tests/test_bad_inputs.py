@@ -18,7 +18,7 @@ from logger.run_folder import RunFolder
 from parse_config import ConfigParser
 from test_cli import assert_one_error_line
 from trainer.callbacks import Callback
-from trainer.checkpoint import LAST_NAME, load_checkpoint
+from trainer.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, run_is_finished
 from utils.errors import CheckpointError, ConfigError, DataError
 
 REQUIRED = ["name", "arch", "data_loader", "optimizer", "loss", "metrics", "trainer"]
@@ -327,6 +327,18 @@ def checkpoint_state() -> dict:
         device=torch.device("cpu"), options=TrainerOptions(**{**config["trainer"], "monitor": "off"}),
     )  # fmt: skip
     return trainer.state_dict(epoch=1)
+
+
+@pytest.mark.parametrize(
+    "trainer", [{"epochs": 2, "early_stop": "5"}, {"epochs": 2, "bogus": 1}, {}, [], None], ids=str
+)
+def test_a_damaged_trainer_section_is_one_line_where_the_end_of_a_run_is_read(checkpoint_state, trainer, tmp_path):
+    """A sweep's trial or a fold is finished or not by its checkpoint's own config: data, like the rest of it."""
+    state = {**checkpoint_state, "config": {**checkpoint_state["config"], "trainer": trainer}}
+    with pytest.raises(CheckpointError, match=r"last\.pth: the trainer section of its config is damaged \("):
+        run_is_finished(Checkpoint(tmp_path / "last.pth", state))
+    state["config"]["trainer"] = {"epochs": 1}  # and a sound one is read
+    assert run_is_finished(Checkpoint(tmp_path / "last.pth", state))
 
 
 field_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=12)

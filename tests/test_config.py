@@ -299,6 +299,11 @@ def test_duplicate_metric_labels_are_refused_and_name_resolves_them(base_config)
 def test_reduce_lr_on_plateau_needs_a_matching_monitor(base_config):
     base_config["lr_scheduler"] = {"type": "ReduceLROnPlateau", "args": {"mode": "max"}}
     assert "lr_scheduler.args.mode: 'max' disagrees with trainer.monitor 'min val_loss'" in errors_of(base_config)
+    base_config["lr_scheduler"]["args"]["mode"] = "min"
+    base_config["trainer"]["scheduler_interval"] = "step"
+    assert errors_of(base_config) == (
+        'trainer.scheduler_interval: ReduceLROnPlateau steps once an epoch, on the monitored metric; set it "epoch"'
+    )
     base_config["trainer"]["monitor"] = "off"
     assert "ReduceLROnPlateau steps on the monitored metric" in errors_of(base_config)
 

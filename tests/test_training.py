@@ -115,6 +115,10 @@ def test_resume_refuses_a_finished_run_and_a_changed_architecture(tiny_config, t
         match=r'arch\.type: the checkpoint was trained with "DigitsModel", the config asks for "MnistModel"',
     ):
         train(None, tmp_path, overrides=["arch.type=MnistModel", "arch.args={}"], resume=run.checkpoint_dir)
+    monitored = tiny_config["trainer"]["monitor"]  # the best so far is of that metric: another would misread it
+    with pytest.raises(ConfigError, match=rf'trainer\.monitor: the checkpoint was trained with "{monitored}", the '
+                       'config asks for "off"; a resumed run keeps'):  # fmt: skip
+        train(None, tmp_path, overrides=["trainer.monitor=off", "trainer.epochs=3"], resume=run.checkpoint_dir)
 
 
 def test_resume_trains_at_an_overridden_learning_rate_and_the_config_says_so(tiny_config, tmp_path):

@@ -211,11 +211,17 @@ def wandb_run_id(checkpoint: Checkpoint) -> str | None:
     return checkpoint.state.get(KEY_WANDB_RUN)
 
 
-def run_is_finished(state: dict[str, Any]) -> bool:
-    """Whether a checkpoint ends its run: its last epoch trained, or stopped early (not in the middle of an epoch)."""
-    options = TrainerOptions.of(state[KEY_CONFIG])
-    stopped_early = options.early_stop > 0 and state[KEY_NOT_IMPROVED] >= options.early_stop
-    return state[KEY_BATCH] == 0 and (state[KEY_EPOCH] >= options.epochs or stopped_early)
+def run_is_finished(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint ends its run: its last epoch trained, or stopped early (not in the middle of an epoch),
+    as the trainer section of its own config says."""
+    state = checkpoint.state
+    _check_fields(checkpoint.path, state, (KEY_CONFIG, KEY_EPOCH, KEY_BATCH, KEY_NOT_IMPROVED))
+    try:
+        options = TrainerOptions.of(state[KEY_CONFIG])
+        stopped_early = options.early_stop > 0 and state[KEY_NOT_IMPROVED] >= options.early_stop
+        return state[KEY_BATCH] == 0 and (state[KEY_EPOCH] >= options.epochs or stopped_early)
+    except (TypeError, KeyError) as e:  # a section that no run wrote: a key missing, unknown or of another type
+        raise CheckpointError(f"{checkpoint.path}: the trainer section of its config is damaged ({e})") from None
 
 
 def check_resume(checkpoint: Checkpoint, config: dict) -> None:
@@ -240,27 +246,30 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     wandb_run_id(checkpoint)
     if KEY_EMA in state:
         _check_fields(path, state, (KEY_EMA,))
-    saved, done, epochs = state[KEY_CONFIG], state[KEY_EPOCH], TrainerOptions.of(config).epochs
+    saved, done, options = state[KEY_CONFIG], state[KEY_EPOCH], TrainerOptions.of(config)
+    trained = saved["trainer"] if isinstance(saved.get("trainer"), dict) else {}  # data: read with care
     for key, then, now in (
         ("arch.type", state[KEY_ARCH], config["arch"]["type"]),
         ("optimizer.type", state[KEY_OPTIMIZER_TYPE], config["optimizer"]["type"]),
         ("lr_scheduler", saved.get("lr_scheduler"), config["lr_scheduler"]),
+        ("trainer.monitor", trained.get("monitor", "off"), options.monitor),  # the best so far is of its metric
     ):
         if then != now:
             raise ConfigError(
                 f"{key}: the checkpoint was trained with {shown(then)}, the config asks for {shown(now)}; a resumed "
                 "run keeps what its state was saved with; add -c CONFIG to fine-tune from its weights instead"
             )
+    epochs = options.epochs
     if done >= epochs and not state[KEY_BATCH]:
         raise ConfigError(
             f"trainer.epochs: the checkpoint has finished epoch {done} and trainer.epochs is {epochs}; "
             f"pass trainer.epochs=N with N > {done} to train further"
         )
     scheduler = config["lr_scheduler"]  # a schedule laid out for the run's length is kept: stepping past it fails
-    if scheduler is not None and laid_out_by_trainer(scheduler) and saved["trainer"]["epochs"] != epochs:
+    if scheduler is not None and laid_out_by_trainer(scheduler) and trained.get("epochs") != epochs:
         raise ConfigError(
-            f"trainer.epochs: {scheduler['type']}'s schedule was laid out for the {saved['trainer']['epochs']} epochs "
-            f"the run started with; a resumed run keeps it (trainer.epochs={saved['trainer']['epochs']}); add -c "
+            f"trainer.epochs: {scheduler['type']}'s schedule was laid out for the {trained.get('epochs')} epochs "
+            f"the run started with; a resumed run keeps it (trainer.epochs={trained.get('epochs')}); add -c "
             "CONFIG to fine-tune from its weights with a new schedule"
         )
 

@@ -174,7 +174,7 @@ def train_fold(
 ) -> None:
     """Fold `plan.fold`: kept when done, resumed from `last`, or trained from the start."""
     logger, i, fold_config = logging.getLogger("cross_validation"), plan.fold, for_fold(config, folder, plan.fold)
-    if last is not None and run_is_finished(last.state):
+    if last is not None and run_is_finished(last):
         logger.info("Fold %d of %d: done, kept", i, plan.folds)
         return
     logger.info("Fold %d of %d", i, plan.folds)
@@ -278,7 +278,7 @@ def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict) -> dict 
     logger = logging.getLogger("cross_validation")
     lasts = [folder / f"fold_{i}" / LAST_NAME for i in range(1, plan.folds + 1)]
     remaining = [
-        i for i, last in enumerate(lasts, 1) if not last.is_file() or not run_is_finished(load_checkpoint(last).state)
+        i for i, last in enumerate(lasts, 1) if not last.is_file() or not run_is_finished(load_checkpoint(last))
     ]
     if remaining:
         logger.info("Folds %s of %d remain: python train.py --resume %s", remaining, plan.folds, folder)

@@ -75,6 +75,11 @@ class TrainerOptions:
                 )
             elif monitor.mode != mode:
                 errors.append(f"lr_scheduler.args.mode: '{mode}' disagrees with trainer.monitor '{monitor.text}'")
+            if self.scheduler_interval == "step":
+                errors.append(
+                    "trainer.scheduler_interval: ReduceLROnPlateau steps once an epoch, on the monitored metric; "
+                    'set it "epoch"'
+                )
         return errors
 
     def check_for_training(self, config: dict) -> None:
