@@ -291,6 +291,14 @@ def validate(config: dict) -> None:
         raise ConfigError("; ".join(errors))
 
 
+def _validates(config: dict) -> bool:
+    try:
+        validate(config)
+    except ConfigError:
+        return False
+    return True
+
+
 class ConfigParser:
     """A validated config (a plain dict, with every default filled in) and the way to build its parts by name."""
 
@@ -325,9 +333,15 @@ class ConfigParser:
 
             stored_trackers(config)  # data: a stranger's checkpoint chooses no host, folder or mode for W&B
         move_victoresque_keys(config)
+        stored = copy.deepcopy(config) if config_path is None else None
         for override in overrides:
             apply_override(config, override)
-        return cls(config)
+        try:
+            return cls(config)
+        except ConfigError as e:
+            if stored is None or _validates(stored):  # the overrides' fault: the error as it is
+                raise
+            raise ConfigError(f"{resume.path}: the config stored in it is damaged ({e})") from None
 
     def __getitem__(self, key: str) -> Any:
         return self.config[key]

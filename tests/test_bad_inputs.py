@@ -341,6 +341,16 @@ def test_a_damaged_trainer_section_is_one_line_where_the_end_of_a_run_is_read(ch
     assert run_is_finished(Checkpoint(tmp_path / "last.pth", state))
 
 
+def test_a_damaged_stored_config_is_named_with_its_checkpoint(checkpoint_state, tmp_path):
+    """A resumed or evaluated checkpoint's config that no run wrote: the line says which file; a bad override
+    of a sound one stays the override's own line."""
+    damaged = {**checkpoint_state, "config": {**checkpoint_state["config"], "trainer": {"epochs": 2, "bogus": 1}}}
+    with pytest.raises(ConfigError, match=r"^\S+last\.pth: the config stored in it is damaged \(trainer\.bogus: "):
+        ConfigParser.load(None, Checkpoint(tmp_path / "last.pth", damaged))
+    with pytest.raises(ConfigError, match=r"^trainer\.epochs: expected"):
+        ConfigParser.load(None, Checkpoint(tmp_path / "last.pth", checkpoint_state), ["trainer.epochs=0"])
+
+
 field_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=12)
 field_values = field_values | st.lists(st.integers(), max_size=3) | st.dictionaries(st.text(max_size=5), st.integers())
 

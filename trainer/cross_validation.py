@@ -209,8 +209,8 @@ def trained_folds(config: Any, folder: Path, plan: Folds) -> dict[int, Checkpoin
         for key in ALIKE:
             if saved.get(key) != now.get(key):
                 raise ConfigError(
-                    f"{key}: fold {i} was trained with another {key} than the config gives now (an override, or an "
-                    "edited config.json); the folds of a cross-validation are trained alike: start a new one"
+                    f"{key}: fold {i} was trained with another {key} than the config gives now (an override, an "
+                    f"edited config.json, or a damaged {path}); the folds of a cross-validation are trained alike"
                 )
     return found
 
