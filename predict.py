@@ -38,9 +38,10 @@ def main(
 
     from logger.logger import setup_logging
     from trainer.checkpoint import KEY_DATA
-    from trainer.evaluation import evaluated_model, loader_arguments, predict, prediction_rows, resolve_amp, write_csv
+    from trainer.evaluation import evaluated_model, loader_arguments, predict, prediction_rows, resolve_amp
     from trainer.options import TrainerOptions
     from utils.distributed import place_model
+    from utils.util import write_csv
 
     setup_logging(None, config["verbosity"])
     logger = logging.getLogger("predict")

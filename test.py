@@ -91,7 +91,8 @@ def check_not_empty(data_loader: Any, split: str, loader: str, folds: bool) -> N
 def write_predictions(model: Any, data_loader: Any, device: Any, split: str, path: Path, raw_csv: bool) -> None:
     """One CSV row per sample: a second pass over the split, in the same order, keeping every output."""
     from base.base_data_loader import worker_failures_as_data_errors
-    from trainer.evaluation import predict, prediction_rows, write_csv
+    from trainer.evaluation import predict, prediction_rows
+    from utils.util import write_csv
 
     with worker_failures_as_data_errors():
         ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")

@@ -3,7 +3,6 @@ the signatures of Ray's state, and what it leaves (trials.csv, best.json) read f
 
 import contextlib
 import copy
-import csv
 import hmac
 import json
 import os
@@ -16,7 +15,7 @@ from typing import Any
 from logger.run_folder import RunFolder
 from parse_config import ConfigParser, apply_override, move_victoresque_keys, read_config
 from utils.errors import ConfigError, did_you_mean, quoted, shown
-from utils.util import cache_home, csv_cell, output_file, read_json, write_json, written_atomically
+from utils.util import cache_home, read_json, write_csv, write_json, written_atomically
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SEARCHES = ("random", "optuna")  # random: grid values in turn, the other distributions drawn at random
@@ -345,15 +344,14 @@ def write_outputs(records: list[TrialRecord], sweep: Sweep, top: int = 5) -> Tri
 
     mode, metric = sweep.monitor
     keys = [d.key for d in sweep.space]
-    with output_file(sweep.folder / TRIALS_NAME, newline="") as handle:
-        writer = csv.writer(handle)
-        header = ["trial", *keys, "status", "epochs", f"best_{metric}", "best_epoch", "run_folder", "error"]
-        writer.writerow([csv_cell(cell) for cell in header])
-        for r in sorted(records, key=lambda r: r.trial):
-            best = r.best or {}
-            values = [as_text(r.values.get(key)) for key in keys]
-            row = [r.trial, *values, r.status, r.epochs, best.get(metric, ""), best.get("epoch", "")]
-            writer.writerow([csv_cell(cell) for cell in [*row, r.run_folder, r.error]])
+    header = ["trial", *keys, "status", "epochs", f"best_{metric}", "best_epoch", "run_folder", "error"]
+    rows = []
+    for r in sorted(records, key=lambda r: r.trial):
+        best = r.best or {}
+        values = [as_text(r.values.get(key)) for key in keys]
+        rows.append([r.trial, *values, r.status, r.epochs, best.get(metric, ""), best.get("epoch", ""), r.run_folder,
+                     r.error])  # fmt: skip
+    write_csv(header, rows, sweep.folder / TRIALS_NAME, raw=False, replace=True)
     counts = ", ".join(f"{sum(r.status == s for r in records)} {s}" for s in STATUSES)
     print(f"\n{len(records)} trials: {counts}; {sweep.folder / TRIALS_NAME}")
     sign = -1 if mode == "max" else 1

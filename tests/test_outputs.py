@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.evaluation import write_csv
 from utils.errors import ConfigError
-from utils.util import output_file, write_json
+from utils.util import output_file, write_csv, write_json
 
 # Each writer with what it writes, as bytes on disk.
 WRITERS: dict[str, tuple[Callable[[Path], None], bytes]] = {

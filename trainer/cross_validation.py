@@ -45,11 +45,11 @@ from trainer.checkpoint import (
     load_checkpoint,
     run_is_finished,
 )
-from trainer.evaluation import predict, prediction_rows, resolve_amp, trained_model, write_csv
+from trainer.evaluation import predict, prediction_rows, resolve_amp, trained_model
 from trainer.metric_tracker import MetricTracker
 from trainer.options import TrainerOptions, loader_task
 from utils.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
-from utils.util import read_json, write_json
+from utils.util import read_json, write_csv, write_json
 
 OOF_FILE, CV_FILE = "oof.csv", "cv.json"
 

@@ -9,11 +9,9 @@ with a leading single quote unless the user asks for raw values (`--raw-csv`).
 """
 
 import contextlib
-import csv
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +21,7 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from trainer.metric_tracker import MetricTracker
 from utils.errors import ConfigError
-from utils.util import csv_cell, feature_module, output_file
+from utils.util import feature_module
 
 
 def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
@@ -198,16 +196,3 @@ def _class_probabilities(task: str, outputs: torch.Tensor, classes: list[str] | 
 
 def _zip(ids: list, truth: list | None, *columns: list) -> Any:
     return zip(ids, truth if truth is not None else [None] * len(ids), *columns, strict=True)
-
-
-def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool, replace: bool = False) -> None:
-    """The rows as CSV, written by output_file (atomically; straight through to a device or a FIFO); a file the
-    user named is never replaced unless `replace`. Unless `raw`, a text cell that a spreadsheet would read as a
-    formula gets a leading single quote."""
-    try:
-        with output_file(path, newline="", replace=replace) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows([[csv_cell(v, raw) for v in row] for row in rows])
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None

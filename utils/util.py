@@ -5,6 +5,7 @@ validating a config (which use read_json) answer without loading torch.
 """
 
 import contextlib
+import csv
 import importlib
 import importlib.util
 import json
@@ -212,6 +213,19 @@ def csv_cell(value: Any, raw: bool = False) -> Any:
     if not raw and isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
         return "'" + value  # OWASP's advice: the cell is shown as the text it is, never evaluated
     return value
+
+
+def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool, replace: bool = False) -> None:
+    """The one CSV writer (predictions, oof.csv, a sweep's trials.csv): the rows, written by output_file
+    (atomically; straight through to a device or a FIFO); a file the user named is never replaced unless
+    `replace`. Every cell is a `csv_cell`: unless `raw`, a formula is defused."""
+    try:
+        with output_file(path, newline="", replace=replace) as handle:
+            writer = csv.writer(handle)
+            writer.writerow([csv_cell(v, raw) for v in header])
+            writer.writerows([[csv_cell(v, raw) for v in row] for row in rows])
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 
 
 def imported(name: str, is_package: bool = False) -> ModuleType:
