@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, template_only
 from data_loader.data_loaders import DigitsDataLoader
 from logger.run_folder import check_run_id, create_run_folder
 from parse_config import ConfigParser, apply_override, parse_value, validate
@@ -351,6 +351,7 @@ def test_run_folders_are_unique_and_hold_the_resolved_config(tiny_config, write_
             check_run_id(config, bad)
 
 
+@template_only
 def test_readme_documents_every_config_key():
     schema = read_json(ROOT / "utils" / "config_schema.json")
     keys = [k for k in schema["properties"] if k != "trainer"] + ["trainer"]

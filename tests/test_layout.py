@@ -1,13 +1,15 @@
 """The layout: every concept has one home, and imports run down the layers only (read from the source, so
-imports inside functions count too)."""
+imports inside functions count too). The template's rules for its own code: a project skips them (template_only)."""
 
 import ast
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, template_only
 from new_project import FEATURES, owner
+
+pytestmark = template_only
 
 # Lowest first. A module may import its own package and any package of a lower layer; packages that share a
 # layer (data_loader and model; the entry scripts) import none of each other.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import new_project
-from conftest import ROOT, run_script, tree_snapshot
+from conftest import ROOT, run_script, template_only, tree_snapshot
 from new_project import FEATURES, owner
 from test_cli import assert_one_error_line
 
@@ -172,25 +172,28 @@ def test_the_longest_folder_name_and_an_unknown_home_are_handled(tmp_path):
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "~nosuchuser_xyz/proj" in result.stderr
 
 
+def readme_rows(readme: Path) -> list[str]:
+    return [line for line in readme.read_text().splitlines() if line.startswith("| `")]
+
+
+def of_a_feature(row: str) -> bool:  # a feature's row in the table of features, or a loader of a feature
+    return any(
+        (row.startswith(f"| `{n}` | ") and row.endswith(f"(docs/{n}.md) |")) or f"(`{n}`) |" in row for n in FEATURES
+    )
+
+
 def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
-    def rows(readme: Path) -> list[str]:
-        return [line for line in readme.read_text().splitlines() if line.startswith("| `")]
-
-    def of_a_feature(row: str) -> bool:  # a feature's row in the table of features, or a loader of a feature
-        return any(
-            (row.startswith(f"| `{n}` | ") and row.endswith(f"(docs/{n}.md) |")) or f"(`{n}`) |" in row
-            for n in FEATURES
-        )
-
     core_project = new_project.main(tmp_path / "core", [])
-    core = rows(core_project / "README.md")
-    assert not any(of_a_feature(row) for row in core)
+    assert not any(of_a_feature(row) for row in readme_rows(core_project / "README.md"))
     links = re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", (core_project / "README.md").read_text())
     assert all((core_project / link).is_file() for link in links)  # no link leads nowhere
-    if not (ROOT / "benchmarks").is_dir():  # a project: its README is its user's to rewrite; the rest is the template's
-        return
-    assert links and any(row.startswith("| `wandb` | object or null |") for row in core)  # the reference keeps its keys
-    template = rows(ROOT / "README.md")  # this copy's: its features' rows, and only theirs
+
+
+@template_only
+def test_the_templates_readme_has_a_row_for_each_feature_and_a_project_keeps_the_rest(tmp_path):
+    core = readme_rows(new_project.main(tmp_path / "core", []) / "README.md")
+    assert any(row.startswith("| `wandb` | object or null |") for row in core)  # the reference keeps its keys
+    template = readme_rows(ROOT / "README.md")  # its features' rows, and only theirs
     held = [n for n in FEATURES if new_project.held(n)]
     assert {n for n in FEATURES if any(row.startswith(f"| `{n}` | ") and of_a_feature(row) for row in template)} == set(
         held
