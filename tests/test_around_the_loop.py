@@ -283,3 +283,19 @@ def test_print_config_and_dry_run_write_nothing(tmp_path):
     assert set(numbers) == {"epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc"}
     assert 0 <= numbers["val_accuracy"] <= 1
     assert tree_snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("loss", ["nll_loss", {"type": "NLLLoss"}], ids=["nll_loss", "NLLLoss"])
+def test_nll_loss_on_raw_scores_is_one_line_before_anything_is_written(tiny_config, loss):
+    """A model without log_softmax trained with nll_loss would give a loss below 0 that falls without end, and a
+    "best" checkpoint of it: the rehearsal says so. The same model ending in log_softmax trains."""
+    from torch import nn
+
+    def model(*ending: nn.Module) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), *ending)  # 8x8 digits, 10 classes
+
+    tiny_config["loss"] = loss
+    with pytest.raises(ConfigError, match=r"^loss: nll_loss takes log-probabilities, and the model's outputs are not"):
+        trainer_with(tiny_config, [], model=model()).rehearse()
+    assert trainer_with(tiny_config, [], model=model(nn.LogSoftmax(dim=1))).rehearse()["last"]["loss"] > 0

@@ -161,6 +161,7 @@ class Trainer(BaseTrainer):
                 output = self.model(data)
                 if self.rehearsing:
                     self._check_output_fits_the_classes(output)
+                    self._check_output_fits_the_loss(output)
                 loss = self.criterion(output, target) if loss_of is None else loss_of(self.criterion, output)
 
             # Each optimizer step averages over its group of batches, as one batch that many times larger.
@@ -206,6 +207,21 @@ class Trainer(BaseTrainer):
     def _rehearsal_epochs(self) -> list[int]:
         """The epochs where a freezing strategy unfreezes a stage: the step then trains other parameters."""
         return sorted({s.epoch for s, _ in self.finetuning.stages if self.start_epoch < s.epoch <= self.options.epochs})
+
+    def _check_output_fits_the_loss(self, output: torch.Tensor) -> None:
+        """nll_loss reads log-probabilities: raw scores (a model without log_softmax) would give a loss below 0
+        that falls without end, and a "best" checkpoint of it. Each row of log-probabilities has logsumexp 0."""
+        criterion = getattr(self.criterion, "func", self.criterion)  # a config's args are bound by functools.partial
+        named = getattr(criterion, "__name__", "") == "nll_loss"  # model/loss.py's or torch's
+        if not (named or isinstance(criterion, nn.NLLLoss)) or output.ndim != 2:
+            return
+        off = output.detach().float().logsumexp(dim=1).abs().max().item()
+        if off > 0.05:  # bf16 autocast's log_softmax is within 0.01
+            raise ConfigError(
+                f"loss: nll_loss takes log-probabilities, and the model's outputs are not (their logsumexp is off "
+                f'by {off:.3g}); end the model\'s forward with F.log_softmax(x, dim=1), or use "cross_entropy", '
+                "which takes raw scores"
+            )
 
     def _check_output_fits_the_classes(self, output: torch.Tensor) -> None:
         """A classifier's scores per sample must match the data's classes (their names are known for folders
