@@ -307,7 +307,14 @@ def readme_for(text: str, features: Sequence[str]) -> str:
             if n not in features
         )
 
-    kept = "".join(line for line in text.splitlines(keepends=True) if not absent(line))
+    lines = [line for line in text.splitlines(keepends=True) if not absent(line)]
+
+    def empty_table_head(i: int) -> bool:  # a table's header and separator with no row left under them
+        below = lines[i + 2] if i + 2 < len(lines) else ""
+        return lines[i].startswith("| ") and lines[i + 1].startswith("|---") and not below.startswith("| ")
+
+    heads = {i for i in range(len(lines) - 1) if empty_table_head(i)}
+    kept = "".join(line for i, line in enumerate(lines) if i not in heads and i - 1 not in heads)
     left_out = "|".join(n for n in FEATURES if n not in features) or "(?!)"
     return re.sub(rf"\[docs/({left_out})\.md\]\(docs/\1\.md\)", r"the template's docs/\1.md", kept)
 

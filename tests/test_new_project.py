@@ -187,6 +187,9 @@ def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
     assert not any(of_a_feature(row) for row in readme_rows(core_project / "README.md"))
     links = re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", (core_project / "README.md").read_text())
     assert all((core_project / link).is_file() for link in links)  # no link leads nowhere
+    lines = (core_project / "README.md").read_text().splitlines()
+    heads = zip(lines, lines[1:], [*lines[2:], ""], strict=True)
+    assert not [a for a, b, c in heads if a.startswith("| ") and b.startswith("|---") and not c.startswith("| ")]
 
 
 @template_only
@@ -279,7 +282,7 @@ def test_a_project_without_a_feature_says_how_to_add_it_and_then_has_it(tmp_path
     assert_one_error_line(
         run_script(*command, cwd=project),
         "cross_validation: needs the cv feature, which this project was made without; the template's new_project.py "
-        "adds it: python TEMPLATE/new_project.py THIS_PROJECT --with cv",
+        f"adds it: python TEMPLATE/new_project.py {project} --with cv",
     )
     new_project.main(project, ["cv"])
     result = run_script(*command, cwd=project)

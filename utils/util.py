@@ -243,7 +243,8 @@ def feature_module(name: str, feature: str, needed_by: str) -> ModuleType:
     if importlib.util.find_spec(name) is None:
         raise ConfigError(
             f"{needed_by}: needs the {feature} feature, which this project was made without; the template's "
-            f"new_project.py adds it: python TEMPLATE/new_project.py THIS_PROJECT --with {feature}"
+            f"new_project.py adds it: python TEMPLATE/new_project.py {Path(__file__).resolve().parents[1]} "
+            f"--with {feature}"
         )
     return imported(name)
 
