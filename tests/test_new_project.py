@@ -188,7 +188,7 @@ def test_the_readme_of_a_project_lists_only_the_features_it_has(tmp_path):
     links = re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", (core_project / "README.md").read_text())
     assert all((core_project / link).is_file() for link in links)  # no link leads nowhere
     lines = (core_project / "README.md").read_text().splitlines()
-    heads = zip(lines, lines[1:], [*lines[2:], ""], strict=True)
+    heads = zip(lines, [*lines[1:], ""], [*lines[2:], "", ""], strict=True)
     assert not [a for a, b, c in heads if a.startswith("| ") and b.startswith("|---") and not c.startswith("| ")]
 
 
