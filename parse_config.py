@@ -215,7 +215,7 @@ def _schema_messages(error: jsonschema.ValidationError) -> list[str]:
     if kind in bounds:
         return [f"{where}: expected a number {bounds[kind]} {error.validator_value}, found {shown(found)}"]
     if kind in ("pattern", "minLength"):
-        expected = error.schema.get("description", f"a string matching {error.validator_value}")
+        expected = error.schema.get("description", f"a string matching {error.validator_value}").rstrip(".")
         return [f"{where}: expected {expected}; found {shown(found)}"]
     return [f"{where}: {error.message}"]
 
