@@ -341,6 +341,15 @@ def test_a_damaged_trainer_section_is_one_line_where_the_end_of_a_run_is_read(ch
     assert run_is_finished(Checkpoint(tmp_path / "last.pth", state))
 
 
+def test_a_checkpoint_not_found_names_what_is_there(tmp_path):
+    for run in ("1207_120000", "1207_130000"):
+        (tmp_path / run).mkdir()
+    with pytest.raises(
+        CheckpointError, match=r"1207_12000: checkpoint not found; did you mean '1207_120000'\? \(there: 1207_120000, "
+    ):
+        load_checkpoint(tmp_path / "1207_12000")
+
+
 def test_a_damaged_stored_config_is_named_with_its_checkpoint(checkpoint_state, tmp_path):
     """A resumed or evaluated checkpoint's config that no run wrote: the line says which file; a bad override
     of a sound one stays the override's own line."""

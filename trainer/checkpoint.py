@@ -23,7 +23,7 @@ from logger.run_folder import RunFolder
 from logger.visualization import WANDB_RUN_ID
 from trainer.finetuning import laid_out_by_trainer
 from trainer.options import TrainerOptions
-from utils.errors import CheckpointError, ConfigError, first_line, shown
+from utils.errors import CheckpointError, ConfigError, did_you_mean, first_line, shown
 from utils.util import written_atomically
 
 FORMAT_VERSION = 1
@@ -100,7 +100,9 @@ def resolve_checkpoint_path(path: str | Path, in_folder: tuple[str, ...] = (LAST
             f"{path}: folder has no {' or '.join(in_folder)}{hint}; pass a checkpoint file with --resume"
         )
     if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        beside = sorted(p.name for p in path.parent.iterdir() if p.name.isprintable()) if path.parent.is_dir() else []
+        hint = f"{did_you_mean(path.name, beside)} (there: {', '.join(beside[-5:])})" if beside else ""
+        raise CheckpointError(f"{path}: checkpoint not found{hint}")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise CheckpointError(f"{path}: not a regular file; pass a checkpoint file with --resume")
     return path
