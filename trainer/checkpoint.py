@@ -100,7 +100,10 @@ def resolve_checkpoint_path(path: str | Path, in_folder: tuple[str, ...] = (LAST
             f"{path}: folder has no {' or '.join(in_folder)}{hint}; pass a checkpoint file with --resume"
         )
     if not path.exists():
-        beside = sorted(p.name for p in path.parent.iterdir() if p.name.isprintable()) if path.parent.is_dir() else []
+        try:
+            beside = sorted(p.name for p in path.parent.iterdir() if p.name.isprintable())
+        except OSError:  # no such folder, or not ours to list
+            beside = []
         hint = f"{did_you_mean(path.name, beside)} (there: {', '.join(beside[-5:])})" if beside else ""
         raise CheckpointError(f"{path}: checkpoint not found{hint}")
     if not path.is_file():  # a FIFO or a device would block or never end
