@@ -27,7 +27,6 @@ from trainer.options import TrainerOptions
 from utils.distributed import is_distributed
 from utils.errors import ConfigError
 
-STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones")
 # A scheduler argument that gives each parameter group's learning rate itself: one value becomes one per group,
 # scaled like the group's learning rate.
 PER_GROUP_LR_ARGS = ("max_lr", "base_lr", "min_lr")
