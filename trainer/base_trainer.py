@@ -154,7 +154,7 @@ class BaseTrainer(abc.ABC):
             # After the checkpoints: a callback that reports the epoch elsewhere (Ray Tune, which may stop the
             # trial inside its report) leaves the epoch saved.
             self._call_hooks([c.on_epoch_end for c in self.callbacks], epoch, last)
-            if self.options.early_stop and self.not_improved_count >= self.options.early_stop:
+            if self.options.stops_early(self.not_improved_count):
                 self.logger.info(
                     "Validation performance didn't improve for %d epochs. Training stops.", self.options.early_stop
                 )

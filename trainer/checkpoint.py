@@ -223,7 +223,7 @@ def run_is_finished(checkpoint: Checkpoint) -> bool:
     _check_fields(checkpoint.path, state, (KEY_CONFIG, KEY_EPOCH, KEY_BATCH, KEY_NOT_IMPROVED))
     try:
         options = TrainerOptions.of(state[KEY_CONFIG])
-        stopped_early = options.early_stop > 0 and state[KEY_NOT_IMPROVED] >= options.early_stop
+        stopped_early = options.stops_early(state[KEY_NOT_IMPROVED])
         return state[KEY_BATCH] == 0 and (state[KEY_EPOCH] >= options.epochs or stopped_early)
     except (TypeError, KeyError) as e:  # a section that no run wrote: a key missing, unknown or of another type
         raise CheckpointError(f"{checkpoint.path}: the trainer section of its config is damaged ({e})") from None

@@ -44,6 +44,10 @@ class TrainerOptions:
             if field.default is not dataclasses.MISSING and field.name not in section:
                 section[field.name] = field.default
 
+    def stops_early(self, not_improved: int) -> bool:
+        """Whether `not_improved` epochs without improvement end the run (early_stop 0: never)."""
+        return self.early_stop > 0 and not_improved >= self.early_stop
+
     def batches(self, batches_per_epoch: int) -> int:
         """The batches of an epoch: len_epoch, or one pass of `batches_per_epoch`."""
         return self.len_epoch if self.len_epoch is not None else batches_per_epoch
