@@ -140,9 +140,16 @@ def _plain_file(path: Path) -> bool:
     return not path.is_symlink() and path.is_file()
 
 
-def held(name: str) -> bool:
-    """Whether this copy holds the feature: a project made without it can make no project with it."""
-    return all((TEMPLATE / f).exists() for f in FEATURES[name].files)
+def held(name: str, folder: Path = TEMPLATE) -> bool:
+    """Whether a folder (this copy) holds the feature: a project made without it can make no project with it."""
+    return all((folder / f).exists() for f in FEATURES[name].files)
+
+
+def _stage(files: list[Path], staging: Path) -> None:
+    """Copy the template's `files` into a staging folder: a full disk leaves the destination as it was."""
+    for path in files:
+        (staging / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TEMPLATE / path, staging / path)
 
 
 def parse_features(values: list[str] | None) -> list[str]:
@@ -194,9 +201,7 @@ def main(target: str | Path, features: Sequence[str] = ()) -> Path:
     files = [p for p in template_files() if owner(p) is None or owner(p) in features]
     staging = Path(tempfile.mkdtemp(prefix=".new_project.", dir=target.parent))  # any length of name fits
     try:
-        for path in files:
-            (staging / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(TEMPLATE / path, staging / path)
+        _stage(files, staging)
         _drop_missing_requirements(staging)
         if (staging / "README.md").is_file():
             (staging / "README.md").write_text(readme_for((staging / "README.md").read_text(), features))
@@ -228,7 +233,7 @@ def add_features(project: Path, features: Sequence[str]) -> Path:
     All or nothing: a failure or an interrupt puts back what was added."""
     if TEMPLATE in project.parents:
         raise ConfigError(f"{project}: is inside the template itself; choose a project outside {TEMPLATE}")
-    had = [name for name in FEATURES if all((project / f).exists() for f in FEATURES[name].files)]
+    had = [name for name in FEATURES if held(name, project)]
     missing = [name for name in features if name not in had]
     if not missing:
         raise ConfigError(f"{project}: has {', '.join(features)} already; nothing to add")
@@ -244,9 +249,7 @@ def add_features(project: Path, features: Sequence[str]) -> Path:
     added: list[Path] = []  # files and folders made, in order
     originals = {path: path.read_bytes() for path in edits}
     try:
-        for path in files:  # copied aside first: a full disk leaves the project as it was
-            (staging / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(TEMPLATE / path, staging / path)
+        _stage(files, staging)
         for path in files:
             for folder in reversed([project / p for p in path.parents if p != Path()]):
                 if not folder.exists():
@@ -273,7 +276,8 @@ def _project_edits(project: Path, had: list[str], has: list[str], files: list[Pa
     edits = {}
     dev, readme, template_readme = project / "requirements-dev.txt", project / "README.md", TEMPLATE / "README.md"
     if dev.is_file():
-        text, present = dev.read_text(), {line.strip() for line in dev.read_text().splitlines()}
+        text = dev.read_text()
+        present = {line.strip() for line in text.splitlines()}
         new = [f"-r {p.name}\n" for p in files if p.name.startswith("requirements-") and f"-r {p.name}" not in present]
         if new:
             edits[dev] = text + ("\n" if text and not text.endswith("\n") else "") + "".join(new)
