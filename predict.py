@@ -37,8 +37,7 @@ def main(
     import torch
 
     from logger.logger import setup_logging
-    from trainer.checkpoint import KEY_DATA
-    from trainer.evaluation import evaluated_model, loader_arguments, predict, prediction_rows, resolve_amp
+    from trainer.evaluation import evaluated_model, evaluation_loader, predict, prediction_rows, resolve_amp
     from trainer.options import TrainerOptions
     from utils.distributed import place_model
     from utils.util import write_csv
@@ -48,12 +47,8 @@ def main(
     if config["num_threads"] is not None:
         torch.set_num_threads(config["num_threads"])
 
-    # what the loader needs to read new inputs: the preprocessing of the training data (class names, statistics)
-    preprocessing = checkpoints[0].state.get(KEY_DATA)
-    if preprocessing is None:
-        raise ConfigError(f"{checkpoints[0].path}: has no data preprocessing (saved by an older version); retrain it")
-    arguments = loader_arguments(config, preprocessing, split="predict", seed=config["seed"], inputs=inputs)
-    data_loader = config.init_obj("data_loader", **arguments)
+    # the new inputs, read with the preprocessing of the training data (class names, statistics)
+    data_loader = evaluation_loader(config, checkpoints[0], split="predict", inputs=inputs)
 
     # model with the checkpoint's weights (or the folds' ensemble), on the available device(s), in the run's precision
     model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])

@@ -89,11 +89,6 @@ ROLES: dict[str, Role] = {
 }
 
 
-# Schedulers whose arguments give the length of the run: the code fills them in (trainer.finetuning.run_length_args)
-# unless the config sets them, so a config need not.
-RUN_LENGTH = {"OneCycleLR": ("total_steps", "epochs", "steps_per_epoch"), "CosineAnnealingLR": ("T_max",)}
-
-
 def valid_names(role: Role) -> dict[str, Any]:
     """Every name the role accepts, with its object: the project module's first, then the libraries'."""
     found: dict[str, Any] = {}
@@ -140,25 +135,24 @@ def _library_member(role: Role, obj: Any) -> bool:
     return False
 
 
-def entries(config: dict, role_name: str) -> list[tuple[str, str, dict]]:
-    """(dotted path, type name, args) of each entry of a role; plain-name functions have empty args."""
+def entries(config: dict, role_name: str) -> list[tuple[str, str | dict]]:
+    """(dotted path, entry) of each entry of a role: "metrics.1" or "loss" and what the config holds there."""
     value = config.get(role_name)
     if value is None:
         return []
-    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-    found = []
-    for index, item in items:
-        where = role_name if index is None else f"{role_name}.{index}"
-        if isinstance(item, str):
-            found.append((where, item, {}))
-        else:
-            found.append((where, item["type"], item.get("args", {})))
-    return found
+    if isinstance(value, list):
+        return [(f"{role_name}.{index}", item) for index, item in enumerate(value)]
+    return [(role_name, value)]
 
 
 def type_name(entry: str | dict) -> str:
     """The `type` an entry names (a plain string is a function's name)."""
     return entry if isinstance(entry, str) else entry["type"]
+
+
+def entry_args(entry: str | dict) -> dict:
+    """The config's arguments of an entry (none for a plain name)."""
+    return {} if isinstance(entry, str) else entry.get("args", {})
 
 
 def metric_name(entry: str | dict) -> str:
@@ -168,26 +162,23 @@ def metric_name(entry: str | dict) -> str:
 
 def check_names(config: dict) -> list[str]:
     """Every entry's type must be a valid name of its role, and its args must fit the constructor."""
+    from trainer.finetuning import run_length_args  # a scheduler's run length: filled in by the code, if left out
+
     errors = []
     for role_name, role in ROLES.items():
         names = valid_names(role)
-        for where, type_name, args in entries(config, role_name):
-            if type_name not in names:
-                at = where if isinstance(_entry_at(config, where), str) else f"{where}.type"
+        for where, entry in entries(config, role_name):
+            name = type_name(entry)
+            if name not in names:
+                at = where if isinstance(entry, str) else f"{where}.type"
                 errors.append(
-                    f"{at}: unknown {role_name} {quoted(type_name)}{did_you_mean(type_name, names)} "
+                    f"{at}: unknown {role_name} {quoted(name)}{did_you_mean(name, names)} "
                     f"(valid: {', '.join(sorted(names)) or 'none'}; from {_homes(role)})"
                 )
             else:
-                filled = RUN_LENGTH.get(type_name, ()) if role_name == "lr_scheduler" else ()
-                errors.extend(_check_arguments(where, names[type_name], role, args, filled))
+                filled = tuple(run_length_args({"type": name}, 1, 1)) if role_name == "lr_scheduler" else ()
+                errors.extend(_check_arguments(where, names[name], role, entry_args(entry), filled))
     return errors
-
-
-def _entry_at(config: dict, where: str) -> Any:
-    """The config entry at "metrics.1" or "loss"."""
-    role, _, index = where.partition(".")
-    return config[role][int(index)] if index else config[role]
 
 
 def _check_arguments(where: str, target: Callable, role: Role, args: dict, filled: tuple[str, ...] = ()) -> list[str]:
@@ -251,8 +242,7 @@ def resolve(role_name: str, entry: str | dict) -> Callable:
     loss or metric, what is called with (output, target): the function with its args, or the class built
     from them."""
     role = ROLES[role_name]
-    type_name, args = (entry, {}) if isinstance(entry, str) else (entry["type"], entry.get("args", {}))
-    target = valid_names(role)[type_name]
+    target, args = valid_names(role)[type_name(entry)], entry_args(entry)
     if role.called and inspect.isclass(target):
         if role_name == "loss":  # nn.BCEWithLogitsLoss(pos_weight=...), nn.CrossEntropyLoss(weight=...): tensors
             args = {k: _as_tensor(v) if isinstance(v, list) else v for k, v in args.items()}

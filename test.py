@@ -38,8 +38,9 @@ def main(
     from base.base_data_loader import worker_failures_as_data_errors
     from logger.logger import setup_logging
     from logger.visualization import tracker_summary
-    from trainer.checkpoint import KEY_DATA, wandb_run_id
-    from trainer.evaluation import evaluate, evaluated_model, loader_arguments
+    from trainer.checkpoint import wandb_run_id
+    from trainer.evaluation import evaluate, evaluated_model, evaluation_loader, resolve_amp
+    from trainer.options import TrainerOptions
     from utils.distributed import place_model
     from utils.util import write_output
 
@@ -53,23 +54,23 @@ def main(
         torch.set_num_threads(config["num_threads"])
 
     # data: the split to evaluate, never augmented, with the preprocessing the checkpoint was trained with
-    preprocessing = checkpoint.state.get(KEY_DATA)
-    arguments = loader_arguments(config, preprocessing, split=split, seed=config["seed"])
-    data_loader = config.init_obj("data_loader", **arguments)
+    data_loader = evaluation_loader(config, checkpoint, split=split)
     check_not_empty(data_loader, split, config["data_loader"]["type"], len(checkpoints) > 1)
 
-    # model with the checkpoint's weights (or the folds' ensemble), on the available device(s)
+    # model with the checkpoint's weights (or the folds' ensemble), on the available device(s), in the run's
+    # precision (as its validation was)
     model, device = place_model(evaluated_model(config, checkpoints, data_loader.task, tta), config["n_gpu"])
+    amp_dtype = resolve_amp(TrainerOptions.of(config.config).amp, device)
 
     # loss and metrics, averaged per sample; with a tracker (W&B), also into the summary of the run that trained it
     criterion, metrics = config.init_ftn("loss"), config.init_ftn("metrics")
     run_id = wandb_run_id(checkpoint) if len(checkpoints) == 1 and tta is None else None  # an ensemble: no run's
     with tracker_summary(tracker_dir(checkpoint), config.config, run_id) as summary:
         with worker_failures_as_data_errors():
-            results = evaluate(model, data_loader, criterion, metrics, device, desc=f"Test ({split})")
+            results = evaluate(model, data_loader, criterion, metrics, device, amp_dtype, desc=f"Test ({split})")
         results = {"n_samples": data_loader.n_samples, **results}
         if predictions is not None:
-            write_predictions(model, data_loader, device, split, predictions, raw_csv)
+            write_predictions(model, data_loader, device, amp_dtype, split, predictions, raw_csv)
 
         evaluated = [str(c.path) for c in checkpoints] if len(checkpoints) > 1 else str(checkpoint.path)
         write_output({"checkpoint": evaluated, **({"tta": tta} if tta else {}), "split": split, **results}, out)
@@ -88,14 +89,16 @@ def check_not_empty(data_loader: Any, split: str, loader: str, folds: bool) -> N
         raise ConfigError(f"the {split} split of {loader} is empty; {advice}")
 
 
-def write_predictions(model: Any, data_loader: Any, device: Any, split: str, path: Path, raw_csv: bool) -> None:
+def write_predictions(
+    model: Any, data_loader: Any, device: Any, amp_dtype: Any, split: str, path: Path, raw_csv: bool
+) -> None:
     """One CSV row per sample: a second pass over the split, in the same order, keeping every output."""
     from base.base_data_loader import worker_failures_as_data_errors
     from trainer.evaluation import predict, prediction_rows
     from utils.util import write_csv
 
     with worker_failures_as_data_errors():
-        ids, outputs, targets = predict(model, data_loader, device, desc=f"Predictions ({split})")
+        ids, outputs, targets = predict(model, data_loader, device, amp_dtype, desc=f"Predictions ({split})")
     write_csv(*prediction_rows(ids, outputs, targets, data_loader), path, raw=raw_csv)
     logging.getLogger("test").info("Per-sample predictions written to %s", path)
 

@@ -54,13 +54,13 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2, console: str = "stdo
         logging.getLogger().addHandler(early)
 
 
-def start_run_logging(run: RunFolder | None, config: dict, run_id: str | None = None) -> Writer:
+def start_run_logging(run: RunFolder, config: dict, run_id: str | None = None) -> Writer:
     """From here on info.log gets what the console gets, after a header; return the run's writer (a tracker
     such as W&B going on with the run `run_id`, when resuming one).
 
-    Only rank 0 writes; other ranks, and a dry run (`run` None), get a Writer with no backend and touch nothing.
+    Only rank 0 writes; other ranks get a Writer with no backend and touch nothing.
     """
-    if run is None or not is_main_process():
+    if not is_main_process():
         return Writer()
     root = logging.getLogger()
     early = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]

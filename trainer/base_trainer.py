@@ -228,8 +228,8 @@ class BaseTrainer(abc.ABC):
         if self.run is None:
             raise TrainingInterrupted(f"{name} received; stopped at {where}", self.stop_signal)
         path = self.run.checkpoint_dir / LAST_NAME
-        if batch:
-            self._save(path, epoch, batch)
+        if batch and self.is_main:  # every rank holds the same state
+            save_checkpoint(self.state_dict(epoch, batch), path)
         raise TrainingInterrupted(
             f"{name} received; stopped at {where}, state saved to {path}; resume with: python train.py --resume {path}",
             self.stop_signal,
@@ -357,11 +357,6 @@ class BaseTrainer(abc.ABC):
     def _rehearsal_epochs(self) -> list[int]:
         """Epochs after the first whose step differs and the rehearsal also tries (none here; see Trainer)."""
         return []
-
-    def _save(self, path: Any, epoch: int, batch: int = 0) -> None:
-        """Write a checkpoint (rank 0 only: every rank holds the same state)."""
-        if self.is_main and self.run is not None:
-            save_checkpoint(self.state_dict(epoch, batch), path)
 
     def _log_checkpoint(self, name: str, result: dict[str, Any], aliases: list[str]) -> None:
         """The run's checkpoint `name` to its tracker (W&B: a version of its model artifact), with its epoch's

@@ -9,7 +9,6 @@ with a leading single quote unless the user asks for raw values (`--raw-csv`).
 """
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
+from trainer.checkpoint import KEY_DATA, load_model_state
 from trainer.metric_tracker import MetricTracker
 from utils.errors import ConfigError
 from utils.util import feature_module
@@ -80,19 +80,22 @@ def evaluate(
     return tracker.result()
 
 
-def loader_arguments(config: Any, preprocessing: dict | None, **script_arguments: Any) -> dict:
-    """The arguments a script passes to the config's data loader (`config`: a ConfigParser) besides the config's:
-    `preprocessing` (from the checkpoint) where the loader takes it, and the script's own (`split`, `seed`,
-    `inputs`)."""
-    takes = config.takes("data_loader")
-    if "inputs" in script_arguments and "inputs" not in takes:
-        raise ConfigError(
-            f"data_loader.type: {config['data_loader']['type']} cannot read new inputs for predictions (it has no "
-            "`inputs` argument); a loader that takes one can (the images, csv, text and kaggle features' loaders do)"
-        )
+def evaluation_loader(config: Any, checkpoint: Any, **script_arguments: Any) -> BaseDataLoader:
+    """The config's data loader (`config`: a ConfigParser) as test.py and predict.py build it: with the script's
+    arguments (`split`; `inputs`, new inputs to predict), the config's seed, and the preprocessing the checkpoint
+    was trained with (class names, statistics) where the loader takes it."""
+    takes, preprocessing = config.takes("data_loader"), checkpoint.state.get(KEY_DATA)
+    if "inputs" in script_arguments:
+        if "inputs" not in takes:
+            raise ConfigError(
+                f"data_loader.type: {config['data_loader']['type']} cannot read new inputs for predictions (it has "
+                "no `inputs` argument); a loader that takes one can (the images, csv, text and kaggle features' do)"
+            )
+        if preprocessing is None:
+            raise ConfigError(f"{checkpoint.path}: has no data preprocessing (saved by an older version); retrain it")
     if "preprocessing" in takes and preprocessing is not None:
         script_arguments["preprocessing"] = preprocessing
-    return script_arguments
+    return config.init_obj("data_loader", seed=config["seed"], **script_arguments)
 
 
 def evaluated_model(config: Any, checkpoints: list, task: str, tta: str | None = None) -> nn.Module:
@@ -108,10 +111,7 @@ def trained_model(config: Any, checkpoint: Any) -> nn.Module:
     """The configured model with the checkpoint's weights, loaded strictly. Pretrained weights the config
     names (`arch.args.weights` of TorchvisionModel) are not read: the checkpoint replaces them, and the file
     may not exist where the checkpoint is evaluated."""
-    from trainer.checkpoint import load_model_state
-
-    arch = config.class_of("arch")
-    model = config.init_obj("arch", **({"weights": None} if "weights" in inspect.signature(arch).parameters else {}))
+    model = config.init_obj("arch", **({"weights": None} if "weights" in config.takes("arch") else {}))
     load_model_state(model, checkpoint)
     return model
 

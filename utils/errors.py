@@ -176,11 +176,9 @@ def quoted(name: Any) -> str:
     return f"'{text}'" if PLAIN_KEY.match(text) else json.dumps(text)
 
 
-def dotted(path: Sequence[Any], prefix: str = "") -> str:
+def dotted(path: Sequence[Any]) -> str:
     """["trainer", "epochs"] -> "trainer.epochs" (the whole config when the path is empty)."""
-    parts = [prefix] if prefix else []
-    parts += [key_text(p) for p in path]
-    return ".".join(parts) or "config"
+    return ".".join(key_text(p) for p in path) or "config"
 
 
 def shown(value: Any) -> str:

@@ -122,17 +122,19 @@ def output_file(path: Path, newline: str | None = None, replace: bool = True) ->
     written_atomically); without `replace`, a file that appeared there meanwhile is kept and this is one line (an
     output the user named is never overwritten). A device or a FIFO is written straight through: a rename would
     put a regular file in its place (as root, `--out /dev/null` would replace the system's)."""
-    if _is_device_or_fifo(path):
-        # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
-        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
-            yield handle
-        return
     try:
+        if _is_device_or_fifo(path):
+            # O_NOFOLLOW: a link put there since is refused (ELOOP), not followed; no O_CREAT: nothing new is made.
+            descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+                yield handle
+            return
         with written_atomically(path, "w", replace, encoding="utf-8", newline=newline) as handle:
             yield handle
     except FileExistsError:
         raise ConfigError(f"{path}: a file appeared there while this one was written; it is kept") from None
+    except OSError as e:  # a full disk, no permission, a name too long
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
 
 
 def _is_device_or_fifo(path: Path) -> bool:
@@ -174,10 +176,7 @@ def write_output(content: Any, path: Path) -> None:
     if str(path) == "-":
         print(json.dumps(json_safe(content), indent=4))
         return
-    try:
-        write_json(content, path, replace=False)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
+    write_json(content, path, replace=False)
 
 
 def seed_everything(seed: int, deterministic: bool, num_threads: int | None = None) -> None:
@@ -219,13 +218,10 @@ def write_csv(header: list[str], rows: list[list[Any]], path: Path, *, raw: bool
     """The one CSV writer (predictions, oof.csv, a sweep's trials.csv): the rows, written by output_file
     (atomically; straight through to a device or a FIFO); a file the user named is never replaced unless
     `replace`. Every cell is a `csv_cell`: unless `raw`, a formula is defused."""
-    try:
-        with output_file(path, newline="", replace=replace) as handle:
-            writer = csv.writer(handle)
-            writer.writerow([csv_cell(v, raw) for v in header])
-            writer.writerows([[csv_cell(v, raw) for v in row] for row in rows])
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from None
+    with output_file(path, newline="", replace=replace) as handle:
+        writer = csv.writer(handle)
+        writer.writerow([csv_cell(v, raw) for v in header])
+        writer.writerows([[csv_cell(v, raw) for v in row] for row in rows])
 
 
 def imported(name: str, is_package: bool = False) -> ModuleType:
