@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, run_script, train
+from conftest import ROOT, evaluate, run_script, train
 from parse_config import ConfigParser
 from test_cli import assert_one_error_line
 from trainer.checkpoint import LAST_NAME, load_checkpoint
@@ -122,6 +122,17 @@ def test_amp_auto_takes_what_the_cpu_runs_natively_and_emulated_bf16_is_said(mon
         assert evaluation.resolve_amp("bf16", cpu) == torch.bfloat16
     (record,) = caplog.records
     assert record.getMessage().startswith("trainer.amp: bf16 on this CPU is emulated (no AVX512-BF16 or AMX)")
+
+
+def test_test_py_evaluates_in_the_runs_precision_as_its_validation_did(tiny_config, tmp_path):
+    """A run trained (and validated) under bf16 autocast: test.py on the validation split gives back the same
+    loss and accuracy, to the digit (evaluated in fp32 they were 1e-3 off)."""
+    tiny_config["trainer"].update(epochs=1, amp="bf16")
+    result, run = train(tiny_config, tmp_path)
+    evaluated = evaluate(run.checkpoint_dir / LAST_NAME, "--split", "valid", "--out", str(tmp_path / "valid.json"))
+    assert evaluated["n_samples"] == 152
+    assert evaluated["loss"] == pytest.approx(result["last"]["val_loss"], rel=1e-6, abs=0)
+    assert evaluated["accuracy"] == pytest.approx(result["last"]["val_accuracy"], rel=1e-6, abs=0)
 
 
 def test_a_freezing_setup_that_leaves_nothing_to_train_names_the_backbone(tiny_config, tmp_path):
