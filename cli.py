@@ -92,7 +92,8 @@ def load_for_evaluation(
     each fold's, for their ensemble) read as data, and its config (or `config_path`) with the overrides, validated."""
     with interrupts_held():
         import torch  # noqa: F401
-    from trainer.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+    from logger.run_folder import BEST_NAME, LAST_NAME
+    from trainer.checkpoint import load_checkpoint
 
     select_devices(device)
     if is_cross_validation(resume):

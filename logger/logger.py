@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from logger.run_folder import RunFolder
+from logger.run_folder import BEST_NAME, LAST_NAME, RunFolder
 from logger.visualization import Writer, make_writer
 from utils.distributed import is_main_process
 from utils.errors import ConfigError
@@ -119,10 +119,10 @@ def log_summary(result: dict[str, Any], monitor: Monitor, config: dict, checkpoi
     if best is not None and monitor.mode != "off":  # (a damaged checkpoint's config may have lost its monitor)
         metric = monitor.metric
         logger.info("Best: epoch %d, %s %.6g (monitor: %s)", best["epoch"], metric, best[metric], monitor.text)
-        checkpoint = checkpoint_dir / "model_best.pth"
+        checkpoint = checkpoint_dir / BEST_NAME
     else:
         logger.info("Last: epoch %d (monitor: %s, so no best checkpoint)", last["epoch"], monitor.text)
-        checkpoint = checkpoint_dir / "last.pth"
+        checkpoint = checkpoint_dir / LAST_NAME
     logger.info("Run folder: %s", checkpoint_dir)
     logger.info("Checkpoint: %s", checkpoint)
     if (config.get("cross_validation") or {}).get("fold"):  # a fold: its cross-validation says what comes next

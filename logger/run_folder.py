@@ -26,6 +26,7 @@ from utils.util import write_json
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 FOLD_PATTERN = re.compile(r"^fold_[0-9]{1,3}$")  # a fold of a cross-validation, one level below its folder
+LAST_NAME, BEST_NAME = "last.pth", "model_best.pth"  # a run's checkpoints: its last state and its best epoch's
 FOLDS_FILE = "folds.json"  # what makes a run folder a cross-validation's: the fold of each sample, by id
 
 

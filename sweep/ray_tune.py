@@ -81,8 +81,9 @@ def run_trial(values: dict[str, Any], sweep_dir: str, workdir: str) -> None:
     """One trial: a normal run of the base config with the drawn `values`, in the sweep's folder, from `workdir`
     (where tune.py started: a relative data_dir means what it means to train.py), or resumed from its last.pth."""
     import train
+    from logger.run_folder import LAST_NAME
     from parse_config import ConfigParser
-    from trainer.checkpoint import KEY_BEST_RESULT, LAST_NAME, check_resume, load_checkpoint
+    from trainer.checkpoint import KEY_BEST_RESULT, check_resume, load_checkpoint
 
     os.chdir(workdir)  # Tune starts a trial in a folder of its own
     sweep = Sweep.load(sweep_dir)

@@ -317,7 +317,8 @@ class TrialRecord:
 
 def read_trial(sweep: Sweep, trial: str, values: dict[str, Any], ended: bool, error: str = "") -> TrialRecord:
     """A trial's record from its run folder; `ended`: Tune ended it (its run returned, or the scheduler stopped it)."""
-    from trainer.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, LAST_NAME, load_checkpoint, run_is_finished
+    from logger.run_folder import LAST_NAME
+    from trainer.checkpoint import KEY_BEST_RESULT, KEY_EPOCH, load_checkpoint, run_is_finished
 
     run = sweep.run_folder(trial, values)
     last = run.checkpoint_dir / LAST_NAME
@@ -340,7 +341,7 @@ def as_text(value: Any, digits: int | None = None) -> str:
 def write_outputs(records: list[TrialRecord], sweep: Sweep, top: int = 5) -> TrialRecord | None:
     """Write trials.csv, and best.json once a trial has finished an epoch; print how many trials ended how and
     the best trials, best first (of equal ones, the first trial); return the best."""
-    from trainer.checkpoint import BEST_NAME as BEST_CHECKPOINT
+    from logger.run_folder import BEST_NAME as BEST_CHECKPOINT
 
     mode, metric = sweep.monitor
     keys = [d.key for d in sweep.space]

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from base.base_data_loader import InMemoryImages
 from conftest import ROOT, evaluate, run_script, train, tree_snapshot
-from logger.run_folder import RunFolder
+from logger.run_folder import LAST_NAME, RunFolder
 from parse_config import ConfigParser
 from test_cli import assert_one_error_line
 from trainer.callbacks import Callback
-from trainer.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, run_is_finished
+from trainer.checkpoint import Checkpoint, load_checkpoint, run_is_finished
 from utils.errors import CheckpointError, ConfigError, DataError
 
 REQUIRED = ["name", "arch", "data_loader", "optimizer", "loss", "metrics", "trainer"]

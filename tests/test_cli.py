@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, tree_snapshot
-from trainer.checkpoint import BEST_NAME, LAST_NAME
+from logger.run_folder import BEST_NAME, LAST_NAME
 
 pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
 

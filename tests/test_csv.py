@@ -15,10 +15,11 @@ from sklearn import metrics as sk
 
 from conftest import evaluate, shrink, train
 from data_loader.csv_data import CsvDataLoader, as_label
+from logger.run_folder import BEST_NAME, LAST_NAME
 from model.metric import r2
 from parse_config import ConfigParser
 from test_outputs import read_fifo_while, rows_of
-from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, LAST_NAME, load_checkpoint
+from trainer.checkpoint import KEY_CONFIG, KEY_DATA, KEY_STATE_DICT, load_checkpoint
 from trainer.evaluation import prediction_rows
 from utils.errors import ConfigError, DataError
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, train
-from trainer.checkpoint import KEY_BATCH, KEY_EMA, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
+from logger.run_folder import LAST_NAME
+from trainer.checkpoint import KEY_BATCH, KEY_EMA, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, load_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")

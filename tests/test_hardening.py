@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import ROOT, evaluate, run_script, train
+from logger.run_folder import LAST_NAME
 from parse_config import ConfigParser
 from test_cli import assert_one_error_line
-from trainer.checkpoint import LAST_NAME, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from utils.errors import ConfigError, DataError
 from utils.util import strict_json_loads
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from conftest import ROOT, train
-from trainer.checkpoint import KEY_BEST_RESULT, KEY_STATE_DICT, LAST_NAME, load_checkpoint
+from logger.run_folder import LAST_NAME
+from trainer.checkpoint import KEY_BEST_RESULT, KEY_STATE_DICT, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import evaluate, run_script, train
-from trainer.checkpoint import BEST_NAME, KEY_EMA, KEY_STATE_DICT, LAST_NAME, load_checkpoint
+from logger.run_folder import BEST_NAME, LAST_NAME
+from trainer.checkpoint import KEY_EMA, KEY_STATE_DICT, load_checkpoint
 from trainer.regularization import Mixup
 from utils.errors import ConfigError
 

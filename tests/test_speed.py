@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, train
-from trainer.checkpoint import KEY_STATE_DICT, LAST_NAME, load_checkpoint
+from logger.run_folder import LAST_NAME
+from trainer.checkpoint import KEY_STATE_DICT, load_checkpoint
 
 pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
 # benchmarks/ measures the template itself: it stays in the template's repository, and new_project.py leaves it out.

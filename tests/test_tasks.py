@@ -9,8 +9,9 @@ import torch
 from sklearn import metrics as sk
 
 from conftest import ROOT, evaluate, run_script, train
+from logger.run_folder import BEST_NAME
 from parse_config import ConfigParser
-from trainer.checkpoint import BEST_NAME, KEY_CONFIG, KEY_STATE_DICT, load_checkpoint
+from trainer.checkpoint import KEY_CONFIG, KEY_STATE_DICT, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

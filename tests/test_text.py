@@ -12,8 +12,9 @@ import torch
 
 from conftest import evaluate, shrink, train
 from data_loader.text_csv import TextCsvDataLoader
+from logger.run_folder import BEST_NAME
 from test_csv import column, everything, order, write_csv
-from trainer.checkpoint import BEST_NAME, KEY_DATA, load_checkpoint
+from trainer.checkpoint import KEY_DATA, load_checkpoint
 from trainer.finetuning import Finetuning
 from utils.errors import ConfigError, DataError
 

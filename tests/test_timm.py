@@ -12,10 +12,11 @@ import torch
 from conftest import ROOT, evaluate, run_script, train
 from data_loader.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from data_loader.make_digit_images import write_kaggle_layout
+from logger.run_folder import BEST_NAME
 from model.timm_model import TimmModel
 from parse_config import ConfigParser, read_config
 from test_cli import assert_one_error_line
-from trainer.checkpoint import BEST_NAME, KEY_STATE_DICT, load_checkpoint
+from trainer.checkpoint import KEY_STATE_DICT, load_checkpoint
 from trainer.finetuning import Finetuning
 from utils.errors import ConfigError
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import evaluate, shrink, train
+from logger.run_folder import BEST_NAME, LAST_NAME
 from parse_config import ConfigParser
-from trainer.checkpoint import BEST_NAME, KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, LAST_NAME, load_checkpoint
+from trainer.checkpoint import KEY_BATCH, KEY_EPOCH, KEY_STATE_DICT, KEY_STEP, load_checkpoint
 from utils.errors import ConfigError
 
 

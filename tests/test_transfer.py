@@ -15,13 +15,12 @@ from base.base_model import BaseModel
 from conftest import ROOT, evaluate, run_script, shrink, train
 from data_loader.image_folder import ImageFolderDataLoader
 from data_loader.make_digit_images import write_digit_images
+from logger.run_folder import BEST_NAME, LAST_NAME
 from model.torchvision_model import TorchvisionModel
 from trainer.checkpoint import (
-    BEST_NAME,
     KEY_DATA,
     KEY_OPTIMIZER,
     KEY_STATE_DICT,
-    LAST_NAME,
     Checkpoint,
     apply_changed_optimizer_args,
     load_checkpoint,

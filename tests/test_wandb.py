@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from conftest import ROOT, evaluate, run_script, train
+from logger.run_folder import LAST_NAME
 from parse_config import ConfigParser
 from test_around_the_loop import pets_trainer
 from test_cli import assert_one_error_line
 from trainer.callbacks import ImagePredictionLogger
-from trainer.checkpoint import LAST_NAME, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 
 

@@ -23,10 +23,9 @@ from torch import nn
 
 from base.base_data_loader import worker_failure, worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
-from logger.run_folder import RunFolder
+from logger.run_folder import BEST_NAME, LAST_NAME, RunFolder
 from logger.visualization import Writer, write_epoch, write_hparams
 from trainer.checkpoint import (
-    BEST_NAME,
     FORMAT_VERSION,
     KEY_ARCH,
     KEY_BATCH,
@@ -42,7 +41,6 @@ from trainer.checkpoint import (
     KEY_SCHEDULER,
     KEY_STATE_DICT,
     KEY_WANDB_RUN,
-    LAST_NAME,
     apply_changed_optimizer_args,
     capture_rng_state,
     remove_oldest_periodic,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from base.base_model import state_differences, weights_mismatch
-from logger.run_folder import RunFolder
+from logger.run_folder import LAST_NAME, RunFolder
 from logger.visualization import WANDB_RUN_ID
 from trainer.finetuning import laid_out_by_trainer
 from trainer.options import TrainerOptions
@@ -55,8 +55,6 @@ RESUME_KEYS = (
     *(KEY_MONITOR_BEST, KEY_NOT_IMPROVED, KEY_BEST_RESULT, KEY_RNG),
 )  # to continue training
 
-LAST_NAME = "last.pth"
-BEST_NAME = "model_best.pth"
 PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
 
 
@@ -238,16 +236,9 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
     """
     state, path = checkpoint.state, checkpoint.path
     RunFolder.of_checkpoint(path)  # the run goes on in the folder the checkpoint lies in
-    for needed in (RESUME_KEYS, (KEY_PARTIAL,)):
-        missing = [key for key in needed if key not in state]
-        if missing:
-            raise CheckpointError(
-                f"{path}: cannot resume, the checkpoint lacks {', '.join(missing)}; "
-                "add -c CONFIG to start a new run from its weights instead"
-            )
-        _check_fields(path, state, needed)
-        if not state[KEY_BATCH]:  # the partial epoch's metrics only when it stopped in the middle of one
-            break
+    _require(checkpoint, RESUME_KEYS)
+    if state[KEY_BATCH]:  # the partial epoch's metrics only when it stopped in the middle of one
+        _require(checkpoint, (KEY_PARTIAL,))
     wandb_run_id(checkpoint)
     if KEY_EMA in state:
         _check_fields(path, state, (KEY_EMA,))
@@ -277,6 +268,17 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
             f"the run started with; a resumed run keeps it (trainer.epochs={trained.get('epochs')}); add -c "
             "CONFIG to fine-tune from its weights with a new schedule"
         )
+
+
+def _require(checkpoint: Checkpoint, keys: tuple[str, ...]) -> None:
+    """The keys a resume needs, each there and sound."""
+    missing = [key for key in keys if key not in checkpoint.state]
+    if missing:
+        raise CheckpointError(
+            f"{checkpoint.path}: cannot resume, the checkpoint lacks {', '.join(missing)}; "
+            "add -c CONFIG to start a new run from its weights instead"
+        )
+    _check_fields(checkpoint.path, checkpoint.state, keys)
 
 
 def check_resumed_classes(checkpoint: Checkpoint, classes: list[str] | None) -> None:

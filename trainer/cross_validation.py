@@ -33,18 +33,9 @@ import numpy as np
 import torch
 
 from logger.logger import setup_logging
-from logger.run_folder import FOLDS_FILE, create_run_folder
+from logger.run_folder import BEST_NAME, FOLDS_FILE, LAST_NAME, create_run_folder
 from model.loss import decide_pos_weight
-from trainer.checkpoint import (
-    BEST_NAME,
-    KEY_BEST_RESULT,
-    KEY_CONFIG,
-    LAST_NAME,
-    Checkpoint,
-    check_resume,
-    load_checkpoint,
-    run_is_finished,
-)
+from trainer.checkpoint import KEY_BEST_RESULT, KEY_CONFIG, Checkpoint, check_resume, load_checkpoint, run_is_finished
 from trainer.evaluation import predict, prediction_rows, resolve_amp, trained_model
 from trainer.metric_tracker import MetricTracker
 from trainer.options import TrainerOptions, loader_task

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, load_checkpoint
+from logger.run_folder import BEST_NAME, LAST_NAME
+from trainer.checkpoint import Checkpoint, load_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.util import read_json
 
