@@ -372,12 +372,12 @@ class ConfigParser:
 
     @staticmethod
     def _build(where: str, role: str, entry: str | dict, args: tuple = (), kwargs: dict | None = None) -> Any:
-        """resolve() and, for a class entry, the call; what the constructor raises becomes one line naming the
-        entry, the error and the line of code it came from (the user's own model or data code, often)."""
-        called = kwargs is not None
+        """resolve() and, for a class entry (`kwargs` given, maybe empty), the call; what the constructor raises
+        becomes one line naming the entry, the error and the line of code it came from (the user's own model or
+        data code, often)."""
         try:
             built = resolve(role, entry)
-            return built(*args, **kwargs) if called else built
+            return built(*args, **kwargs) if kwargs is not None else built
         except UserError:
             raise
         except Exception as e:

@@ -213,11 +213,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
 
 if __name__ == "__main__":
     with one_line_errors(interrupted="stopped before training started; nothing was saved"):
-        config, options, args = parse_args()
+        config, main_arguments, args = parse_args()
         if args.print_config:
             print(json.dumps(config.config, indent=4))
         elif config["cross_validation"] is not None:
             cross_validation = feature_module("trainer.cross_validation", "cv", "cross_validation")
-            cross_validation.main(config, main, fold=args.fold, **options)
+            cross_validation.main(config, main, fold=args.fold, **main_arguments)
         else:
-            main(config, **options)
+            main(config, **main_arguments)

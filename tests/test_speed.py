@@ -43,7 +43,7 @@ def test_compile_keeps_plain_parameter_names(tiny_config, tmp_path):
 def test_a_run_without_tensorboard_or_digits_loads_neither(tmp_path):
     code = (
         "import sys, json; import train;"
-        "config, options, _ = train.parse_args(['-c', sys.argv[1]]); train.main(config, **options);"
+        "config, arguments, _ = train.parse_args(['-c', sys.argv[1]]); train.main(config, **arguments);"
         "print(json.dumps(['sklearn' in sys.modules, 'torch.utils.tensorboard' in sys.modules]))"
     )
     config = (ROOT / "config.json").read_text().replace('"tensorboard": true', '"tensorboard": false')
