@@ -44,6 +44,22 @@ class ArgumentParser(argparse.ArgumentParser):
     def add_device(self) -> None:
         self.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
 
+    def add_raw_csv(self, condition: str = "") -> None:
+        self.add_argument(
+            "--raw-csv",
+            action="store_true",
+            help=f"{condition}write ids and class names as they are, even those a spreadsheet would run as a formula "
+            "(starting with = + - @, a tab or a carriage return); by default such a cell gets a leading single quote",
+        )
+
+    def add_tta(self) -> None:
+        self.add_argument(
+            "--tta",
+            metavar="VIEWS",
+            help="test-time augmentation: average each image's predictions over it and these views, e.g. hflip or "
+            "hflip,vflip (hflip, vflip, rot180; the cv feature)",
+        )
+
 
 def shortcut_overrides(args: argparse.Namespace) -> list[str]:
     """The short flags given on the command line, as `dotted.key=value` overrides."""
@@ -66,15 +82,6 @@ def select_devices(devices: str | None) -> None:
             f"--device {devices}: asks for {len(ids)} GPU(s) but {available} exist on this machine"
             + ("; run without --device to train on the CPU" if available == 0 else "")
         )
-
-
-def add_raw_csv(parser: ArgumentParser, condition: str = "") -> None:
-    parser.add_argument(
-        "--raw-csv",
-        action="store_true",
-        help=f"{condition}write ids and class names as they are, even those a spreadsheet would run as a formula "
-        "(starting with = + - @, a tab or a carriage return); by default such a cell gets a leading single quote",
-    )
 
 
 def csv_file(path: Path, flag: str) -> Path:
@@ -101,15 +108,6 @@ def load_for_evaluation(
     else:
         checkpoints = [load_checkpoint(resume, in_folder=(BEST_NAME, LAST_NAME))]
     return ConfigParser.load(config_path, checkpoints[0], overrides), checkpoints
-
-
-def add_tta(parser: ArgumentParser) -> None:
-    parser.add_argument(
-        "--tta",
-        metavar="VIEWS",
-        help="test-time augmentation: average each image's predictions over it and these views, e.g. hflip or "
-        "hflip,vflip (hflip, vflip, rot180; the cv feature)",
-    )
 
 
 def check_tta(tta: str | None) -> None:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import ArgumentParser, add_raw_csv, add_tta, check_tta, csv_file, load_for_evaluation
+from cli import ArgumentParser, check_tta, csv_file, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -100,7 +100,7 @@ def build_parser() -> ArgumentParser:
         "-i", "--input", required=True, help="what to predict: an image, a folder of images, a CSV file"
     )
     parser.add_argument("-o", "--out", required=True, help="the CSV file to write (never overwritten)")
-    add_raw_csv(parser)
+    parser.add_raw_csv()
     parser.add_argument(
         "--float-format",
         default=".6g",
@@ -112,7 +112,7 @@ def build_parser() -> ArgumentParser:
         help="write each image's id without its file extension (cats/0001.png -> cats/0001), as a submission may "
         "want; other ids stay as they are",
     )
-    add_tta(parser)
+    parser.add_tta()
     parser.add_device()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser

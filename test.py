@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli import ArgumentParser, add_raw_csv, add_tta, check_tta, csv_file, load_for_evaluation
+from cli import ArgumentParser, check_tta, csv_file, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -142,8 +142,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--predictions", help="also write one CSV row per sample here: id, target, prediction, probabilities"
     )
-    add_raw_csv(parser, "with --predictions: ")
-    add_tta(parser)
+    parser.add_raw_csv("with --predictions: ")
+    parser.add_tta()
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
