@@ -84,11 +84,10 @@ def select_devices(devices: str | None) -> None:
         )
 
 
-def csv_file(path: Path, flag: str) -> Path:
+def check_csv_file(path: Path, flag: str) -> None:
     """A CSV output named on the command line: `-` (standard output) does not take one."""
     if str(path) == "-":
         raise ConfigError(f"{flag}: a file name is needed (predictions are a CSV file)")
-    return path
 
 
 def load_for_evaluation(

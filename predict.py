@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import ArgumentParser, check_tta, csv_file, load_for_evaluation
+from cli import ArgumentParser, check_csv_file, check_tta, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -128,7 +128,7 @@ def parse_args(
         raise ConfigError(f"--float-format {args.float_format!r}: expected .<digits><e, f, g or %>, e.g. .6g or .4f")
     out = Path(args.out)
     check_output_path(out)
-    csv_file(out, "--out")
+    check_csv_file(out, "--out")
     if not Path(args.input).exists():
         raise ConfigError(f"--input {args.input}: not found")
     check_tta(args.tta)

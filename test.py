@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli import ArgumentParser, check_tta, csv_file, load_for_evaluation
+from cli import ArgumentParser, check_csv_file, check_tta, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -159,7 +159,7 @@ def parse_args(
     predictions = None if args.predictions is None else Path(args.predictions)
     if predictions is not None:
         check_output_path(predictions)
-        csv_file(predictions, "--predictions")
+        check_csv_file(predictions, "--predictions")
         if args.out is not None and Path(args.out).absolute() == predictions.absolute():
             raise ConfigError(f"--predictions {predictions}: the same file as --out; give each its own")
     check_tta(args.tta)
