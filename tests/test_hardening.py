@@ -136,6 +136,23 @@ def test_test_py_evaluates_in_the_runs_precision_as_its_validation_did(tiny_conf
     assert evaluated["accuracy"] == pytest.approx(result["last"]["val_accuracy"], rel=1e-6, abs=0)
 
 
+def test_a_new_lr_on_resuming_a_onecycle_run_is_refused_not_undone_a_step_later(tiny_config, tmp_path):
+    """OneCycleLR computes every step's rate from its max_lr: a resumed run's --lr lasted one step, while
+    info.log said it held from then on (found by a user's freeze-unfreeze recipe)."""
+    # laid out for 2 epochs of 21 batches, of which the run trains 1
+    tiny_config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 42}}
+    tiny_config["trainer"].update(epochs=1, scheduler_interval="step")
+    _, run = train(tiny_config, tmp_path)
+    last = run.checkpoint_dir / LAST_NAME
+    before = last.read_bytes()
+    with pytest.raises(ConfigError, match=r"^optimizer\.args\.lr: OneCycleLR sets the learning rate from its own "
+                       r"max_lr, so a new lr would last one step; .* with another lr_scheduler\.args\.max_lr$"):  # fmt: skip
+        train(None, tmp_path, resume=last, overrides=["trainer.epochs=2", "--lr", "0.5"])
+    assert last.read_bytes() == before
+    _, again = train(None, tmp_path, resume=last, overrides=["trainer.epochs=2"])  # the same rate: goes on
+    assert load_checkpoint(again.checkpoint_dir / LAST_NAME).state["epoch"] == 2
+
+
 def test_a_freezing_setup_that_leaves_nothing_to_train_names_the_backbone(tiny_config, tmp_path):
     tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2", "fc1", "fc2"]}
     tiny_config["finetune"]["unfreeze_epoch"] = 2

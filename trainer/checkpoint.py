@@ -21,7 +21,7 @@ import torch
 from base.base_model import state_differences, weights_mismatch
 from logger.run_folder import LAST_NAME, RunFolder
 from logger.visualization import WANDB_RUN_ID
-from trainer.finetuning import laid_out_by_trainer
+from trainer.finetuning import check_resumed_lr, laid_out_by_trainer
 from trainer.options import TrainerOptions
 from utils.errors import CheckpointError, ConfigError, did_you_mean, first_line, shown
 from utils.util import written_atomically
@@ -255,6 +255,7 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> None:
                 f"{key}: the checkpoint was trained with {shown(then)}, the config asks for {shown(now)}; a resumed "
                 "run keeps what its state was saved with; add -c CONFIG to fine-tune from its weights instead"
             )
+    check_resumed_lr(config["lr_scheduler"], saved.get("optimizer"), config["optimizer"])
     epochs = options.epochs
     if done >= epochs and not state[KEY_BATCH]:
         raise ConfigError(

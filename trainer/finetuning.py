@@ -149,6 +149,24 @@ class Finetuning:
                     module.eval()
 
 
+# Schedulers that set each step's rate from their own arguments, not from the optimizer's lr.
+SETS_ITS_OWN_RATE = {"OneCycleLR": "max_lr", "CyclicLR": "base_lr and max_lr"}
+
+
+def check_resumed_lr(scheduler: dict | None, saved_optimizer: Any, optimizer: dict) -> None:
+    """A resumed run's new `optimizer.args.lr` goes to every group (set_learning_rate), where a scheduler that
+    sets each step's rate from its own arguments would undo it at the next step: refused, not ignored."""
+    saved_args = saved_optimizer.get("args") if isinstance(saved_optimizer, dict) else None  # data: read with care
+    then, now = (saved_args if isinstance(saved_args, dict) else {}).get("lr"), optimizer.get("args", {}).get("lr")
+    kind = scheduler["type"] if scheduler else None
+    if then != now and kind in SETS_ITS_OWN_RATE:
+        raise ConfigError(
+            f"optimizer.args.lr: {kind} sets the learning rate from its own {SETS_ITS_OWN_RATE[kind]}, so a new lr "
+            "would last one step; a resumed run keeps its schedule; add -c CONFIG to fine-tune from its weights "
+            f"with another lr_scheduler.args.{SETS_ITS_OWN_RATE[kind].split()[-1]}"
+        )
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, lr_scheduler: Any = None) -> None:
     """The one writer of the learning rates: each parameter group gets `lr` times its `lr_scale` (1 unless a
     freezing strategy set one), as its current rate and, when a scheduler is attached, as the scheduler's base."""
