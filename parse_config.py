@@ -262,12 +262,7 @@ def validate(config: dict) -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a JSON object, found {shown(config)}")
     schema = read_json(SCHEMA_PATH)
-    validator = VALIDATOR(schema)
-    errors = [
-        message
-        for e in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-        for message in _schema_messages(e)
-    ]
+    errors = _shape_errors(config, schema)
     if errors:
         raise ConfigError("; ".join(errors))
     fill_defaults(config, schema)
@@ -289,6 +284,12 @@ def validate(config: dict) -> None:
     errors.extend(tracker_errors(config))
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def _shape_errors(config: dict, schema: dict) -> list[str]:
+    """What the JSON schema (the file's shape: keys, types, bounds) finds wrong, a message each."""
+    found = sorted(VALIDATOR(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    return [message for e in found for message in _schema_messages(e)]
 
 
 def _validates(config: dict) -> bool:
@@ -341,7 +342,12 @@ class ConfigParser:
         except ConfigError as e:
             if stored is None or _validates(stored):  # the overrides' fault: the error as it is
                 raise
-            raise ConfigError(f"{resume.path}: the config stored in it is damaged ({e})") from None
+            if _shape_errors(stored, read_json(SCHEMA_PATH)):
+                raise ConfigError(f"{resume.path}: the config stored in it is damaged ({e})") from None
+            raise ConfigError(  # sound in shape: it names what this project lacks (another project's model)
+                f"{resume.path}: its config does not fit this project ({e}); use the checkpoint in the project that "
+                "trained it, or add the parts it names here"
+            ) from None
 
     def __getitem__(self, key: str) -> Any:
         return self.config[key]

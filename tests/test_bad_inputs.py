@@ -358,6 +358,13 @@ def test_a_damaged_stored_config_is_named_with_its_checkpoint(checkpoint_state, 
         ConfigParser.load(None, Checkpoint(tmp_path / "last.pth", damaged))
     with pytest.raises(ConfigError, match=r"^trainer\.epochs: expected"):
         ConfigParser.load(None, Checkpoint(tmp_path / "last.pth", checkpoint_state), ["trainer.epochs=0"])
+    # Sound in shape, but trained in another project (with the images feature, or the user's own model file):
+    # not damaged, and the line says what to do.
+    elsewhere = {**checkpoint_state, "config": {**checkpoint_state["config"], "arch": {"type": "BnMLP", "args": {}}}}
+    with pytest.raises(ConfigError, match=r"^\S+last\.pth: its config does not fit this project \(arch\.type: unknown "
+                       r"arch 'BnMLP'.*\); use the checkpoint in the project that trained it, or add the parts it "
+                       r"names here$"):  # fmt: skip
+        ConfigParser.load(None, Checkpoint(tmp_path / "last.pth", elsewhere))
 
 
 field_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=12)
