@@ -31,7 +31,8 @@ class CsvTable:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"{self.path}: CSV file not found")
+            wrong = "is a folder; pass the CSV file in it" if self.path.is_dir() else "CSV file not found"
+            raise DataError(f"{self.path}: {wrong}")
         self.rows: list[list[str]] = []
         self.lines: list[int] = []  # the file's line number of each row, for error messages
         try:
@@ -55,9 +56,7 @@ class CsvTable:
         except csv.Error as e:
             raise DataError(f"{self.path}, line {reader.line_num}: not valid CSV ({e})") from None
         if not self.rows:
-            raise DataError(
-                f"{self.path}: no data rows (expected a header row naming the columns, then one row per sample)"
-            )
+            raise DataError(f"{self.path}: no data rows (expected a header row of column names, then a row per sample)")
         for name in self.columns:
             if self.columns.count(name) > 1:
                 raise DataError(f"{self.path}: the header names column {name!r} twice")

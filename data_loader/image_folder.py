@@ -66,7 +66,8 @@ def find_images(folder: Path) -> list[Path]:
 def scan_classes(data_dir: Path) -> tuple[list[Path], list[int], list[str]]:
     """(files, class index of each, class names) of a folder with one sub-folder per class."""
     if not data_dir.is_dir():
-        raise DataError(f"{named(data_dir)}: image folder not found (expected one sub-folder of images per class)")
+        what = "is a file, not an image folder" if data_dir.exists() else "image folder not found"
+        raise DataError(f"{named(data_dir)}: {what} (expected one sub-folder of images per class)")
     classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(

@@ -266,6 +266,11 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, case):
     assert "\n" not in str(error.value)
 
 
+def test_a_folder_given_for_the_csv_file_is_named_as_a_folder(tmp_path):
+    with pytest.raises(DataError, match=r"^\S+: is a folder; pass the CSV file in it$"):
+        CsvDataLoader(str(tmp_path), "label")
+
+
 @pytest.mark.e2e
 def test_regression_on_a_users_csv_trains_and_tests_by_name(tmp_path, base_config):
     config = shrink(base_config, tmp_path / "saved", epochs=40)
