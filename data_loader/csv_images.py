@@ -28,9 +28,9 @@ def image_files(folder: Path, ids: list[str], extension: str, csv_path: Path) ->
     do or do not); one line naming the first that is missing."""
     files = [folder / (name if name.lower().endswith(extension.lower()) else f"{name}{extension}") for name in ids]
     inside = folder.resolve()
-    outside = [f for f in files if not f.resolve().is_relative_to(inside)]
+    outside = [name for name, f in zip(ids, files, strict=True) if not f.resolve().is_relative_to(inside)]
     if outside:  # an id such as ../../secret: a CSV file names images in its folder, nowhere else
-        raise DataError(f"{named(csv_path)}: the id {named(outside[0].name)} names a file outside {named(folder)}")
+        raise DataError(f"{named(csv_path)}: the id {named(outside[0])} names a file outside {named(folder)}")
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise DataError(
