@@ -153,6 +153,18 @@ def test_a_new_lr_on_resuming_a_onecycle_run_is_refused_not_undone_a_step_later(
     assert load_checkpoint(again.checkpoint_dir / LAST_NAME).state["epoch"] == 2
 
 
+def test_an_unfreeze_after_the_last_epoch_is_said(tiny_config, tmp_path):
+    """Allowed (a resume with more epochs reaches it), but a run that never unfreezes says so."""
+    tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1"], "unfreeze_epoch": 9}
+    tiny_config["trainer"]["epochs"] = 1
+    _, run = train(tiny_config, tmp_path)
+    said = [line for line in (run.log_dir / "info.log").read_text().splitlines() if "finetune:" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "finetune: unfreezing at epoch 9, after this run's 1 epochs: those layers stay frozen unless the run is "
+        "resumed with more epochs"
+    )
+
+
 def test_a_freezing_setup_that_leaves_nothing_to_train_names_the_backbone(tiny_config, tmp_path):
     tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2", "fc1", "fc2"]}
     tiny_config["finetune"]["unfreeze_epoch"] = 2

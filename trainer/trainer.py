@@ -110,6 +110,14 @@ class Trainer(BaseTrainer):
             self.logger.info("EMA of the weights, decay %g: validation and model_best.pth use it", decay)
         if self.mixup is not None:
             self.logger.info("Training batches mixed: %s; metrics use the true labels", self.mixup)
+        late = [str(stage.epoch) for stage, _ in self.finetuning.stages if stage.epoch > self.options.epochs]
+        if late:  # allowed: a resume with more epochs reaches them
+            self.logger.warning(
+                "finetune: unfreezing at epoch %s, after this run's %d epochs: those layers stay frozen unless the run "
+                "is resumed with more epochs",
+                ", ".join(late),
+                self.options.epochs,
+            )
         self.logger.info("%s", summary(unwrap_model(self.model)))
 
     def batches_in_epoch(self) -> int:
