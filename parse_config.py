@@ -210,7 +210,8 @@ def _schema_messages(error: jsonschema.ValidationError) -> list[str]:
         return [f"{where}: expected {' or '.join(types)}, found {shown(found)}"]
     if kind in ("enum", "const"):
         allowed = error.validator_value if kind == "enum" else [error.validator_value]
-        return [f"{where}: expected one of {', '.join(shown(v) for v in allowed)}; found {shown(found)}"]
+        hint = did_you_mean(found, [v for v in allowed if isinstance(v, str)]) if isinstance(found, str) else ""
+        return [f"{where}: expected one of {', '.join(shown(v) for v in allowed)}; found {shown(found)}{hint}"]
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if kind in bounds:
         return [f"{where}: expected a number {bounds[kind]} {error.validator_value}, found {shown(found)}"]

@@ -118,6 +118,10 @@ def test_load_applies_overrides_and_validates(write_config, tiny_config):
         (lambda c: c.update(name="../escape"), "name: expected a single folder name"),
         (lambda c: c.update(name=".hidden"), "name: expected a single folder name"),
         (lambda c: c.update(verbosity=5), "verbosity: expected one of 0, 1, 2; found 5"),
+        (
+            lambda c: c.update(finetune={"strategy": "freeze_unfreze"}),
+            'unfreeze_milestones"; found "freeze_unfreze"; did you mean \'freeze_unfreeze\'?',
+        ),
     ],
 )
 def test_schema_errors_name_key_expected_and_found(base_config, change, message):
