@@ -115,8 +115,8 @@ class BaseTrainer(abc.ABC):
 
         Checkpoints go to `run.checkpoint_dir` and metrics.csv to `run.log_dir` (rank 0 only), scalars and
         pictures to `writer`; both are let go at the end (the writer closed, the run folder released). With
-        `run` None nothing is saved. `dry_run`: one
-        epoch of one training and one validation batch through the real step, every hook included.
+        `run` None nothing is saved. `dry_run`: one epoch of one training and one validation batch through the
+        real step, every hook included.
         """
         self.run, self.writer = run, writer or Writer()
         if run is not None and self.is_main:
