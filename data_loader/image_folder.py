@@ -69,9 +69,10 @@ def scan_classes(data_dir: Path) -> tuple[list[Path], list[int], list[str]]:
         what = "is a file, not an image folder" if data_dir.exists() else "image folder not found"
         raise DataError(f"{named(data_dir)}: {what} (expected one sub-folder of images per class)")
     classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:  # one class: nothing to tell apart
-        found = f"one class folder ({named(data_dir / classes[0])})" if classes else "no class folders"
-        raise DataError(f"{named(data_dir)}: {found}; put each class's images in a sub-folder of its own, two or more")
+    if not classes:
+        raise DataError(
+            f"{named(data_dir)}: no class folders; put the images of each class in a sub-folder named after it"
+        )
     files, targets = [], []
     for index, name in enumerate(classes):
         found = find_images(data_dir / name)

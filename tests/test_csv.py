@@ -394,6 +394,10 @@ def test_a_head_of_another_size_than_the_classes_is_refused_before_training(tmp_
     tiny_config["loss"], tiny_config["metrics"], tiny_config["lr_scheduler"] = "cross_entropy", ["accuracy"], None
     with pytest.raises(ConfigError, match=r"the model gives 5 scores per sample, the data has 3 classes \(a, b, c\)"):
         train(tiny_config, tmp_path, "five")
+    (tmp_path / "one.csv").write_text("x,y,label\n" + "".join(f"{i},{i % 3},a\n" for i in range(60)))
+    tiny_config["data_loader"]["args"]["csv_path"] = str(tmp_path / "one.csv")  # not "set out_features to 1"
+    with pytest.raises(ConfigError, match=r"^data_loader: the training data has one class \(a\); a classifier needs"):
+        train(tiny_config, tmp_path, "one")
     assert not (tmp_path / "saved").exists()  # refused in the rehearsal: no run folder
 
 

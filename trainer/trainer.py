@@ -237,8 +237,10 @@ class Trainer(BaseTrainer):
         classes = self.data_loader.classes
         if self.data_loader.task != "classification" or classes is None or output.ndim != 2:
             return
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        if len(classes) == 1:  # nothing to tell apart: no head size helps
+            raise ConfigError(f"data_loader: the training data has one class ({shown}); a classifier needs two or more")
         if output.shape[1] != len(classes):
-            shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
             raise ConfigError(
                 f"arch: the model gives {output.shape[1]} scores per sample, the data has {len(classes)} classes "
                 f"({shown}); set the model's number of classes (arch.args.num_classes) to {len(classes)}"
