@@ -173,6 +173,7 @@ class BaseTrainer(abc.ABC):
         """Train and validate one epoch, step the scheduler, log; return {"epoch": epoch, **results}."""
         started = time.perf_counter()
         result = {"epoch": epoch, **self._train_epoch(epoch)}
+        training_seconds = time.perf_counter() - started
         self.start_batch = 0
         valid = {f"val_{k}": v for k, v in self._valid_epoch(epoch).items()}
         if valid:
@@ -187,7 +188,7 @@ class BaseTrainer(abc.ABC):
         extras = {
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
-            "samples_per_second": self.epoch_samples / max(seconds, 1e-9),
+            "samples_per_second": self.epoch_samples / max(training_seconds, 1e-9),  # training's, validation aside
         }
         for key, value in result.items():
             shown = f"{value:.6g}" if isinstance(value, float) else value  # every digit: metrics.csv, TensorBoard
