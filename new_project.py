@@ -372,11 +372,12 @@ if __name__ == "__main__":
         except OSError as e:
             what = "add to the project" if existing else "create the project"
             raise ConfigError(f"could not {what}: {e}; nothing was created or changed") from None
+    needs = [f for n in chosen for f in FEATURES[n].files if f.startswith("requirements-")]  # the features' libraries
     if existing:
         pages = ", ".join(f"docs/{n}.md" for n in chosen)
         print(f"{created} now has {', '.join(chosen)} (none of your files replaced); what each adds: {pages}")
-        needs = [f for n in chosen for f in FEATURES[n].files if f.startswith("requirements-")]
         print(f"Next: {''.join(f'pip install -r {f} && ' for f in needs)}python -m pytest")
     else:
         print(f"New project in {created} (the core{''.join(f', {n}' for n in chosen)})")
-        print(f"Next: cd {created} && pip install -r requirements.txt && python train.py -c config.json")
+        install = " ".join(f"-r {f}" for f in ["requirements.txt", *needs])
+        print(f"Next: cd {created} && pip install {install} && python train.py -c config.json")

@@ -93,6 +93,16 @@ def test_a_failing_callback_ends_the_run_with_one_line_and_logs_the_traceback(ti
     assert "Traceback" in (tmp_path / "info.log").read_text()
 
 
+def test_a_callback_failing_in_the_rehearsal_points_to_the_log_it_is_in(tiny_config, tmp_path):
+    """The rehearsal runs before any run folder exists: there is no info.log to point to yet."""
+    from logger.logger import setup_logging
+
+    setup_logging(None, 1)  # as train.main starts: the console only
+    trainer = trainer_with(tiny_config, [Recorder([], fail_at="on_train_start")])
+    with pytest.raises(CallbackError, match=r"my callback \(the traceback is in the log above\)$"):
+        trainer.rehearse()
+
+
 def test_a_callback_that_does_not_fit_the_task_is_refused_before_the_first_epoch(tmp_path):
     config = ConfigParser.load(ROOT / "config_tabular.json").config
     config.update(save_dir=str(tmp_path / "saved"), callbacks=[{"type": "ImagePredictionLogger"}])

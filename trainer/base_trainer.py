@@ -205,8 +205,10 @@ class BaseTrainer(abc.ABC):
                 hook(self, *args)
             except Exception as e:
                 self.logger.exception("Callback %s failed", hook.__qualname__)
+                logs_to_a_file = any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
+                where = "info.log" if logs_to_a_file else "the log above"  # the rehearsal has no info.log yet
                 raise CallbackError(
-                    f"callback {hook.__qualname__} failed: {type(e).__name__}: {e} (the traceback is in info.log)"
+                    f"callback {hook.__qualname__} failed: {type(e).__name__}: {e} (the traceback is in {where})"
                 ) from None
 
     def _stop_agreed(self, share: bool) -> bool:

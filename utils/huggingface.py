@@ -16,10 +16,7 @@ from utils.errors import ConfigError, first_line
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-SAVE_ADVICE = (
-    "save a model and its tokenizer there with save_pretrained while online "
-    "(README: Your own CSV files, and text classification)"
-)
+SAVE_ADVICE = "save a model and its tokenizer there with save_pretrained while online (docs/text.md)"
 
 # Where transformers looks for `auto_map`: classes in the folder's own .py files, which it imports (runs) when
 # trusted and, when not told, asks about on stdin ("run the custom code? [y/N]": a `y` runs it).
