@@ -96,7 +96,9 @@ class Writer:
 
     @classmethod
     def start(cls, log_dir: Path, tensorboard_dir: Path | None, config: dict, run_id: str | None) -> "Writer":
-        return cls(tensorboard_dir)
+        writer = cls(tensorboard_dir)
+        writer.run_id = run_id  # a tracker left out for a while: its run is kept, for a later resume with it on
+        return writer
 
     @classmethod
     @contextlib.contextmanager

@@ -31,10 +31,10 @@ class WandbWriter(Writer):
 
     section = "wandb"
 
-    def __init__(self, tensorboard_dir: Path | None, run: Any) -> None:
+    def __init__(self, tensorboard_dir: Path | None, run: Any, run_id: str | None = None) -> None:
         super().__init__(tensorboard_dir)
         self.wandb = run
-        self.run_id = None if run.disabled else run.id
+        self.run_id = run_id if run.disabled else run.id  # disabled for a while (wandb.mode): the run is kept
         self._row: dict[str, Any] = {}  # what the epoch `_row_epoch` logged so far
         self._row_epoch: int | None = None
         run.define_metric("epoch")
@@ -44,7 +44,8 @@ class WandbWriter(Writer):
 
     @classmethod
     def start(cls, log_dir: Path, tensorboard_dir: Path | None, config: dict, run_id: str | None) -> "WandbWriter":
-        return cls(tensorboard_dir, init_wandb(log_dir, config["wandb"], run_id, config=flatten_config(config)))
+        run = init_wandb(log_dir, config["wandb"], run_id, config=flatten_config(config))
+        return cls(tensorboard_dir, run, run_id)
 
     def add_scalar(self, tag: str, value: float, epoch: int) -> None:
         super().add_scalar(tag, value, epoch)

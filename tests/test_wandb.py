@@ -199,6 +199,14 @@ def test_wandb_run_goes_on_at_resume_gets_checkpoints_and_test_results(tiny_conf
     evaluate(folder.checkpoint_dir / "model_best.pth", "--out", str(tmp_path / "r.json"), "wandb.mode=disabled")
     assert len(list((folder.log_dir / "wandb").glob("offline-run-*"))) == 3
 
+    # A resume with W&B switched off keeps the run's id, and the next one with it on goes on with that run.
+    last = folder.checkpoint_dir / "last.pth"
+    train(None, tmp_path, resume=last, overrides=["trainer.epochs=4", "wandb.mode=disabled", "trainer.log_model=false"])
+    assert torch.load(last, weights_only=True)["wandb_run_id"] == run_id
+    train(None, tmp_path, resume=last, overrides=["trainer.epochs=5"])
+    runs = wandb_runs(folder.log_dir, run_id)
+    assert len(runs) == 4 and read_wandb_run(runs[3])["history"]["epoch"] == [5]
+
 
 def test_log_model_without_a_wandb_section_is_refused_for_training_only(tiny_config, tmp_path):
     tiny_config["trainer"]["log_model"] = True
