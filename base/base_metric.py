@@ -49,4 +49,6 @@ class EpochMetric:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.metric.device
         for name, value in state.items():
+            if isinstance(getattr(self.metric, name), list) and not isinstance(value, list):
+                value = [value]  # a list state gathered over DDP ranks is saved as one tensor
             setattr(self.metric, name, [t.to(device) for t in value] if isinstance(value, list) else value.to(device))

@@ -229,8 +229,10 @@ class BaseTrainer(abc.ABC):
         if self.run is None:
             raise TrainingInterrupted(f"{name} received; stopped at {where}", self.stop_signal)
         path = self.run.checkpoint_dir / LAST_NAME
-        if batch and self.is_main:  # every rank holds the same state
-            save_checkpoint(self.state_dict(epoch, batch), path)
+        if batch:
+            state = self.state_dict(epoch, batch)  # on every rank: the partial epoch's metrics gather all ranks'
+            if self.is_main:  # which hold the same state otherwise
+                save_checkpoint(state, path)
         raise TrainingInterrupted(
             f"{name} received; stopped at {where}, state saved to {path}; resume with: python train.py --resume {path}",
             self.stop_signal,

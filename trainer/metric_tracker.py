@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from base.base_metric import EpochMetric
-from utils.distributed import all_reduce_sum
+from utils.distributed import all_reduce_sum, is_distributed, is_main_process
 
 
 class MetricTracker:
@@ -64,14 +64,27 @@ class MetricTracker:
         return {k: values[k] for k in self._names if k in values}
 
     def state_dict(self) -> dict:
-        """The partial state of an interrupted epoch (tensors kept as they are, for a bitwise-equal resume)."""
-        return {
-            "sums": {k: v.cpu() for k, v in self._sums.items()},
-            "counts": dict(self._counts),
-            "epoch_metrics": {k: m.state_dict() for k, m in self._epoch_metrics.items()},
-        }
+        """The partial state of an interrupted epoch, of every rank's samples: under DDP a collective (every rank
+        calls it), whose state `load_state_dict` gives to rank 0 alone. One process keeps its tensors as they
+        are, for a bitwise-equal resume."""
+        sums, counts, gathered = dict(self._sums), dict(self._counts), {}
+        if is_distributed():
+            keys = self._sum_keys
+            local = [*(sums[k].double() for k in keys), *(torch.tensor(float(counts[k])) for k in keys)]
+            totals = all_reduce_sum(torch.stack([t.to(self._device) for t in local])).cpu()
+            sums = {k: totals[i] for i, k in enumerate(keys)}
+            counts = {k: int(totals[len(keys) + i].item()) for i, k in enumerate(keys)}
+        for k, m in self._epoch_metrics.items():
+            with m.metric.sync_context():  # every rank's states (predictions gathered, sums added); none outside DDP
+                gathered[k] = m.state_dict()
+        return {"sums": {k: v.cpu() for k, v in sums.items()}, "counts": counts, "epoch_metrics": gathered}
 
     def load_state_dict(self, state: dict) -> None:
+        """Rank 0 takes the partial epoch of every rank (see `state_dict`); the other ranks start it at zero, so
+        the epoch's result adds each sample once, whatever the number of processes before and after."""
+        self.reset()
+        if not is_main_process():
+            return
         self._sums = {k: state["sums"][k].to(self._device) for k in self._sum_keys}
         self._counts = {k: int(state["counts"][k]) for k in self._sum_keys}
         for k, metric in self._epoch_metrics.items():
