@@ -165,6 +165,26 @@ def test_an_unfreeze_after_the_last_epoch_is_said(tiny_config, tmp_path):
     )
 
 
+def test_an_interrupted_torchrun_run_says_once_how_to_resume_it_under_torchrun(monkeypatch, capsys):
+    """It said `python train.py --resume ...` once per rank: a one-process resume, another batch order."""
+    from utils import distributed
+    from utils.errors import TrainingInterrupted, one_line_errors
+
+    assert distributed.launch_command("train.py") == "python train.py"
+    monkeypatch.setattr(distributed, "rank_and_world_size", lambda: (1, 4))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert distributed.launch_command("train.py") == "torchrun --nproc_per_node 4 train.py"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.launch_command("train.py") == (
+        "torchrun --nnodes 2 (with your rendezvous flags) --nproc_per_node 2 train.py"
+    )
+    for rank, said in (("1", ""), ("0", "interrupted: SIGINT received; ...\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exited, one_line_errors(interrupted="-"):
+            raise TrainingInterrupted("SIGINT received; ...", 2)
+        assert exited.value.code == 130 and capsys.readouterr().err == said
+
+
 def test_a_freezing_setup_that_leaves_nothing_to_train_names_the_backbone(tiny_config, tmp_path):
     tiny_config["finetune"] = {"strategy": "freeze_unfreeze", "backbone": ["conv1", "conv2", "fc1", "fc2"]}
     tiny_config["finetune"]["unfreeze_epoch"] = 2

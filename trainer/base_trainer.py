@@ -48,7 +48,7 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.options import TrainerOptions
-from utils.distributed import agree_max, is_distributed, is_main_process, unwrap_model
+from utils.distributed import agree_max, is_distributed, is_main_process, launch_command, unwrap_model
 from utils.errors import (
     CallbackError,
     CheckpointError,
@@ -234,7 +234,8 @@ class BaseTrainer(abc.ABC):
             if self.is_main:  # which hold the same state otherwise
                 save_checkpoint(state, path)
         raise TrainingInterrupted(
-            f"{name} received; stopped at {where}, state saved to {path}; resume with: python train.py --resume {path}",
+            f"{name} received; stopped at {where}, state saved to {path}; resume with: "
+            f"{launch_command('train.py')} --resume {path}",
             self.stop_signal,
         )
 

@@ -43,6 +43,16 @@ def rank_and_world_size() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
 
 
+def launch_command(script: str) -> str:
+    """The command that runs `script` as this process was run: torchrun's, with its processes per node, under DDP."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return f"python {script}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = "" if per_node == world_size else f" --nnodes {world_size // per_node} (with your rendezvous flags)"
+    return f"torchrun{nodes} --nproc_per_node {per_node} {script}"
+
+
 def is_main_process() -> bool:
     """Rank 0, the one process that writes logs, TensorBoard events and checkpoints."""
     return rank_and_world_size()[0] == 0

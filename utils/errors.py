@@ -73,7 +73,8 @@ def one_line_errors(interrupted: str) -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        print(f"{e.label}: {escaped(str(e))}", file=sys.stderr)
+        if not isinstance(e, TrainingInterrupted) or os.environ.get("RANK", "0") == "0":  # all ranks stop; one says it
+            print(f"{e.label}: {escaped(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
