@@ -17,7 +17,7 @@ from logger.visualization import Writer, make_writer
 from utils.distributed import is_main_process
 from utils.errors import ConfigError
 from utils.monitor import Monitor
-from utils.util import read_json
+from utils.util import read_json, write_json
 
 CONFIG_PATH = Path(__file__).resolve().parent / "logger_config.json"
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
@@ -55,13 +55,20 @@ def setup_logging(log_dir: Path | None, verbosity: int = 2, console: str = "stdo
 
 
 def start_run_logging(run: RunFolder, config: dict, run_id: str | None = None) -> Writer:
-    """From here on info.log gets what the console gets, after a header; return the run's writer (a tracker
-    such as W&B going on with the run `run_id`, when resuming one).
+    """Start the run's writer (a tracker such as W&B going on with the run `run_id`, when resuming one), save the
+    config in the run folder, and from here on give info.log what the console gets, after a header.
 
     Only rank 0 writes; other ranks get a Writer with no backend and touch nothing.
     """
     if not is_main_process():
         return Writer()
+    try:  # first: a tracker that refuses to start (W&B without an API key) does so before anything is written
+        writer = make_writer(run.log_dir, config, run_id)
+    except ConfigError:
+        run.remove_unused()  # a new run leaves no folder behind
+        run.release()  # a resumed run's folder is left as it was
+        raise
+    write_json(config, run.checkpoint_dir / "config.json")  # the run's config, with this command's overrides
     root = logging.getLogger()
     early = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]
     setup_logging(run.log_dir, config["verbosity"])
@@ -74,11 +81,7 @@ def start_run_logging(run: RunFolder, config: dict, run_id: str | None = None) -
                 if record.levelno >= file.level:
                     file.handle(record)
         handler.close()
-    try:
-        return make_writer(run.log_dir, config, run_id)
-    except ConfigError:
-        run.remove_unused()  # a new run that cannot start its writer leaves no folder behind
-        raise
+    return writer
 
 
 def log_run_header(config: dict) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO
 
 from utils.errors import ConfigError
-from utils.util import write_json
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 FOLD_PATTERN = re.compile(r"^fold_[0-9]{1,3}$")  # a fold of a cross-validation, one level below its folder
@@ -116,7 +115,8 @@ def check_run_id(config: dict, run_id: str | None) -> None:
 
 
 def create_run_folder(config: dict, run_id: str | None = None, resume_from: Path | None = None) -> RunFolder:
-    """Make (or, resuming from `resume_from`, adopt) the run's folders and save the resolved config there.
+    """Make (or, resuming from `resume_from`, adopt) the run's folders (its config is saved there once its writer
+    has started: `start_run_logging`).
 
     Under DDP rank 0 decides and creates; every rank returns the same RunFolder (or raises the same error).
     """
@@ -181,7 +181,6 @@ def _make(config: dict, run_id: str | None, resume_from: Path | None) -> RunFold
                 _remove(made)  # leave nothing behind: these folders are empty and ours
                 raise
             break
-    write_json(config, run.checkpoint_dir / "config.json")
     return run
 
 

@@ -338,13 +338,12 @@ def test_validation_writes_nothing(tiny_config, write_config, tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_run_folders_are_unique_and_hold_the_resolved_config(tiny_config, write_config):
+def test_run_folders_are_unique(tiny_config, write_config):
     config = ConfigParser.load(write_config(tiny_config)).config
     first, second = create_run_folder(config), create_run_folder(config)
     assert second.run_id != first.run_id  # two runs in the same second: <time> and <time>_1
     assert first.checkpoint_dir == Path(tiny_config["save_dir"]) / "models" / "Digits_CNN" / first.run_id
     assert first.log_dir == Path(tiny_config["save_dir"]) / "log" / "Digits_CNN" / first.run_id
-    assert json.loads((first.checkpoint_dir / "config.json").read_text()) == config
     create_run_folder(config, "mine")
     with pytest.raises(ConfigError, match=r"--run-id mine: .* already exists"):
         check_run_id(config, "mine")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, evaluate, run_script, train
+from conftest import ROOT, evaluate, run_script, train, tree_snapshot
 from logger.run_folder import LAST_NAME
 from parse_config import ConfigParser
 from test_around_the_loop import pets_trainer
@@ -242,6 +242,21 @@ def test_wandb_inits_own_refusal_is_one_line_and_leaves_no_run_folder(tiny_confi
     result = run_script(str(ROOT / "train.py"), "-c", str(path), "--run-id", "refused")
     assert_one_error_line(result, "wandb: wandb.init refused its arguments: settings.console: Input should be")
     assert not list(Path(tiny_config["save_dir"]).glob("models/*/refused"))
+
+
+@pytest.mark.e2e
+def test_a_resume_whose_wandb_refuses_to_start_leaves_the_run_folder_as_it_was(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tiny_config["wandb"] = {"project": "digits"}
+    _, folder = train(tiny_config, tmp_path)
+    saved = Path(tiny_config["save_dir"])
+    before = tree_snapshot(saved)
+    last = folder.checkpoint_dir / LAST_NAME
+    result = run_script(str(ROOT / "train.py"), "--resume", str(last), "trainer.epochs=3", "wandb.project=a/b")
+    assert_one_error_line(result, "wandb: wandb.init refused its arguments: Invalid project name")
+    assert tree_snapshot(saved) == before  # config.json, info.log, no lock file: all as they were
+    train(None, tmp_path, resume=last, overrides=["trainer.epochs=3"])  # and the run goes on
+    assert json.loads((folder.checkpoint_dir / "config.json").read_text())["trainer"]["epochs"] == 3
 
 
 def test_where_wandb_talks_and_writes_is_checked_in_the_users_own_config(tiny_config):

@@ -248,6 +248,7 @@ def start(config: Any, run_id: str | None, plan: Folds) -> Path:
     """The new cross-validation's folder, with its config and its folds."""
     run = create_run_folder(config.config, run_id)
     run.release()  # each fold holds its own run's lock
+    write_json(config.config, run.checkpoint_dir / "config.json")
     write_json({"folds": plan.folds, "seed": plan.seed, "assignment": plan.assignment}, run.checkpoint_dir / FOLDS_FILE)
     return run.checkpoint_dir
 
