@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from utils.errors import ConfigError, did_you_mean, key_text, quoted, shown
 from utils.util import imported, package_modules
@@ -204,6 +204,12 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict, fille
             default = by_name[key].default
             known = f"; {label}'s default is {default!r}" if default is not inspect.Parameter.empty else ""
             errors.append(f"{where}.args.{key}: expected a number{known}; found {value!r}")
+        elif key in by_name and _numbers(by_name[key].default) and not _numbers(value, _length(by_name[key])):
+            many = f"{_length(by_name[key]) or ''} numbers".lstrip()  # Adam's betas: 2, typed tuple[float, float]
+            errors.append(
+                f"{where}.args.{key}: expected a list of {many}; {label}'s default is {list(by_name[key].default)}; "
+                f"found {shown(value)}"
+            )
         elif key in by_name and _wants_bool(by_name[key]) and not isinstance(value, bool):  # "false" is true
             errors.append(f"{where}.args.{key}: expected true or false; found {shown(value)}")
     for p in named:
@@ -229,6 +235,19 @@ def _wants_bool(parameter: inspect.Parameter) -> bool:
     if parameter.annotation is inspect.Parameter.empty:
         return isinstance(parameter.default, bool)
     return parameter.annotation in (bool, "bool")
+
+
+def _numbers(value: Any, length: int | None = None) -> bool:
+    """A tuple or list of numbers (of `length` of them, if given)."""
+    if not isinstance(value, (tuple, list)) or not value:
+        return False
+    return (length is None or len(value) == length) and all(map(_is_number, value))
+
+
+def _length(parameter: inspect.Parameter) -> int | None:
+    """How many items a parameter typed as a tuple of fixed length takes (tuple[float, float]: 2), else None."""
+    items = get_args(parameter.annotation)
+    return len(items) if get_origin(parameter.annotation) is tuple and Ellipsis not in items else None
 
 
 def _is_number(value: Any) -> bool:
