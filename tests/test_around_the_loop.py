@@ -214,6 +214,7 @@ def test_unknown_callbacks_list_the_valid_ones(tiny_config, tmp_path):
 
 def test_metrics_csv_has_a_row_per_epoch_and_a_stable_header_across_resume(tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=3, save_period=1)
+    tiny_config["lr_scheduler"] = {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}
     _, run = train(tiny_config, tmp_path, "csv")
     # A resume from epoch 2 redoes epoch 3: its row is replaced, not repeated.
     train(None, tmp_path, overrides=["trainer.epochs=4"], resume=run.checkpoint_dir / "checkpoint-epoch2.pth")
@@ -225,7 +226,8 @@ def test_metrics_csv_has_a_row_per_epoch_and_a_stable_header_across_resume(tiny_
         "lr", "epoch_seconds", "samples_per_second",
     ]  # fmt: skip
     assert all(0 <= float(r["val_accuracy"]) <= 1 and float(r["samples_per_second"]) > 0 for r in rows)
-    assert float(rows[0]["lr"]) == tiny_config["optimizer"]["args"]["lr"]
+    lr = tiny_config["optimizer"]["args"]["lr"]  # each epoch's row: the rate it trained at, not the next one's
+    assert [float(r["lr"]) for r in rows] == pytest.approx([lr, lr / 2, lr / 4, lr / 8], rel=1e-12)
 
 
 @pytest.mark.e2e

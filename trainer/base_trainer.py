@@ -97,6 +97,7 @@ class BaseTrainer(abc.ABC):
         self.batch_limit: int | None = None  # 1 during a dry run: one training and one validation batch
         self.rehearsing = False  # true during rehearse(): callbacks may skip what must happen once per real epoch
         self.epoch_samples = 0  # training samples of the epoch, set by `_train_epoch` for the samples/s figure
+        self.step_lr = optimizer.param_groups[0]["lr"]  # of the last optimizer step (the head's): the lr column
         self.is_main = is_main_process()
         self.stop_signal: int | None = None  # set by SIGINT / SIGTERM; training stops after the current step
 
@@ -186,7 +187,7 @@ class BaseTrainer(abc.ABC):
                 self.lr_scheduler.step()
         seconds = time.perf_counter() - started
         extras = {
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.step_lr,  # what the epoch's last step used, not the next epoch's rate
             "epoch_seconds": seconds,
             "samples_per_second": self.epoch_samples / max(training_seconds, 1e-9),  # training's, validation aside
         }
