@@ -94,7 +94,7 @@ def test_ddp_early_stopping_and_resume_keep_all_ranks_together(ddp_config, tmp_p
     assert load_checkpoint(run / LAST_NAME).state[KEY_EPOCH] == 3
     result = torchrun("--resume", str(run), "trainer.epochs=4", "trainer.early_stop=0", timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resuming: training continues at epoch 4, batch 1." in result.stdout
+    assert "Resuming: training continues at epoch 4, batch 1, with" in result.stdout
     assert load_checkpoint(run / LAST_NAME).state[KEY_EPOCH] == 4
 
 
@@ -137,7 +137,7 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
 
     resumed = run_script(str(ROOT / "train.py"), "--resume", str(run / LAST_NAME))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"training continues at epoch 2, batch {state[KEY_BATCH] + 1}." in resumed.stdout
+    assert f"training continues at epoch 2, batch {state[KEY_BATCH] + 1}, with" in resumed.stdout
     # The rehearsal sends the next batch through the step (it used to train none and compute AUROC on no update).
     assert "Warning" not in resumed.stdout, resumed.stdout
     straight_run = Path(tiny_config["save_dir"]) / "models" / "Digits_CNN" / "straight"

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,11 @@ def test_resume_with_a_new_learning_rate_keeps_the_backbones_scale(tiny_config, 
     state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([0.5, 0.05])
     assert [g["lr_scale"] for g in state["optimizer"]["param_groups"]] == [1.0, 0.1]
+    # info.log's model summary counts what trains at epoch 1; the resume says what trains now: everything
+    said = re.findall(
+        r"Resuming: .*, with ([\d,]+) of ([\d,]+) parameters trainable", (run.log_dir / "info.log").read_text()
+    )
+    assert len(said) == 1 and said[0][0] == said[0][1]
 
 
 def test_one_cycle_per_batch_across_an_unfreeze_with_the_run_length_filled_in(tiny_config, tmp_path):

@@ -444,7 +444,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_co
         assert tree_snapshot(models / trial) == files
         assert f"{trial} started" not in resumed.stdout
     info = (folder / "log" / "Digits_CNN" / "trial_0001" / "info.log").read_text()
-    assert f"Resuming: training continues at epoch {done_at_stop + 1}, batch 1." in info
+    assert f"Resuming: training continues at epoch {done_at_stop + 1}, batch 1, with" in info
     assert metric_column(folder / "log" / "Digits_CNN" / "trial_0001", "epoch") == list(range(1, 13))
 
 

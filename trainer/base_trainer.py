@@ -289,7 +289,12 @@ class BaseTrainer(abc.ABC):
             self._restore(state)
         except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
             raise CheckpointError(f"the checkpoint's training state does not fit: {describe_exception(e)}") from None
-        self.logger.info("Resuming: training continues at epoch %d, batch %d.", self.start_epoch, self.start_batch + 1)
+        counts = [(p.numel(), p.requires_grad) for p in self.model.parameters()]  # after an unfreeze: more than
+        trainable, total = sum(n for n, grad in counts if grad), sum(n for n, _ in counts)  # the summary's count
+        self.logger.info(
+            "Resuming: training continues at epoch %d, batch %d, with %s of %s parameters trainable.",
+            self.start_epoch, self.start_batch + 1, f"{trainable:,}", f"{total:,}",
+        )  # fmt: skip
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Everything `state_dict` saved but the weights; a subclass that saves more restores it here too."""
