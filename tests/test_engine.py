@@ -131,6 +131,8 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
     assert len(lines) == 1 and lines[0].startswith(f"interrupted: {signal.Signals(signum).name} received; stopped at")
     run = Path(tiny_config["save_dir"]) / "models" / "Digits_CNN" / "stopped"
     assert f"resume with: python train.py --resume {run / LAST_NAME}" in lines[0]
+    info = Path(tiny_config["save_dir"]) / "log" / "Digits_CNN" / "stopped" / "info.log"
+    assert info.read_text().splitlines()[-1].endswith(f"ERROR - {lines[0]}")  # info.log says why it ends there
     state = load_checkpoint(run / LAST_NAME).state
     assert state[KEY_EPOCH] == 2 and 0 < state[KEY_BATCH] < 163, "the signal should land inside epoch 2"
     assert state[KEY_STEP] == 163 + state[KEY_BATCH]

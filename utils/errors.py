@@ -4,6 +4,7 @@ helpers that name keys, values and close matches in those lines."""
 import contextlib
 import difflib
 import json
+import logging
 import os
 import re
 import signal
@@ -73,8 +74,14 @@ def one_line_errors(interrupted: str) -> Iterator[None]:
     try:
         yield
     except UserError as e:
+        line = f"{e.label}: {escaped(str(e))}"
         if not isinstance(e, TrainingInterrupted) or os.environ.get("RANK", "0") == "0":  # all ranks stop; one says it
-            print(f"{e.label}: {escaped(str(e))}", file=sys.stderr)
+            print(line, file=sys.stderr)
+        # A run that had started its info.log (an interrupt, a non-finite loss) ends it with why it stopped.
+        record = logging.makeLogRecord({"name": "train", "levelno": logging.ERROR, "levelname": "ERROR", "msg": line})
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
