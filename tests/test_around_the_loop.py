@@ -113,13 +113,13 @@ def test_a_callback_that_does_not_fit_the_task_is_refused_before_the_first_epoch
 
 
 class CatsAndDogs(BaseDataLoader):
-    """Four 8x8 pictures, dark, bright, bright, dark, of a cat, a dog, a cat and a dog."""
+    """Four 8x8 pictures, dark, bright, bright, dark, of a cat, a dog, a cat and a dog, two a batch."""
 
     def __init__(self) -> None:
         self.classes = ["cat", "dog"]
         images = torch.tensor([-1.0, 1.0, 1.0, -1.0]).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
         targets = torch.tensor([0, 1, 0, 1])
-        super().__init__(InMemoryTensors(images, targets), torch.arange(4), 4, False, 0, 0, training=False)
+        super().__init__(InMemoryTensors(images, targets), torch.arange(4), 2, False, 0, 0, training=False)
 
 
 class Brightness(torch.nn.Module):

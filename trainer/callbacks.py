@@ -73,8 +73,12 @@ class ImagePredictionLogger(Callback):
         if epoch % self.every or trainer.valid_data_loader is None or not trainer.is_main:
             return
         trainer.valid_data_loader.set_epoch(epoch)
-        data, target = next(iter(trainer.valid_data_loader))
-        data, target = data[: self.max_images], target[: self.max_images]
+        batches = []
+        for batch in trainer.valid_data_loader:  # as many batches as the first max_images take
+            batches.append(batch)
+            if sum(len(target) for _, target in batches) >= self.max_images:
+                break
+        data, target = (torch.cat(parts)[: self.max_images] for parts in zip(*batches, strict=True))
         model = trainer.ema_model if getattr(trainer, "ema_model", None) is not None else trainer.model
         model.eval()
         with torch.no_grad():
