@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import inspect
 import logging
+import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,7 +201,9 @@ def init_wandb(log_dir: Path, args: dict[str, Any], run_id: str | None, **more: 
     try:
         return wandb.init(dir=str(log_dir), **args, **more)
     except Exception as e:  # wandb's own checks (an id, a project name, a missing API key): one line
-        raise ConfigError(f"wandb: wandb.init refused its arguments: {_reason(e)}") from None
+        dropped = run_id is not None and "mode" not in args and "WANDB_MODE" not in os.environ
+        hint = " (a run's stored wandb.mode is not used again: add wandb.mode=offline, or set WANDB_MODE)"
+        raise ConfigError(f"wandb: wandb.init refused its arguments: {_reason(e)}{hint if dropped else ''}") from None
 
 
 def _reason(error: Exception) -> str:

@@ -244,6 +244,27 @@ def test_wandb_inits_own_refusal_is_one_line_and_leaves_no_run_folder(tiny_confi
     assert not list(Path(tiny_config["save_dir"]).glob("models/*/refused"))
 
 
+def test_a_refusal_on_resume_says_that_the_runs_stored_mode_is_not_used(tmp_path, monkeypatch):
+    """A checkpoint's wandb.mode is not used (a stored section chooses no mode): a run trained offline, resumed
+    or evaluated without WANDB_MODE, is refused for want of an API key; the line says how to stay offline."""
+    import wandb
+
+    from logger.wandb_writer import init_wandb
+
+    def no_key(**args: Any) -> None:
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    hint = "(a run's stored wandb.mode is not used again: add wandb.mode=offline, or set WANDB_MODE)"
+    with pytest.raises(ConfigError, match=re.escape(f"No API key configured. Use `wandb login` to log in. {hint}")):
+        init_wandb(tmp_path, {"project": "digits"}, "abc123")
+    for args, run_id in (({"project": "digits", "mode": "online"}, "abc123"), ({"project": "digits"}, None)):
+        with pytest.raises(ConfigError) as error:  # the mode given, or a new run: nothing was dropped
+            init_wandb(tmp_path, args, run_id)
+        assert str(error.value).endswith("Use `wandb login` to log in.")
+
+
 @pytest.mark.e2e
 def test_a_resume_whose_wandb_refuses_to_start_leaves_the_run_folder_as_it_was(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
