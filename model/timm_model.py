@@ -51,8 +51,8 @@ class TimmModel(BaseModel):
         self.input_size = tuple(cfg["input_size"])
         size = "x".join(map(str, self.input_size[1:]))
         logger.info(
-            "timm's %s was trained on %s images normalized with mean %s and std %s: train.py sets the image loader's "
-            "to these unless data_loader.args gives mean and std", name, size, list(self.mean), list(self.std),
+            "timm's %s was trained on %s images normalized with mean %s and std %s: a run normalizes its images "
+            "with these unless data_loader.args gives mean and std", name, size, list(self.mean), list(self.std),
         )  # fmt: skip
         self.backbone = net
         self.head = nn.Linear(getattr(net, "head_hidden_size", net.num_features), num_classes)
