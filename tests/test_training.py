@@ -178,6 +178,8 @@ def test_one_cycle_per_batch_across_an_unfreeze_with_the_run_length_filled_in(ti
     state = load_checkpoint(run.checkpoint_dir / LAST_NAME).state
     scheduler = state["lr_scheduler"]
     assert scheduler["total_steps"] == 3 * 21 and scheduler["_step_count"] == 3 * 21 + 1  # 1297 samples, batch 64
+    laid_out = "lr_scheduler: OneCycleLR laid out for this run: epochs=3, steps_per_epoch=21"
+    assert laid_out in (run.log_dir / "info.log").read_text()
     head, backbone = state["optimizer"]["param_groups"]
     assert backbone["lr"] == pytest.approx(head["lr"] * 0.1) and head["max_lr"] == pytest.approx(0.003)
     assert head["lr"] < 0.003 / 100  # annealed to the end of the cycle

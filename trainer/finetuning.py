@@ -16,6 +16,7 @@ The state is a pure function of the epoch: `set_epoch(e)` makes the model what i
 (stages with epoch <= e unfrozen), so a resumed run (and the rehearsal's restore) equals one that never stopped.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +197,9 @@ def build_optimizer(
         return optimizer, None
     steps = options.scheduler_steps(batches_per_epoch)
     filled = run_length_args(scheduler, options.epochs, steps)
+    if set(filled) - set(scheduler.get("args", {})):  # an automatic decision: info.log says it
+        laid_out = ", ".join(f"{key}={value}" for key, value in filled.items())
+        logging.getLogger("trainer").info("lr_scheduler: %s laid out for this run: %s", scheduler["type"], laid_out)
     lr_scheduler = build("lr_scheduler", optimizer, **filled, **per_group_lrs(scheduler, optimizer))
     check_schedule_length(lr_scheduler, scheduler, options.epochs, steps)
     return optimizer, lr_scheduler
