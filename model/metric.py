@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # torchmetrics is imported when an epoch-level metric is buil
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples whose highest-scoring class is the target."""
-    return (output.argmax(dim=1) == target).float().mean()
+    """Fraction of samples whose highest-scoring class is the target; with one logit per sample (binary), whose
+    logit is above 0 where the target is 1 and not above where it is 0."""
+    predicted = output.argmax(dim=1) if output.shape[1] > 1 else (output[:, 0] > 0).long()
+    return (predicted == target.reshape(-1)).float().mean()
 
 
 def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.Tensor:
@@ -62,6 +64,12 @@ class _Classification(EpochMetric):
         self.binary = multiclass is None
 
     def prepare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.binary and output.shape[1] > 1:
+            name = type(self).__name__
+            raise ValueError(
+                f"{name} without num_classes scores one logit per sample, and the model gives {output.shape[1]}; "
+                f'give it the number of classes: {{"type": "{name}", "args": {{"num_classes": {output.shape[1]}}}}}'
+            )
         if self.binary:  # logits to probabilities here: torchmetrics guesses from the value range otherwise
             return torch.sigmoid(output.reshape(-1)), target.reshape(-1).long()
         return output.softmax(dim=1), target.long()
@@ -127,3 +135,6 @@ class confusion_matrix(_Classification):
 
     def compute(self) -> list[list[int]]:
         return [[int(count) for count in row] for row in super().compute()]
+
+
+CLASS_METRICS = (accuracy, top_k_acc, auroc, f1, confusion_matrix)  # what scores classes: no regression metric

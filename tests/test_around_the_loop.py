@@ -297,6 +297,19 @@ def test_print_config_and_dry_run_write_nothing(tmp_path):
     assert tree_snapshot(tmp_path) == before
 
 
+def test_a_loss_or_metric_that_cannot_score_the_task_is_one_line_before_anything_is_written(tiny_config):
+    """cross_entropy over one logit is 0 whatever the model does; a metric of classes on a regression is noise."""
+    tiny_config["arch"]["args"]["num_classes"] = 1
+    tiny_config.update(loss="cross_entropy", metrics=[])
+    with pytest.raises(ConfigError, match=r"^loss: cross_entropy over one score per sample is always 0"):
+        trainer_with(tiny_config, []).rehearse()
+    tiny_config.update(loss="mse_loss", metrics=["r2", "accuracy", {"type": "auroc", "name": "area"}])
+    tiny_config["data_loader"] = {"type": "TabularDataLoader", "args": {"dataset": "diabetes", "batch_size": 32}}
+    tiny_config["arch"] = {"type": "MLP", "args": {"in_features": 10, "out_features": 1}}
+    with pytest.raises(ConfigError, match=r"^metrics: accuracy, area: of classes, and the task is a regression"):
+        trainer_with(tiny_config, [])
+
+
 @pytest.mark.parametrize("loss", ["nll_loss", {"type": "NLLLoss"}], ids=["nll_loss", "NLLLoss"])
 def test_nll_loss_on_raw_scores_is_one_line_before_anything_is_written(tiny_config, loss):
     """A model without log_softmax trained with nll_loss would give a loss below 0 that falls without end, and a

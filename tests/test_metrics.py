@@ -44,6 +44,18 @@ def sigmoid(x: torch.Tensor) -> np.ndarray:
 CASES = {
     "r2": (r2, {}, regression_data, lambda o, t: sk.r2_score(t.numpy(), o.numpy())),
     "mae": (mae, {}, regression_data, lambda o, t: sk.mean_absolute_error(t.numpy(), o.numpy())),
+    "accuracy binary": (  # one logit per sample: a class by its sign (it once compared (N,) with (N, 1))
+        lambda: accuracy,
+        {},
+        binary_data,
+        lambda o, t: sk.accuracy_score(t.numpy().ravel(), sigmoid(o) > 0.5),
+    ),
+    "accuracy multiclass": (
+        lambda: accuracy,
+        {},
+        multiclass_data,
+        lambda o, t: sk.accuracy_score(t.numpy(), o.argmax(1).numpy()),
+    ),
     "auroc binary": (auroc, {}, binary_data, lambda o, t: sk.roc_auc_score(t.numpy().ravel(), sigmoid(o))),
     "f1 binary": (f1, {}, binary_data, lambda o, t: sk.f1_score(t.numpy().ravel(), sigmoid(o) > 0.5)),
     "auroc multiclass": (
@@ -79,6 +91,14 @@ def test_epoch_metrics_equal_scikit_learn_over_an_epoch_with_a_small_last_batch(
         batches = [(output[s : s + 32], target[s : s + 32]) for s in (0, 32, 64)]
         per_batch = sum(len(t) * sk.r2_score(t.numpy(), o.numpy()) for o, t in batches) / N
         assert abs(per_batch - value) > 0.01
+
+
+@pytest.mark.parametrize("metric", [auroc, f1, confusion_matrix])
+def test_a_binary_epoch_metric_given_a_score_per_class_asks_for_num_classes(metric):
+    output, target = multiclass_data()
+    fix = f'the model gives 4; give it the number of classes: {{"type": "{metric.__name__}", "args"'
+    with pytest.raises(ValueError, match=fix):
+        tracked(metric(), output, target)
 
 
 @pytest.mark.parametrize(("data", "args"), [(binary_data, {}), (multiclass_data, {"num_classes": 4})])

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader, derive_seed
 from base.base_model import summary
+from model.metric import CLASS_METRICS
 from trainer.base_trainer import BaseTrainer
 from trainer.checkpoint import KEY_DATA, KEY_EMA, KEY_EPOCH, KEY_PARTIAL, KEY_SCALER, KEY_STEP
 from trainer.evaluation import autocast, evaluate, resolve_amp
@@ -74,6 +75,10 @@ class Trainer(BaseTrainer):
         self.mixup = Mixup(**options.mixup) if options.mixup is not None else None
         if self.mixup is not None and (errors := self.mixup.errors(data_loader.task)):
             raise ConfigError("; ".join(errors))
+        of_classes = [label for label, fn in metric_fns.items() if getattr(fn, "func", type(fn)) in CLASS_METRICS]
+        if data_loader.task == "regression" and of_classes:
+            named = ", ".join(of_classes)
+            raise ConfigError(f"metrics: {named}: of classes, and the task is a regression; use r2 or mae")
         self._log_decisions()
 
     @property
@@ -220,6 +225,15 @@ class Trainer(BaseTrainer):
         """nll_loss reads log-probabilities: raw scores (a model without log_softmax) would give a loss below 0
         that falls without end, and a "best" checkpoint of it. Each row of log-probabilities has logsumexp 0."""
         criterion = getattr(self.criterion, "func", self.criterion)  # a config's args are bound by functools.partial
+        if (
+            output.ndim == 2
+            and output.shape[1] == 1
+            and (getattr(criterion, "__name__", "") == "cross_entropy" or isinstance(criterion, nn.CrossEntropyLoss))
+        ):
+            raise ConfigError(
+                "loss: cross_entropy over one score per sample is always 0 and trains nothing; with one logit per "
+                'sample (binary) use "bce_with_logits", or give the model a score per class'
+            )
         named = getattr(criterion, "__name__", "") == "nll_loss"  # model/loss.py's or torch's
         if not (named or isinstance(criterion, nn.NLLLoss)) or output.ndim != 2:
             return
