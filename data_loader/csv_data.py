@@ -183,7 +183,8 @@ def class_names(labels: list[str]) -> list[str]:
     """The distinct labels, sorted numerically when all are numbers ("2" before "10"), else as text."""
     distinct = set(labels)
     try:  # ties of float (integers beyond 2**53) broken by the text: an order that never moves with the hash seed
-        return sorted(distinct, key=lambda label: (float(label), len(label), label))
+        nan = {label for label in distinct if math.isnan(float(label))}  # "nan", "NaN": ordered by no number, last
+        return sorted(distinct - nan, key=lambda label: (float(label), len(label), label)) + sorted(nan)
     except ValueError:
         return sorted(distinct)
 

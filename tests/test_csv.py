@@ -7,13 +7,15 @@ import os
 import random
 import stat
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from sklearn import metrics as sk
 
-from conftest import evaluate, shrink, train
+from conftest import ROOT, evaluate, shrink, train
 from data_loader.csv_data import CsvDataLoader, as_label
 from logger.run_folder import BEST_NAME, LAST_NAME
 from model.metric import r2
@@ -97,6 +99,20 @@ def test_numeric_labels_are_sorted_as_numbers(tmp_path):
     loader = CsvDataLoader(str(path), "grade", validation_split=0, test_split=0, shuffle=False)
     assert loader.classes == ["1", "2", "10"]
     assert everything(loader)[1].tolist() == [[2, 1, 0, 1, 2][i] for i in order(loader)]
+
+
+def test_a_nan_label_comes_last_whatever_the_hash_seed():
+    """float("nan") compares with nothing: sorted among numbers, it left the order to the set's, that is, to
+    PYTHONHASHSEED, and two runs of one seed trained with different class indices."""
+    code = "from data_loader.csv_data import class_names; print(class_names(['1', 'nan', '0', '10', '2', 'NaN']))"
+    orders = {
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "5", "7")
+    }  # fmt: skip
+    assert orders == {"['0', '1', '2', '10', 'NaN', 'nan']\n"}
 
 
 def test_binary_targets_are_floats_of_shape_b_1(tmp_path):
