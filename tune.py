@@ -9,6 +9,7 @@ python tune.py --resume saved/sweeps/<name>/<sweep_id>          # continue an in
 import dataclasses
 import importlib.util
 import os
+import shlex
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +48,7 @@ def main(sweep: Sweep, resume: bool = False, address: str | None = None) -> list
     if unfinished:
         raise TrainingInterrupted(
             f"the sweep stopped with {unfinished} trial(s) unfinished (their checkpoints are kept); "
-            f"continue it with: python tune.py --resume {sweep.folder}",
+            f"continue it with: python tune.py --resume {shlex.quote(str(sweep.folder))}",
             signal.SIGINT,
         )
     if best is None:
@@ -126,7 +127,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
     sweeps = Path(config["save_dir"]).resolve() / "sweeps" / config["name"]
     folder = sweeps / (args.sweep_id or datetime.now().strftime("%m%d_%H%M%S"))
     if folder.exists():
-        raise ConfigError(f"--sweep-id: {folder} exists; choose another id, or continue it with --resume {folder}")
+        raise ConfigError(
+            f"--sweep-id: {folder} exists; choose another id, or continue it with --resume {shlex.quote(str(folder))}"
+        )
     require("ray", "tune.py needs Ray Tune")
     if given.get("search") == "optuna":
         require("optuna", "--search optuna needs Optuna")

@@ -130,7 +130,8 @@ def log_summary(result: dict[str, Any], monitor: Monitor, config: dict, checkpoi
     logger.info("Checkpoint: %s", checkpoint)
     if (config.get("cross_validation") or {}).get("fold"):  # a fold: its cross-validation says what comes next
         return
+    resume = shlex.quote(str(checkpoint))  # a command to paste into a shell, whatever the folder's name
     if config["data_loader"].get("args", {}).get("test_split") == 0:  # nothing held out: the validation split
-        logger.info("Evaluate it on the validation split: python test.py --resume %s --split valid", checkpoint)
+        logger.info("Evaluate it on the validation split: python test.py --resume %s --split valid", resume)
     else:
-        logger.info("Evaluate it on the test split: python test.py --resume %s", checkpoint)
+        logger.info("Evaluate it on the test split: python test.py --resume %s", resume)

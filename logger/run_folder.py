@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import socket
 from collections.abc import Iterator
@@ -95,7 +96,7 @@ def check_not_a_fold(checkpoint_path: Path) -> None:
     if (folder := cross_validation_of(checkpoint_path)) is not None:
         raise ConfigError(
             f"{checkpoint_path}: a fold of the cross-validation in {folder}; continue it with "
-            f"python train.py --resume {folder}"
+            f"python train.py --resume {shlex.quote(str(folder))}"
         )
 
 
@@ -110,7 +111,7 @@ def check_run_id(config: dict, run_id: str | None) -> None:
     if run.exists():
         raise ConfigError(
             f"--run-id {run_id}: {run.checkpoint_dir} already exists; "
-            f"choose another id, or resume it with --resume {run.checkpoint_dir}"
+            f"choose another id, or resume it with --resume {shlex.quote(str(run.checkpoint_dir))}"
         )
 
 

@@ -4,6 +4,7 @@ the scheduler, and the console lines that follow the trials. Imported only once 
 import csv
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -59,7 +60,8 @@ def run_sweep(sweep: Sweep, resume: bool, address: str | None) -> list[TrialReco
             records.append(read_trial(sweep, Path(t.path).name, t.config, t.status == Trial.TERMINATED, error))
     except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, with the state it saved last
         raise TrainingInterrupted(
-            f"stopped at once; continue the sweep with: python tune.py --resume {sweep.folder}", signal.SIGINT
+            f"stopped at once; continue the sweep with: python tune.py --resume {shlex.quote(str(sweep.folder))}",
+            signal.SIGINT,
         ) from None
     finally:
         ray.shutdown()

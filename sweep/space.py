@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import secrets
+import shlex
 import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -368,12 +369,13 @@ def write_outputs(records: list[TrialRecord], sweep: Sweep, top: int = 5) -> Tri
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     best, checkpoint = order[0], order[0].run_folder / BEST_CHECKPOINT
     print(f"Best: {best.trial}, {metric} {best.best[metric]:.6g} at epoch {best.best['epoch']} ({mode})")
-    print(f"Evaluate it on the test split: python test.py --resume {checkpoint}")
+    test_command = f"python test.py --resume {shlex.quote(str(checkpoint))}"
+    print(f"Evaluate it on the test split: {test_command}")
     summary = {
         "trial": best.trial, "status": best.status, "monitor": f"{mode} {metric}", "value": best.best[metric],
         "epoch": best.best["epoch"], "values": {k: plain(v) for k, v in best.values.items()}, "metrics": best.best,
         "run_folder": str(best.run_folder), "checkpoint": str(checkpoint),
-        "test_command": f"python test.py --resume {checkpoint}", "config": read_json(best.run_folder / "config.json"),
+        "test_command": test_command, "config": read_json(best.run_folder / "config.json"),
     }  # fmt: skip
     write_json(summary, sweep.folder / BEST_NAME)
     return best

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shlex
 import stat
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, tree_snapshot
+from logger.logger import log_summary
 from logger.run_folder import BEST_NAME, LAST_NAME
+from utils.monitor import Monitor
 
 pytestmark = pytest.mark.e2e  # subprocesses and whole runs: pytest -m e2e
 
@@ -250,3 +253,11 @@ def test_test_py_writes_to_devices_through_and_refuses_outputs_it_would_damage(t
         result = run_script("test.py", "-r", str(trained_run / LAST_NAME), "--out", str(tmp_path / out))
         assert_one_error_line(result, fragment)
     assert tree_snapshot(tmp_path) == before and (tmp_path / "target.json").read_text() == "{}"
+
+
+def test_the_test_command_a_run_prints_can_be_pasted_into_a_shell(caplog, tiny_config, tmp_path):
+    caplog.set_level("INFO")
+    folder = tmp_path / "my runs" / "models" / "Digits_CNN" / "it's"
+    log_summary({"last": {"epoch": 2}, "best": None}, Monitor.parse("off"), tiny_config, folder)
+    command = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Evaluate it"))
+    assert shlex.split(command.split(": ", 1)[1]) == ["python", "test.py", "--resume", str(folder / LAST_NAME)]

@@ -12,6 +12,7 @@ every callback hook, so a subclass that rewrites an epoch never loses one:
 import abc
 import copy
 import logging
+import shlex
 import signal
 import time
 import warnings
@@ -236,7 +237,7 @@ class BaseTrainer(abc.ABC):
                 save_checkpoint(state, path)
         raise TrainingInterrupted(
             f"{name} received; stopped at {where}, state saved to {path}; resume with: "
-            f"{launch_command('train.py')} --resume {path}",
+            f"{launch_command('train.py')} --resume {shlex.quote(str(path))}",
             self.stop_signal,
         )
 

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import os
+import shlex
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -178,7 +179,7 @@ def train_fold(
             train(fold_config, weights=weights, run_id=f"{folder.name}/fold_{i}", loader_args=args)
     except TrainingInterrupted as e:
         e.args = (f"fold {i} of {plan.folds}: {str(e).split('; resume with')[0]}; continue the cross-validation "
-                  f"with: python train.py --resume {folder}",)  # fmt: skip
+                  f"with: python train.py --resume {shlex.quote(str(folder))}",)  # fmt: skip
         raise
 
 
@@ -283,9 +284,9 @@ def conclude(config: Any, plan: Folds, folder: Path, loader_args: dict) -> dict 
     logger.info("Cross-validation of %d folds, out of fold over %d rows: %s", plan.folds, len(rows), scores)
     reads_inputs = "inputs" in config.takes("data_loader")
     then = (
-        f"predict.py --resume {folder} --input FILE --out submission.csv"
+        f"predict.py --resume {shlex.quote(str(folder))} --input FILE --out submission.csv"
         if reads_inputs
-        else f"test.py --resume {folder}"
+        else f"test.py --resume {shlex.quote(str(folder))}"
     )
     logger.info("Written: %s, %s; the folds' ensemble: python %s", folder / OOF_FILE, folder / CV_FILE, then)
     return summary

@@ -9,6 +9,7 @@ for a classifier, the logit of the mean probability of a binary one, the mean va
 evaluation, metrics and prediction files work on it unchanged and each input is decoded once for all.
 """
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,13 +45,15 @@ def fold_checkpoints(folder: Path) -> list[Checkpoint]:
     if not (folder / CV_SUMMARY).is_file():
         raise CheckpointError(
             f"{folder}: the cross-validation is not finished (no {CV_SUMMARY}); continue it with "
-            f"python train.py --resume {folder}"
+            f"python train.py --resume {shlex.quote(str(folder))}"
         )
     summary = read_json(folder / CV_SUMMARY)
     folds = summary.get("folds") if isinstance(summary, dict) else None
     if not isinstance(folds, list) or not folds:
-        raise CheckpointError(f"{folder / CV_SUMMARY}: damaged (no list of folds); python train.py --resume {folder} "
-                              "writes it again")  # fmt: skip
+        raise CheckpointError(
+            f"{folder / CV_SUMMARY}: damaged (no list of folds); python train.py --resume {shlex.quote(str(folder))} "
+            "writes it again"
+        )
     if missing := [f"fold_{i}" for i in range(1, len(folds) + 1) if not (folder / f"fold_{i}").is_dir()]:
         raise CheckpointError(f"{folder}: {missing[0]} is missing, of the {len(folds)} folds its ensemble averages")
     return [load_checkpoint(folder / f"fold_{i}", in_folder=(BEST_NAME, LAST_NAME)) for i in range(1, len(folds) + 1)]
