@@ -108,11 +108,13 @@ def check_run_id(config: dict, run_id: str | None) -> None:
     if not RUN_ID_PATTERN.fullmatch(name) or (fold and not FOLD_PATTERN.fullmatch(fold)):
         raise ConfigError(f"--run-id {run_id!r}: expected a single folder name (letters, digits, '_', '-', '.')")
     run = RunFolder.for_new_run(config["save_dir"], config["name"], run_id)
-    if run.exists():
+    if run.checkpoint_dir.exists():
         raise ConfigError(
             f"--run-id {run_id}: {run.checkpoint_dir} already exists; "
             f"choose another id, or resume it with --resume {shlex.quote(str(run.checkpoint_dir))}"
         )
+    if run.log_dir.exists():  # the logs of a run whose checkpoints are gone: nothing to resume
+        raise ConfigError(f"--run-id {run_id}: {run.log_dir} already exists; choose another id, or remove it")
 
 
 def create_run_folder(config: dict, run_id: str | None = None, resume_from: Path | None = None) -> RunFolder:

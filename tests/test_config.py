@@ -349,6 +349,10 @@ def test_run_folders_are_unique(tiny_config, write_config):
         check_run_id(config, "mine")
     with pytest.raises(ConfigError, match=r"--run-id mine: .* already exists"):
         create_run_folder(config, "mine")
+    logs = Path(tiny_config["save_dir"]) / "log" / "Digits_CNN" / "logs_only"  # its checkpoints' folder is gone
+    logs.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"^--run-id logs_only: {logs} already exists; choose another id, or remove"):
+        check_run_id(config, "logs_only")
     for bad in ("../up", "ok\n", ".hidden", ""):
         with pytest.raises(ConfigError, match="expected a single folder name"):
             check_run_id(config, bad)
