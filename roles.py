@@ -210,6 +210,9 @@ def _check_arguments(where: str, target: Callable, role: Role, args: dict, fille
                 f"{where}.args.{key}: expected a list of {many}; {label}'s default is {list(by_name[key].default)}; "
                 f"found {shown(value)}"
             )
+        elif key in by_name and (kinds := _text(by_name[key])) and not isinstance(value, kinds):
+            expected = "a string or null" if type(None) in kinds else "a string"
+            errors.append(f"{where}.args.{key}: expected {expected}; found {shown(value)}")
         elif key in by_name and _wants_bool(by_name[key]) and not isinstance(value, bool):  # "false" is true
             errors.append(f"{where}.args.{key}: expected true or false; found {shown(value)}")
     for p in named:
@@ -228,6 +231,13 @@ def _wants_number(parameter: inspect.Parameter) -> bool:
     default = parameter.default
     typed = parameter.annotation in (int, float, "int", "float")
     return typed or (isinstance(default, (int, float)) and not isinstance(default, bool))
+
+
+def _text(parameter: inspect.Parameter) -> tuple[type, ...]:
+    """What a parameter typed as text takes: str (typed str), str or None (str | None), or nothing is checked."""
+    if parameter.annotation in (str, "str"):
+        return (str,)
+    return (str, type(None)) if set(get_args(parameter.annotation)) == {str, type(None)} else ()
 
 
 def _wants_bool(parameter: inspect.Parameter) -> bool:

@@ -105,6 +105,7 @@ def test_a_folder_given_as_config(tmp_path):
      ('arch.args.num_classes="ten"', "arch.args.num_classes: expected a number; DigitsModel's default is 10"),
      ('data_loader.args.augment="false"', 'data_loader.args.augment: expected true or false; found "false"'),
      ("optimizer.args.amsgrad=1", "optimizer.args.amsgrad: expected true or false; found 1"),
+     ('data_loader={"type": "TabularDataLoader", "args": {"dataset": 5}}', "args.dataset: expected a string"),
      ("optimizer.args.betas=0.9", "optimizer.args.betas: expected a list of 2 numbers; Adam's default is [0.9, 0.999]"),
      ('optimizer.args.betas=[0.9, "x"]', 'optimizer.args.betas: expected a list of 2 numbers; Adam\'s default is'),
      ("trainer.epochs=2.0", "trainer.epochs: expected integer, found 2.0"),

@@ -77,11 +77,9 @@ def one_line_errors(interrupted: str) -> Iterator[None]:
         line = f"{e.label}: {escaped(str(e))}"
         if not isinstance(e, TrainingInterrupted) or os.environ.get("RANK", "0") == "0":  # all ranks stop; one says it
             print(line, file=sys.stderr)
-        # A run that had started its info.log (an interrupt, a non-finite loss) ends it with why it stopped.
         record = logging.makeLogRecord({"name": "train", "levelno": logging.ERROR, "levelname": "ERROR", "msg": line})
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
+        for file in [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]:
+            file.handle(record)  # a run's info.log, once it started one, ends with why the run stopped
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
