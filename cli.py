@@ -37,7 +37,7 @@ class ArgumentParser(argparse.ArgumentParser):
         return self.parse_intermixed_args(args, namespace)
 
     def add_shortcuts(self) -> None:
-        """--lr, --bs and --epochs, each the same as its dotted override (read back by `shortcut_overrides`)."""
+        """--lr, --bs and --epochs, each the same as its dotted override (read back by `command_line_overrides`)."""
         for flags, (key, what) in SHORTCUTS.items():
             self.add_argument(*flags, dest=key, metavar="VALUE", help=f"{what} (same as {key}=VALUE)")
 
@@ -61,9 +61,17 @@ class ArgumentParser(argparse.ArgumentParser):
         )
 
 
-def shortcut_overrides(args: argparse.Namespace) -> list[str]:
-    """The short flags given on the command line, as `dotted.key=value` overrides."""
-    return [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key) is not None]
+def command_line_overrides(args: argparse.Namespace, *more: str) -> list[str]:
+    """The short flags given (as `dotted.key=value`), `more`, then the overrides; a key given twice is refused,
+    as a JSON key written twice is: the first one would be dropped without a word."""
+    shortcuts = [f"{key}={getattr(args, key)}" for key, _ in SHORTCUTS.values() if getattr(args, key, None) is not None]
+    overrides = [*shortcuts, *more, *args.overrides]
+    keys = [override.partition("=")[0].strip() for override in overrides]
+    for key in keys:
+        if keys.count(key) > 1:
+            given = ", ".join(o for o, k in zip(overrides, keys, strict=True) if k == key)
+            raise ConfigError(f"{key}: given twice on the command line ({given}); keep one")
+    return overrides
 
 
 def select_devices(devices: str | None) -> None:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import ArgumentParser, check_csv_file, check_tta, load_for_evaluation
+from cli import ArgumentParser, check_csv_file, check_tta, command_line_overrides, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -132,7 +132,7 @@ def parse_args(
     if not Path(args.input).exists():
         raise ConfigError(f"--input {args.input}: not found")
     check_tta(args.tta)
-    config, checkpoints = load_for_evaluation(args.resume, None, args.overrides, args.device)
+    config, checkpoints = load_for_evaluation(args.resume, None, command_line_overrides(args), args.device)
     return config, checkpoints, args.input, out, args.raw_csv, args.float_format, args.strip_extension, args.tta
 
 

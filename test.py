@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli import ArgumentParser, check_csv_file, check_tta, load_for_evaluation
+from cli import ArgumentParser, check_csv_file, check_tta, command_line_overrides, load_for_evaluation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, one_line_errors
 from utils.util import check_output_path
@@ -163,7 +163,7 @@ def parse_args(
         if args.out is not None and Path(args.out).absolute() == predictions.absolute():
             raise ConfigError(f"--predictions {predictions}: the same file as --out; give each its own")
     check_tta(args.tta)
-    config, checkpoints = load_for_evaluation(args.resume, args.config, args.overrides, args.device)
+    config, checkpoints = load_for_evaluation(args.resume, args.config, command_line_overrides(args), args.device)
     from trainer.checkpoint import wandb_run_id
 
     wandb_run_id(checkpoints[0])  # checked now, before anything is evaluated or written

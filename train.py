@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli import ArgumentParser, select_devices, shortcut_overrides
+from cli import ArgumentParser, command_line_overrides, select_devices
 from logger.run_folder import check_not_a_fold, check_run_id, is_cross_validation
 from parse_config import ConfigParser
 from utils.errors import ConfigError, interrupts_held, one_line_errors
@@ -173,7 +173,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     from trainer.checkpoint import check_resume, load_checkpoint
     from trainer.options import TrainerOptions
 
-    overrides = shortcut_overrides(args) + ([f"cross_validation.folds={args.folds}"] if args.folds is not None else [])
+    overrides = command_line_overrides(
+        args, *([f"cross_validation.folds={args.folds}"] if args.folds is not None else [])
+    )
     select_devices(args.device)
     if args.resume is not None and is_cross_validation(args.resume):  # a cross-validation goes on in its folder
         if args.config is not None or args.run_id is not None:
@@ -181,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
                 "--resume CVDIR: a cross-validation goes on with its own config and folder; drop -c, --run-id"
             )
         cross_validation = feature_module("trainer.cross_validation", "cv", "--resume")
-        config = ConfigParser.load(None, cross_validation.stored_config(Path(args.resume)), overrides + args.overrides)
+        config = ConfigParser.load(None, cross_validation.stored_config(Path(args.resume)), overrides)
         if config["cross_validation"] is None:
             raise ConfigError(f"{args.resume}/config.json: has no cross_validation section; the folder is damaged")
         return config, {"resume": Path(args.resume), "run_id": None, "dry_run": args.dry_run}, args
@@ -189,7 +191,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ConfigParser, dict[str, A
     resuming = checkpoint is not None and args.config is None
     if resuming and args.run_id is not None:
         raise ConfigError("--run-id: a resumed run keeps its folder; add -c config.json to fine-tune into a new run")
-    config = ConfigParser.load(args.config, checkpoint, overrides + args.overrides)
+    config = ConfigParser.load(args.config, checkpoint, overrides)
     TrainerOptions.of(config.config).check_for_training(config.config)
     # Now rather than after the data is loaded: can the run continue, or is the new run's folder free?
     if args.fold is not None and config["cross_validation"] is None:

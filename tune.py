@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cli import ArgumentParser, shortcut_overrides
+from cli import ArgumentParser, command_line_overrides
 from logger.run_folder import RUN_ID_PATTERN
 from sweep.space import LIMITS, SCHEDULERS, SEARCHES, Sweep, TrialRecord, check_space, read_space, write_outputs
 from utils.errors import ConfigError, TrainingInterrupted, one_line_errors
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sweep, dict[str, Any]]:
             raise ConfigError(f"{where}: Optuna draws every value and runs no grid; use choice or random search")
         if d.kind == "choice" and any(isinstance(v, (list, dict)) for v in d.values):
             raise ConfigError(f"{where}: Optuna chooses among numbers, strings, booleans and null only")
-    config = check_space(space, args.space, args.config, [*shortcut_overrides(args), *args.overrides])
+    config = check_space(space, args.space, args.config, command_line_overrides(args))
     from trainer.options import TrainerOptions
 
     options = TrainerOptions.of(config)

@@ -466,6 +466,16 @@ def test_victoresque_flags_work_beside_the_short_ones(write_config):
     assert config["optimizer"]["args"]["lr"] == 0.02 and config["data_loader"]["args"]["batch_size"] == 32
 
 
+def test_a_key_given_twice_on_the_command_line_is_refused_not_the_last_one_kept(write_config):
+    import train as train_script
+
+    path = str(write_config(VICTORESQUE_CONFIG))
+    with pytest.raises(ConfigError, match=r"^trainer\.epochs: given twice on the command line \(trainer\.epochs=5, "):
+        train_script.parse_args(["-c", path, "--epochs", "5", "trainer.epochs=3"])
+    with pytest.raises(ConfigError, match=r"^seed: given twice on the command line \(seed=1, seed=2\); keep one$"):
+        train_script.parse_args(["-c", path, "seed=1", "seed=2"])
+
+
 def test_a_model_file_with_a_syntax_error_is_one_line_naming_its_file_and_line(tmp_path, monkeypatch):
     from roles import Role, subclass_of
 
