@@ -16,9 +16,9 @@ def _check_split(split: float | int, available: int, key: str) -> None:
     expected = f"data_loader.args.{key}: expected a fraction in [0, 1) or a sample count"
     if isinstance(split, bool) or not isinstance(split, (Integral, float)):
         raise DataError(f"{expected}, found {split!r}")
-    if isinstance(split, float) and not 0.0 <= split < 1.0:  # a count is a whole number (JSON 1.0 is a float)
+    if split < 0 or (isinstance(split, float) and split >= 1.0):  # a count is a whole number (JSON 1.0 is a float)
         raise DataError(f"{expected}, found {split}")
-    if not isinstance(split, float) and not 0 <= split < available:
+    if not isinstance(split, float) and split >= available:
         raise DataError(
             f"data_loader.args.{key}: {split} samples asked for, but only {available} are available "
             f"(use a smaller count or a fraction such as 0.1)"

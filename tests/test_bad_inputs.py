@@ -87,6 +87,7 @@ def test_a_folder_given_as_config(tmp_path):
      ("data_loader.args.validation_split=1.0", "expected a fraction in [0, 1) or a sample count, found 1.0"),
      ("data_loader.args.validation_split=1449", "validation_split: 1449 samples asked for, but only 1449"),
      ("data_loader.args.validation_split=1.5", "expected a fraction in [0, 1) or a sample count, found 1.5"),
+     ("data_loader.args.test_split=-1", "test_split: expected a fraction in [0, 1) or a sample count, found -1"),
      ("trainer.monitor=sideways val_loss", 'trainer.monitor: expected "off", or "min <metric>"'),
      ("trainer.early_stop=-1", "trainer.early_stop: expected a number >= 0, found -1"),
      ("trainer.epochs=[3]", "trainer.epochs: expected integer, found [3]"),
