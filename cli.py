@@ -88,7 +88,7 @@ def select_devices(devices: str | None) -> None:
     if available < len(ids):
         raise ConfigError(
             f"--device {devices}: asks for {len(ids)} GPU(s) but {available} exist on this machine"
-            + ("; run without --device to train on the CPU" if available == 0 else "")
+            + ("; run without --device to use the CPU" if available == 0 else "")
         )
 
 
