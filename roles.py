@@ -182,7 +182,9 @@ def check_names(config: dict) -> list[str]:
 
 
 def _check_arguments(where: str, target: Callable, role: Role, args: dict, filled: tuple[str, ...] = ()) -> list[str]:
-    """Bind `args` to the constructor's signature the way the code will call it; name what does not fit."""
+    """Bind `args` to the constructor's signature the way the code will call it; name what does not fit: an
+    unknown or missing argument, or a value of another kind than the parameter's type or default says (a number,
+    true or false, a string, a list of numbers for a tuple such as Adam's betas)."""
     label = getattr(target, "__name__", str(target))
     params = list(inspect.signature(target).parameters.values())
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
