@@ -107,7 +107,8 @@ def test_an_ensemble_is_the_mean_of_its_members_and_hflip_of_an_image_and_its_mi
 
 
 def cross_validate(tmp_path: Path, *args: str, run_id: str = "cv") -> tuple[subprocess.CompletedProcess, Path]:
-    done = run_script("train.py", "-c", "config.json", "--folds", "3", "--run-id", run_id, "trainer.epochs=1",
+    epochs = [] if any(a.startswith("trainer.epochs=") for a in args) else ["trainer.epochs=1"]  # a key given once
+    done = run_script("train.py", "-c", "config.json", "--folds", "3", "--run-id", run_id, *epochs,
                       f"save_dir={tmp_path / 'saved'}", "tensorboard=false", "verbosity=1", *args)  # fmt: skip
     return done, tmp_path / "saved" / "models" / "Digits_CNN" / run_id
 
