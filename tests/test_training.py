@@ -242,13 +242,16 @@ def test_same_seed_same_weights(tiny_config, tmp_path):
 
 
 @pytest.mark.e2e
-def test_gradient_accumulation_equals_one_larger_batch(tiny_config, tmp_path):
+@pytest.mark.parametrize("validation_split", [154, 152])
+def test_gradient_accumulation_equals_one_larger_batch(validation_split, tiny_config, tmp_path):
     tiny_config["trainer"].update(epochs=1, monitor="off")
     tiny_config["arch"]["args"]["dropout"] = 0.0
     tiny_config["optimizer"] = {"type": "SGD", "args": {"lr": 0.1}}
     big = shrink(tiny_config, tmp_path / "saved", epochs=1)
     big["data_loader"]["args"]["batch_size"] = 64
-    big["data_loader"]["args"]["validation_split"] = 154  # 1295 training samples: 20 x 64 + 15 = 80 x 16 + 15
+    # 1295 training samples: 20 x 64 + 15 = 80 x 16 + 15, the last group one short batch; 1297: 20 x 64 + 17 =
+    # 81 x 16 + 1, the last group a full batch and a batch of one, each sample weighing 1/17 of the step
+    big["data_loader"]["args"]["validation_split"] = validation_split
     small = copy.deepcopy(big)
     small["data_loader"]["args"]["batch_size"] = 16
     small["trainer"]["accumulate_steps"] = 4

@@ -177,10 +177,12 @@ class Trainer(BaseTrainer):
                     self._check_output_fits_the_loss(output)
                 loss = self.criterion(output, target) if loss_of is None else loss_of(self.criterion, output)
 
-            # Each optimizer step averages over its group of batches, as one batch that many times larger.
+            # Each optimizer step averages over its group of batches, as one batch that many times larger: each
+            # sample weighs the same, also in a group with a short last batch (1.0 where the batches are full).
             group_start = batch_idx - batch_idx % self.options.accumulate_steps
             group_size = min(self.options.accumulate_steps, n_batches - group_start)
-            self.scaler.scale(loss / group_size).backward()
+            share = len(target) * group_size / self._group_samples(epoch, group_start, group_size)
+            self.scaler.scale(loss * share / group_size).backward()
             stepped = batch_idx - group_start + 1 == group_size
             if stepped:
                 self._optimizer_step()
@@ -209,6 +211,12 @@ class Trainer(BaseTrainer):
 
         self.epoch_samples = samples
         return self.train_metrics.result()
+
+    def _group_samples(self, epoch: int, first: int, size: int) -> int:
+        """This rank's samples in batches `first` to `first + size - 1` of `epoch` (a pass's last may be short)."""
+        per_pass = self.data_loader.batches_per_epoch
+        start = (epoch - 1) * self.options.batches(per_pass) + first
+        return sum(self.data_loader.epoch_sampler.batch_samples(p % per_pass) for p in range(start, start + size))
 
     def _smallest_batch(self) -> tuple[int, int] | None:
         sampler = self.data_loader.epoch_sampler
