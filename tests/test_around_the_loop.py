@@ -310,6 +310,16 @@ def test_a_loss_or_metric_that_cannot_score_the_task_is_one_line_before_anything
         trainer_with(tiny_config, [])
 
 
+def test_a_mid_epoch_resume_must_start_a_group_of_accumulated_batches(tiny_config):
+    tiny_config["trainer"]["accumulate_steps"] = 3
+    state = trainer_with(tiny_config, []).state_dict(1, 3)  # stopped after its first step, 3 batches in
+    tiny_config["trainer"]["accumulate_steps"] = 2  # batch 4 would start a group of 2 that ends one batch short
+    with pytest.raises(ConfigError, match=r"^trainer\.accumulate_steps: the checkpoint stopped after batch 3, inside"):
+        trainer_with(tiny_config, []).load_state_dict(state)
+    tiny_config["trainer"]["accumulate_steps"] = 1  # groups that start where it stopped are whole
+    trainer_with(tiny_config, []).load_state_dict(state)
+
+
 @pytest.mark.parametrize("loss", ["nll_loss", {"type": "NLLLoss"}], ids=["nll_loss", "NLLLoss"])
 def test_nll_loss_on_raw_scores_is_one_line_before_anything_is_written(tiny_config, loss):
     """A model without log_softmax trained with nll_loss would give a loss below 0 that falls without end, and a

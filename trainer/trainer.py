@@ -319,6 +319,11 @@ class Trainer(BaseTrainer):
                 f"the checkpoint stopped after batch {self.start_batch} of epoch {state[KEY_EPOCH]}, which has "
                 f"{per_epoch} batches with this config; resume with the batch_size and len_epoch it was trained with"
             )
+        if self.start_batch % self.options.accumulate_steps:  # it stopped after a step: between two groups
+            raise ConfigError(
+                f"trainer.accumulate_steps: the checkpoint stopped after batch {self.start_batch}, inside a group of "
+                f"{self.options.accumulate_steps} batches; resume with the accumulate_steps it was trained with"
+            )
         if self.lr_scheduler is not None:
             steps = self.options.scheduler_steps(self.data_loader.batches_per_epoch)
             entry = self.config["lr_scheduler"]
