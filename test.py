@@ -188,16 +188,18 @@ def results_path(
 ) -> Path:
     """`--out`, or beside the checkpoint a name that says what was evaluated: the checkpoint's name and epoch
     (model_best.pth is rewritten as training goes on), the views of --tta, the split, and a hash of -c and the
-    overrides when there are any: model_best.epoch17.test.json, model_best.epoch17.tta-hflip.test.json; a
+    overrides when there are any: model_best.epoch17.test.json, model_best.epoch17.tta-hflip.test.json,
+    last.epoch3.batch40.valid.json (a checkpoint saved inside epoch 3); a
     cross-validation's ensemble in its folder: ensemble.test.json. An earlier result is never overwritten
     without --out."""
-    from trainer.checkpoint import KEY_EPOCH
+    from trainer.checkpoint import KEY_BATCH, KEY_EPOCH
 
     if out is not None:
         check_output_path(Path(out))
         return Path(out)
     checkpoint, folder = checkpoints[0], checkpoints[0].path.parent
-    name = f"{checkpoint.path.stem}.epoch{checkpoint.state[KEY_EPOCH]}"
+    batch = checkpoint.state.get(KEY_BATCH) or 0  # a last.pth saved inside an epoch: after that many batches
+    name = f"{checkpoint.path.stem}.epoch{checkpoint.state[KEY_EPOCH]}" + (f".batch{batch}" if batch else "")
     if len(checkpoints) > 1:
         name, folder = "ensemble", folder.parent
     name += (f".tta-{tta.replace(',', '-')}" if tta else "") + f".{split}"

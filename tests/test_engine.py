@@ -136,6 +136,9 @@ def test_a_signal_saves_the_exact_state_and_resuming_matches_an_uninterrupted_ru
     state = load_checkpoint(run / LAST_NAME).state
     assert state[KEY_EPOCH] == 2 and 0 < state[KEY_BATCH] < 163, "the signal should land inside epoch 2"
     assert state[KEY_STEP] == 163 + state[KEY_BATCH]
+    # Evaluated as it stands, the mid-epoch checkpoint's results are named as such: not as epoch 2's
+    assert run_script(str(ROOT / "test.py"), "--resume", str(run / LAST_NAME), "--split", "valid").returncode == 0
+    assert (run / f"last.epoch2.batch{state[KEY_BATCH]}.valid.json").is_file()
 
     resumed = run_script(str(ROOT / "train.py"), "--resume", str(run / LAST_NAME))
     assert resumed.returncode == 0, resumed.stderr
