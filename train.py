@@ -104,8 +104,8 @@ def build_trainer(
     data_loader = config.init_obj("data_loader", split="train", seed=config["seed"], **loader_args)
     valid_data_loader = config.init_obj("data_loader", split="valid", seed=config["seed"], **loader_args)
     data_loader.fit_batch_norm(model)  # no training batch of one sample for a model with BatchNorm
-    if resume:
-        check_resumed_classes(resume, data_loader.classes)
+    if resume or weights:
+        check_resumed_classes(resume or weights, data_loader.classes, fine_tune=weights is not None)
     if decide_pos_weight(config["loss"], data_loader) is not None:  # "auto": the training split's, from now on
         criterion = config.init_ftn("loss")
 

@@ -28,6 +28,7 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 FOLD_PATTERN = re.compile(r"^fold_[0-9]{1,3}$")  # a fold of a cross-validation, one level below its folder
 LAST_NAME, BEST_NAME = "last.pth", "model_best.pth"  # a run's checkpoints: its last state and its best epoch's
 FOLDS_FILE = "folds.json"  # what makes a run folder a cross-validation's: the fold of each sample, by id
+PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")  # every trainer.save_period epochs
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,13 @@ class RunFolder:
 
     def exists(self) -> bool:
         return self.checkpoint_dir.exists() or self.log_dir.exists()
+
+
+def remove_oldest_periodic(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoint-epoch<N>.pth files of a run folder; delete the older ones."""
+    periodic = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := PERIODIC_PATTERN.match(p.name)))
+    for _, old in periodic[:-keep]:
+        old.unlink()
 
 
 def is_cross_validation(path: str | Path) -> bool:

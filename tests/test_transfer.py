@@ -529,3 +529,8 @@ def test_a_resume_on_data_whose_classes_changed_is_one_line(tmp_path, tiny_confi
                        r"now has cat, eel, owl \(gone: dog; new: eel\); a resumed run keeps its classes"):  # fmt: skip
         train(None, tmp_path, resume=last, overrides=["trainer.epochs=2"])
     assert last.read_bytes() == before
+    # A fine-tune may change the classes; a head of as many outputs is loaded, and the log says whose they were.
+    tiny_config["save_dir"] = str(tmp_path / "tuned")
+    _, tuned = train(tiny_config, tmp_path, "tuned", resume=last)
+    said = "the weights were trained on the classes ['cat', 'dog', 'owl'], the data has ['cat', 'eel', 'owl']: a head"
+    assert said in (tuned.log_dir / "info.log").read_text()

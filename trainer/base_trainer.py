@@ -24,7 +24,7 @@ from torch import nn
 
 from base.base_data_loader import worker_failure, worker_failures_as_data_errors
 from logger.metrics_csv import MetricsCsv
-from logger.run_folder import BEST_NAME, LAST_NAME, RunFolder
+from logger.run_folder import BEST_NAME, LAST_NAME, RunFolder, remove_oldest_periodic
 from logger.visualization import Writer, write_epoch, write_hparams
 from trainer.checkpoint import (
     FORMAT_VERSION,
@@ -44,7 +44,6 @@ from trainer.checkpoint import (
     KEY_WANDB_RUN,
     apply_changed_optimizer_args,
     capture_rng_state,
-    remove_oldest_periodic,
     restore_rng_state,
     save_checkpoint,
 )

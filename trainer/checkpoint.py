@@ -55,8 +55,6 @@ RESUME_KEYS = (
     *(KEY_MONITOR_BEST, KEY_NOT_IMPROVED, KEY_BEST_RESULT, KEY_RNG),
 )  # to continue training
 
-PERIODIC_PATTERN = re.compile(r"^checkpoint-epoch(\d+)\.pth$")
-
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -282,18 +280,22 @@ def _require(checkpoint: Checkpoint, keys: tuple[str, ...]) -> None:
     _check_fields(checkpoint.path, checkpoint.state, keys)
 
 
-def check_resumed_classes(checkpoint: Checkpoint, classes: list[str] | None) -> None:
+def check_resumed_classes(checkpoint: Checkpoint, classes: list[str] | None, fine_tune: bool = False) -> None:
     """The class list a run was trained on is part of the run: a resume on data whose classes changed (a folder
     renamed, a label added) would train each output toward another class than before, and rewrite the list."""
     then = (checkpoint.state.get(KEY_DATA) or {}).get("classes")
     if then is None or classes is None or list(then) == list(classes):
         return
+    if fine_tune:  # a new run may change them: a head of as many outputs is loaded, and the log says so
+        if len(then) == len(classes):
+            logging.getLogger("train").warning(
+                "data_loader: the weights were trained on the classes %s, the data has %s: a head of as many "
+                "outputs is loaded as it is, each output from its old class's weights", list(then), list(classes)
+            )  # fmt: skip
+        return
     gone, new = [c for c in then if c not in classes], [c for c in classes if c not in then]
     change = "; ".join(
-        [
-            *([f"gone: {', '.join(map(str, gone))}"] if gone else []),
-            *([f"new: {', '.join(map(str, new))}"] if new else []),
-        ]
+        f"{what}: {', '.join(map(str, names))}" for what, names in (("gone", gone), ("new", new)) if names
     )
     raise ConfigError(
         f"data_loader: the run was trained on the classes {', '.join(map(str, then))}; the data now has "
@@ -346,13 +348,6 @@ def load_model_state(
         )
     else:
         logger.info("Weights from %s, %d tensors", path, len(fits))
-
-
-def remove_oldest_periodic(folder: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoint-epoch<N>.pth files of a run folder; delete the older ones."""
-    periodic = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := PERIODIC_PATTERN.match(p.name)))
-    for _, old in periodic[:-keep]:
-        old.unlink()
 
 
 def apply_changed_optimizer_args(
