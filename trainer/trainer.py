@@ -177,13 +177,8 @@ class Trainer(BaseTrainer):
                     self._check_output_fits_the_loss(output)
                 loss = self.criterion(output, target) if loss_of is None else loss_of(self.criterion, output)
 
-            # Each optimizer step averages over its group of batches, as one batch that many times larger: each
-            # sample weighs the same, also in a group with a short last batch (1.0 where the batches are full).
-            group_start = batch_idx - batch_idx % self.options.accumulate_steps
-            group_size = min(self.options.accumulate_steps, n_batches - group_start)
-            share = len(target) * group_size / self._group_samples(epoch, group_start, group_size)
+            share, group_size, stepped = self._accumulation(epoch, batch_idx, n_batches, len(target))
             self.scaler.scale(loss * share / group_size).backward()
-            stepped = batch_idx - group_start + 1 == group_size
             if stepped:
                 self._optimizer_step()
 
@@ -212,11 +207,16 @@ class Trainer(BaseTrainer):
         self.epoch_samples = samples
         return self.train_metrics.result()
 
-    def _group_samples(self, epoch: int, first: int, size: int) -> int:
-        """This rank's samples in batches `first` to `first + size - 1` of `epoch` (a pass's last may be short)."""
+    def _accumulation(self, epoch: int, batch: int, n_batches: int, samples: int) -> tuple[float, int, bool]:
+        """A batch's share of its group's samples (times the group's batches: 1.0 where all are full), the group's
+        batches, and whether the optimizer steps after this one. Each step averages over its group, as one batch
+        that many times larger: every sample weighs the same, also with a short last batch in the group."""
+        first = batch - batch % self.options.accumulate_steps
+        size = min(self.options.accumulate_steps, n_batches - first)
         per_pass = self.data_loader.batches_per_epoch
         start = (epoch - 1) * self.options.batches(per_pass) + first
-        return sum(self.data_loader.epoch_sampler.batch_samples(p % per_pass) for p in range(start, start + size))
+        group = sum(self.data_loader.epoch_sampler.batch_samples(p % per_pass) for p in range(start, start + size))
+        return samples * size / group, size, batch - first + 1 == size
 
     def _smallest_batch(self) -> tuple[int, int] | None:
         sampler = self.data_loader.epoch_sampler
