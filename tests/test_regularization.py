@@ -39,7 +39,7 @@ def test_mixup_is_the_loss_of_the_mixed_soft_target_and_cutmix_keeps_lam_of_each
     assert cut_loss(F.cross_entropy, output).item() == pytest.approx(kept * a + (1 - kept) * b, rel=1e-6)
 
 
-def test_validation_and_test_py_use_the_ema_which_resumes_bitwise_with_mixup(tiny_config, tmp_path):
+def test_validation_and_test_py_use_the_ema_which_resumes_bitwise_with_mixup(tiny_config, tmp_path, capsys):
     tiny_config["trainer"].update(epochs=4, ema_decay=0.9, mixup={"mixup_alpha": 0.4, "cutmix_alpha": 1.0})
     tiny_config["data_loader"]["args"]["augment"] = True
     straight, run = train(tiny_config, tmp_path, "straight")
@@ -47,7 +47,9 @@ def test_validation_and_test_py_use_the_ema_which_resumes_bitwise_with_mixup(tin
     raw, ema = state[KEY_STATE_DICT], state[KEY_EMA]
     assert not torch.equal(raw["fc2.weight"], ema["module.fc2.weight"])  # the average is not the weights
     # test.py on the validation split gives the trainer's validation numbers: it reads the EMA
+    capsys.readouterr()
     result = evaluate(run.checkpoint_dir / BEST_NAME, "--split", "valid", "--out", str(tmp_path / "valid.json"))
+    assert f"Weights from {run.checkpoint_dir / BEST_NAME} (its EMA of the weights)" in capsys.readouterr().out
     assert result["loss"] == pytest.approx(straight["best"]["val_loss"], rel=1e-5)
     assert result["accuracy"] == pytest.approx(straight["best"]["val_accuracy"], rel=1e-6)
     assert straight["last"]["val_accuracy"] > 0.8  # mixed batches still learn the digits

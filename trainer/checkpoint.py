@@ -322,11 +322,12 @@ def load_model_state(
     wall of keys. Not strict (fine-tuning into a model with another head): every tensor whose name and shape
     match is loaded and one line lists the others; nothing matching at all is still an error.
     """
-    state_dict, path = checkpoint.state[KEY_STATE_DICT], checkpoint.path
+    state_dict, path, source = checkpoint.state[KEY_STATE_DICT], checkpoint.path, str(checkpoint.path)
     ema = checkpoint.state.get(KEY_EMA)
     if ema is not None and purpose != "resume":
         _check_fields(path, checkpoint.state, (KEY_EMA,))
         state_dict = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+        source += " (its EMA of the weights)"
     own = model.state_dict()
     missing, unexpected, mismatched = state_differences(own, state_dict)
     fits = [k for k in own if k in state_dict and k not in mismatched]
@@ -344,10 +345,10 @@ def load_model_state(
     skipped += [f"{k}: not there" for k in missing] + [f"{k}: not here" for k in unexpected]
     if skipped:
         logger.warning(
-            "Weights from %s: %d tensors loaded, %d skipped (%s)", path, len(fits), len(skipped), "; ".join(skipped)
+            "Weights from %s: %d tensors loaded, %d skipped (%s)", source, len(fits), len(skipped), "; ".join(skipped)
         )
     else:
-        logger.info("Weights from %s, %d tensors", path, len(fits))
+        logger.info("Weights from %s, %d tensors", source, len(fits))
 
 
 def apply_changed_optimizer_args(
