@@ -119,7 +119,8 @@ def _modules(role: Role) -> list[Any]:
     where it is written, and a feature's file that is left out of a project needs no edit anywhere."""
     first = imported(role.module)
     others = package_modules(role.module.split(".")[0]) if role.whole_package else []
-    return [first, *(module for module in others if module is not first)]
+    owned = {other.module for other in ROLES.values() if other is not role}  # a loss class is no model
+    return [first, *(module for module in others if module is not first and module.__name__ not in owned)]
 
 
 def _file(obj: Any) -> str:

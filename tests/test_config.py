@@ -168,6 +168,18 @@ def test_unknown_class_names_list_the_valid_ones(base_config, role, value, valid
     assert f"{role}.type: unknown {role} '{value}'" in text and valid in text
 
 
+def test_a_loss_class_written_in_model_loss_is_a_loss_and_no_model(monkeypatch):
+    import torch
+
+    import model.loss
+    from roles import ROLES, valid_names
+
+    focal = type("FocalLoss", (torch.nn.Module,), {"__module__": "model.loss"})
+    monkeypatch.setattr(model.loss, "FocalLoss", focal, raising=False)
+    assert valid_names(ROLES["loss"])["FocalLoss"] is focal
+    assert "FocalLoss" not in valid_names(ROLES["arch"])  # it used to be offered, and failed: no parameters
+
+
 def test_unknown_function_names_list_the_valid_ones(base_config):
     base_config["loss"] = "nll"
     base_config["metrics"][0] = "acuracy"
