@@ -6,7 +6,7 @@ class BaseModel(nn.Module):
     """An nn.Module whose printout ends with its number of trainable parameters."""
 
     def num_parameters(self, trainable_only: bool = True) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        return parameter_counts(self)[0 if trainable_only else 1]
 
     def __str__(self) -> str:
         return f"{super().__str__()}\nTrainable parameters: {self.num_parameters():,}"
@@ -33,14 +33,19 @@ def weights_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor
     return "; ".join(parts) or None
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters of a model: what a freezing strategy leaves to train, of how many."""
+    counts = [(p.numel(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, trainable in counts if trainable), sum(n for n, _ in counts)
+
+
 def summary(model: nn.Module) -> str:
     """A table of the model's top-level layers with their parameter counts, and its total size."""
     rows = [f"{'layer':<20} {'type':<20} {'parameters':>12}"]
     for name, child in model.named_children():
         count = sum(p.numel() for p in child.parameters())
         rows.append(f"{name:<20} {type(child).__name__:<20} {count:>12,}")
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, total = parameter_counts(model)
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     rows.append(f"{type(model).__name__}: {total:,} parameters ({trainable:,} trainable), {size / 2**20:.2f} MiB")
     return "\n".join(rows)

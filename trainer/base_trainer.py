@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from base.base_data_loader import worker_failure, worker_failures_as_data_errors
+from base.base_model import parameter_counts
 from logger.metrics_csv import MetricsCsv
 from logger.run_folder import BEST_NAME, LAST_NAME, RunFolder, remove_oldest_periodic
 from logger.visualization import Writer, write_epoch, write_hparams
@@ -289,8 +290,7 @@ class BaseTrainer(abc.ABC):
             self._restore(state)
         except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
             raise CheckpointError(f"the checkpoint's training state does not fit: {describe_exception(e)}") from None
-        counts = [(p.numel(), p.requires_grad) for p in self.model.parameters()]  # after an unfreeze: more than
-        trainable, total = sum(n for n, grad in counts if grad), sum(n for n, _ in counts)  # the summary's count
+        trainable, total = parameter_counts(self.model)  # after an unfreeze: more than the model summary's count
         self.logger.info(
             "Resuming: training continues at epoch %d, batch %d, with %s of %s parameters trainable.",
             self.start_epoch, self.start_batch + 1, f"{trainable:,}", f"{total:,}",
