@@ -65,6 +65,14 @@ def trainer_with(config: dict, callbacks: list, trainer_class: type = Trainer, m
     )  # fmt: skip
 
 
+def test_the_lr_column_follows_the_steps_of_a_loop_a_subclass_rewrote(tiny_config):
+    trainer = trainer_with(tiny_config, [], OwnEpoch)
+    trainer.lr_scheduler = torch.optim.lr_scheduler.StepLR(trainer.optimizer, step_size=1, gamma=0.5)
+    trainer.train()
+    assert tiny_config["trainer"]["epochs"] == 2  # epoch 2's steps took half the rate; the next epoch's is a quarter
+    assert trainer.step_lr == tiny_config["optimizer"]["args"]["lr"] / 2
+
+
 @pytest.mark.parametrize("trainer_class", [Trainer, OwnEpoch])
 def test_callbacks_are_called_in_order_with_the_results(trainer_class, tiny_config):
     calls = []

@@ -98,7 +98,11 @@ class BaseTrainer(abc.ABC):
         self.batch_limit: int | None = None  # 1 during a dry run: one training and one validation batch
         self.rehearsing = False  # true during rehearse(): callbacks may skip what must happen once per real epoch
         self.epoch_samples = 0  # training samples of the epoch, set by `_train_epoch` for the samples/s figure
-        self.step_lr = optimizer.param_groups[0]["lr"]  # of the last optimizer step (the head's): the lr column
+        # The lr column: the first group's rate at the last optimizer step, whichever loop takes it (a subclass's too).
+        self.step_lr = optimizer.param_groups[0]["lr"]
+        optimizer.register_step_post_hook(
+            lambda stepped, args, kwargs: setattr(self, "step_lr", stepped.param_groups[0]["lr"])
+        )
         self.is_main = is_main_process()
         self.stop_signal: int | None = None  # set by SIGINT / SIGTERM; training stops after the current step
 

@@ -273,7 +273,6 @@ class Trainer(BaseTrainer):
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad_norm)
         self.scaler.step(self.optimizer)
-        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
